@@ -1,0 +1,122 @@
+"""Checkpoints that survive faults: written to a temporary folder and renamed, the last K kept.
+
+Layout of one checkpoint, `RUN/checkpoints/step_000020/`:
+    model.safetensors, config.json, ...   the student, Hugging Face format (`from_pretrained` loads it)
+    tokenizer / processor files
+    teacher/model.safetensors             the EMA teacher's weights (frozen/live: absent; frozen is rebuilt from the base)
+    trainer_state.pt                      optimizer, scheduler, step, data cursor, RNG states (tensors only:
+                                          loaded with torch.load(weights_only=True))
+    config.yaml                           the resolved config
+    COMPLETE                              written last; a folder without it is ignored
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_FILE = "trainer_state.pt"
+DONE_FILE = "COMPLETE"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / DONE_FILE).is_file() and not p.name.endswith(".tmp"))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rng_to_tensors(state: dict) -> dict:
+    """Python/numpy RNG states as plain lists/tensors so that torch.load(weights_only=True) reads them."""
+    py = state["python"]
+    npst = state["numpy"]
+    return {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [npst[0], torch.from_numpy(np.asarray(npst[1]).astype(np.int64)), int(npst[2]), int(npst[3]), float(npst[4])],
+        "torch": state["torch"],
+        "cuda": list(state["cuda"]),
+    }
+
+
+def _rng_from_tensors(state: dict) -> dict:
+    py = state["python"]
+    npst = state["numpy"]
+    return {
+        "python": (py[0], tuple(py[1]), py[2]),
+        "numpy": (npst[0], npst[1].numpy().astype(np.uint32), npst[2], npst[3], npst[4]),
+        "torch": state["torch"],
+        "cuda": state["cuda"],
+    }
+
+
+def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer_state: dict, teacher_state: dict | None,
+                    config_yaml: str, keep_last: int = 3) -> Path:
+    """Write a complete checkpoint atomically (tmp folder + rename) and prune to the last `keep_last`."""
+    from safetensors.torch import save_file
+
+    final = step_dir(Path(run_dir), step)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if processor is not None:
+        processor.save_pretrained(tmp)
+    if teacher_state is not None:
+        (tmp / "teacher").mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in teacher_state.items()}, str(tmp / "teacher" / "model.safetensors"))
+    state = dict(trainer_state)
+    state["rng"] = _rng_to_tensors(rng_state())
+    torch.save(state, tmp / STATE_FILE)
+    (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+    (tmp / DONE_FILE).write_text(f"{step}\n")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    if keep_last > 0:
+        for old in complete_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    state = torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
+    state["rng"] = _rng_from_tensors(state["rng"])
+    return state
+
+
+def load_teacher_state(ckpt: Path) -> dict | None:
+    from safetensors.torch import load_file
+
+    p = Path(ckpt) / "teacher" / "model.safetensors"
+    return load_file(str(p)) if p.is_file() else None

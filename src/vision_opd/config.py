@@ -1,0 +1,229 @@
+"""Typed configuration: dataclass sections, a YAML file, dotted `key=value` overrides, saved in every run.
+
+    cfg = load_config("configs/tiny_cpu.yaml", ["train.steps=5", "loss.alpha=1.0"])
+    save_config(cfg, run_dir / "config.yaml")
+
+Unknown keys are errors (with the list of valid ones), and override values are parsed as YAML scalars
+and checked against the field's type, so `train.steps=abc` fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data.views import ViewConfig
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny:qwen2_5_vl"  # hub id, local directory, or tiny:FAMILY (random weights built in code)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (bf16 compute keeps fp32 master weights when train.mixed_precision is set)
+    attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2; None = transformers' default
+    min_pixels: int | None = None  # processor pixel budget (None: the checkpoint's own)
+    max_pixels: int | None = None
+    trust_remote_code: bool = False  # never on unless asked for
+    gradient_checkpointing: bool = False
+    freeze_vision: bool = False  # train only the language model (and merger)
+    tiny_image_size: int = 112  # for tiny:FAMILY only: the processor's pixel budget side
+
+
+@dataclass
+class DataConfig:
+    train_file: str = "data/synth/train.jsonl"  # Records JSONL; relative paths are relative to the working directory
+    eval_file: str | None = None  # optional held-out Records JSONL evaluated every train.eval_every steps
+    synth_if_missing: bool = True  # generate synthetic data at train_file when it does not exist
+    synth_n: int = 256
+    synth_seed: int = 0
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    samples_per_prompt: int = 4  # G
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+
+
+@dataclass
+class LossConfig:
+    kind: str = "jsd"  # jsd (generalized JSD over the full vocabulary) | topk (student top-k + tail) | sampled (sampled-token estimator)
+    alpha: float = 0.5  # JSD weight: 0 = forward KL(T||S), 1 = reverse KL(S||T), 0.5 = symmetric JSD
+    top_k: int = 100
+    chunk_size: int | None = 256  # tokens per chunk for the fused lm_head + divergence; None = plain
+
+
+@dataclass
+class TeacherConfig:
+    mode: str = "ema"  # frozen (initial weights) | ema (EMA of the student, rate ema_rate) | live (current weights, no grad)
+    ema_rate: float = 0.05  # theta_T <- (1 - r) * theta_T + r * theta_S after every optimizer step
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 2
+    schedule: str = "constant"  # constant | cosine (after the linear warm-up)
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    prompts_per_step: int = 4  # P; one optimizer step per batch of P x G trajectories (fully on-policy)
+    micro_batch_size: int = 8  # trajectories per forward/backward (gradient accumulation within a step)
+    seed: int = 0
+    out_dir: str = "runs/tiny_cpu"
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 1
+    save_every: int = 0  # 0 = only at the end
+    sample_every: int = 10  # write a few decoded responses to samples.jsonl every N steps (0 = never)
+    eval_every: int = 0  # evaluate data.eval_file every N steps (0 = never)
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        need(self.loss.kind in ("jsd", "topk", "sampled"), f"loss.kind={self.loss.kind!r}: choose jsd, topk or sampled")
+        need(0.0 <= self.loss.alpha <= 1.0, f"loss.alpha={self.loss.alpha}: must be in [0, 1]")
+        need(self.loss.top_k >= 1, "loss.top_k must be >= 1")
+        need(self.teacher.mode in ("frozen", "ema", "live"), f"teacher.mode={self.teacher.mode!r}: choose frozen, ema or live")
+        need(0.0 < self.teacher.ema_rate <= 1.0, "teacher.ema_rate must be in (0, 1]")
+        need(self.optim.schedule in ("constant", "cosine"), f"optim.schedule={self.optim.schedule!r}: choose constant or cosine")
+        need(self.rollout.samples_per_prompt >= 1 and self.train.prompts_per_step >= 1, "samples_per_prompt and prompts_per_step must be >= 1")
+        need(self.rollout.temperature > 0, "rollout.temperature must be > 0")
+        need(self.train.micro_batch_size >= 1 and self.train.steps >= 0, "train.micro_batch_size must be >= 1, train.steps >= 0")
+        need(self.views.teacher_source in ("box", "given", "full"), f"views.teacher_source={self.views.teacher_source!r}: choose box, given or full")
+        return self
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert a YAML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(sorted(names))}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, path)
+        else:
+            kwargs[key] = _coerce(value, tp, path)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` strings (value parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=10")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    data = apply_overrides(data, overrides or [])
+    return _build(Config, data, "").validate()
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")

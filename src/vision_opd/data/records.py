@@ -1,0 +1,163 @@
+"""The Record: one image, one question, its evidence box; read from JSONL with paths relative to the file.
+
+JSONL schema, one object a line (keys in brackets are optional):
+    {"id": str, "image": path, "question": str, ["options": [str, ...]], ["answer": str],
+     ["box": [x1, y1, x2, y2]], ["teacher_image": path], ["category": str]}
+`bbox` is accepted for `box`, `problem` for `question`. Boxes are in pixels of the EXIF-transposed
+image. Training never reads `answer`: it is kept for evaluation only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class RecordError(ValueError):
+    """A record that cannot be used. The message names the file, the line, the id and the fix."""
+
+
+@dataclass
+class Record:
+    id: str
+    image: str  # absolute path (resolved against the JSONL file's folder)
+    question: str
+    options: list[str] | None = None
+    answer: str | None = None  # a letter for multiple choice, free text otherwise; never read by training
+    box: tuple[float, float, float, float] | None = None
+    teacher_image: str | None = None
+    category: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, relative_to: Path | None = None) -> dict[str, Any]:
+        d = asdict(self)
+        if relative_to is not None:
+            for k in ("image", "teacher_image"):
+                if d[k]:
+                    d[k] = str(Path(d[k]).resolve().relative_to(Path(relative_to).resolve()))
+        d["box"] = list(d["box"]) if d["box"] is not None else None
+        return {k: v for k, v in d.items() if v not in (None, {}, [])}
+
+
+def _where(path: Path | str, line: int, rid: str | None) -> str:
+    return f"{path}:{line}" + (f" (id {rid!r})" if rid is not None else "")
+
+
+def parse_box(value: Any) -> tuple[float, float, float, float]:
+    """Validate [x1, y1, x2, y2]; raise ValueError saying what is wrong."""
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise ValueError(f"box must be a list of 4 numbers [x1, y1, x2, y2], got {value!r}")
+    try:
+        b = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"box must contain numbers, got {value!r}") from None
+    if not all(math.isfinite(v) for v in b):
+        raise ValueError(f"box contains a non-finite value: {value!r}")
+    if b[2] <= b[0] or b[3] <= b[1]:
+        raise ValueError(f"box {value!r} has zero or negative area (need x2 > x1 and y2 > y1)")
+    return b  # type: ignore[return-value]
+
+
+def record_from_dict(obj: Any, base: Path, *, where: str = "") -> Record:
+    """Build a Record from one parsed JSON object; paths are resolved against `base`."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    rid = obj.get("id")
+    if rid is None:
+        raise RecordError(f"{where}: missing 'id'")
+    rid = str(rid)
+    loc = f"{where} (id {rid!r})"
+    image = obj.get("image")
+    if not isinstance(image, str) or not image:
+        raise RecordError(f"{loc}: missing 'image' (a path relative to the JSONL file)")
+    question = obj.get("question", obj.get("problem"))
+    if not isinstance(question, str) or not question.strip():
+        raise RecordError(f"{loc}: empty or missing 'question'")
+    options = obj.get("options")
+    if options is not None:
+        if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
+            raise RecordError(f"{loc}: 'options' must be a non-empty list of strings")
+        if len(options) > len(LETTERS):
+            raise RecordError(f"{loc}: at most {len(LETTERS)} options are supported")
+    answer = obj.get("answer")
+    if answer is not None:
+        answer = str(answer).strip()
+        if options is not None and answer not in LETTERS[: len(options)] and answer not in options:
+            raise RecordError(
+                f"{loc}: answer {answer!r} is neither an option letter "
+                f"({LETTERS[0]}-{LETTERS[len(options) - 1]}) nor an option's text"
+            )
+        if options is not None and answer in options and answer not in LETTERS[: len(options)]:
+            answer = LETTERS[options.index(answer)]
+    box = obj.get("box", obj.get("bbox"))
+    if box is not None:
+        try:
+            box = parse_box(box)
+        except ValueError as e:
+            raise RecordError(f"{loc}: {e}") from None
+    teacher = obj.get("teacher_image")
+    return Record(
+        id=rid,
+        image=str((base / image).resolve()),
+        question=question,
+        options=options,
+        answer=answer,
+        box=box,
+        teacher_image=str((base / teacher).resolve()) if teacher else None,
+        category=obj.get("category"),
+        meta={k: v for k, v in obj.items() if k not in _KNOWN},
+    )
+
+
+_KNOWN = {"id", "image", "question", "problem", "options", "answer", "box", "bbox", "teacher_image", "category"}
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed object) for each non-blank line; a bad line raises RecordError with its number."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"{path}: data file not found")
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"{path}:{n}: line is not valid UTF-8 ({e}); re-encode the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Read and validate a Records JSONL file (structure only; images are checked when loaded)."""
+    path = Path(path)
+    out: list[Record] = []
+    seen: dict[str, int] = {}
+    for n, obj in iter_jsonl(path):
+        rec = record_from_dict(obj, path.parent, where=f"{path}:{n}")
+        if rec.id in seen:
+            raise RecordError(f"{_where(path, n, rec.id)}: duplicate id (first seen on line {seen[rec.id]})")
+        seen[rec.id] = n
+        out.append(rec)
+    if not out:
+        raise RecordError(f"{path}: no records")
+    return out
+
+
+def write_records(records: list[Record], path: str | Path) -> None:
+    """Write Records as JSONL with image paths relative to the file's folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r.to_json(relative_to=path.parent), ensure_ascii=False) + "\n")
+    tmp.replace(path)

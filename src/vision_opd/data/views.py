@@ -1,0 +1,96 @@
+"""The two views of a Record, and the one preprocessing path they share.
+
+student_view(record): the full image (optionally with the red box and the hint sentence, the reference
+recipe's training input, off by default because benchmarks never have it: METHOD.md section 5.5).
+teacher_view(record): the evidence crop (box expanded, clamped, grown to a minimum side, resized to a
+pixel budget) or the record's own teacher image. Both return a View (PIL images + text); `encode_views`
+turns a list of Views into model inputs through the same processor call, so the two views can differ
+only in their pixels, never in how they were preprocessed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .crops import crop_image, draw_red_box
+from .images import DEFAULT_MAX_IMAGE_PIXELS, open_image
+from .records import LETTERS, Record
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+HINT = "Only focus on the objects inside the red bounding box in the image to answer this question."
+MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    red_box: bool = False  # student: draw the red box around the expanded evidence box
+    hint: bool = False  # student: append the HINT sentence
+    expand_ratio: float = 0.05  # teacher crop: grow the box by this share of its width/height per side
+    min_side: int = 28  # teacher crop: minimum side in pixels (before resizing)
+    teacher_pixels: int | None = None  # teacher crop: resize to about this many pixels (None: keep)
+    teacher_source: str = "box"  # "box": crop the evidence box; "given": the record's teacher_image; "full": the full image (a control)
+    teacher_text: str | None = None  # a different text prompt for the teacher ({question} is filled in); None = same text
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+
+@dataclass
+class View:
+    images: list["Image.Image"]
+    text: str
+
+
+def prompt_text(record: Record, *, instruction: str = MC_INSTRUCTION) -> str:
+    """The question with its lettered options and the answer instruction (the same for every view)."""
+    if not record.options:
+        return record.question
+    lines = [record.question] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(record.options)]
+    return "\n".join(lines + [instruction])
+
+
+def student_view(record: Record, cfg: ViewConfig = ViewConfig()) -> View:
+    img = open_image(record.image, max_pixels=cfg.max_image_pixels)
+    text = prompt_text(record)
+    if cfg.red_box:
+        if record.box is None:
+            raise ValueError(f"record {record.id!r}: views.red_box needs an evidence box")
+        img = draw_red_box(img, record.box, expand_ratio=cfg.expand_ratio)
+    if cfg.hint:
+        text = f"{text}\n{HINT}"
+    return View([img], text)
+
+
+def teacher_view(record: Record, cfg: ViewConfig = ViewConfig()) -> View:
+    text = prompt_text(record)
+    if cfg.teacher_text is not None:
+        text = cfg.teacher_text.format(question=text)
+    if cfg.teacher_source == "given":
+        if not record.teacher_image:
+            raise ValueError(f"record {record.id!r}: views.teacher_source=given but the record has no teacher_image")
+        return View([open_image(record.teacher_image, max_pixels=cfg.max_image_pixels)], text)
+    img = open_image(record.image, max_pixels=cfg.max_image_pixels)
+    if cfg.teacher_source == "full":
+        return View([img], text)
+    if cfg.teacher_source != "box":
+        raise ValueError(f"unknown views.teacher_source {cfg.teacher_source!r}; choose box, given or full")
+    if record.box is None:
+        raise ValueError(f"record {record.id!r}: the teacher crop needs an evidence box (or use teacher_source=given)")
+    crop = crop_image(img, record.box, expand_ratio=cfg.expand_ratio, min_side=cfg.min_side,
+                      target_pixels=cfg.teacher_pixels)
+    return View([crop], text)
+
+
+def chat_text(processor, view: View, *, add_generation_prompt: bool = True) -> str:
+    content = [{"type": "image"} for _ in view.images] + [{"type": "text", "text": view.text}]
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def encode_views(processor, views: list[View]):
+    """Chat template + processor for a batch of views, left-padded: the one preprocessing path."""
+    texts = [chat_text(processor, v) for v in views]
+    images = [img for v in views for img in v.images]
+    processor.tokenizer.padding_side = "left"
+    return processor(text=texts, images=images or None, return_tensors="pt", padding=True)

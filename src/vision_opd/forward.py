@@ -1,0 +1,88 @@
+"""Forward passes of one view on [prompt + sampled response], read at the response tokens only.
+
+The teacher and student prompts have different lengths (a crop and a full image give different numbers
+of image tokens), so positions are aligned on the *response*: with left-padded prompts of padded length
+Lp, the hidden state at position Lp - 1 + t predicts response token t, for both views. We return the
+backbone's hidden states at those T positions; the divergence applies the lm_head chunk by chunk
+(`losses.token_divergence_from_hidden`), so full [tokens x vocab] logits are never held for both views.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def unwrap(model):
+    """The underlying HF model behind DDP/FSDP/accelerate wrappers and peft."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):  # peft
+        model = model.get_base_model()
+    return model
+
+
+def backbone_and_head(model):
+    """(callable returning last hidden states, lm_head module) of an image-text-to-text model."""
+    m = unwrap(model)
+    head = m.get_output_embeddings()
+    if not hasattr(m, "model") or head is None:
+        raise TypeError(f"{type(m).__name__}: expected a *ForConditionalGeneration model with .model and an lm_head")
+    return m.model, head
+
+
+def select_prompts(inputs, rows: torch.Tensor, vision_start_id: int):
+    """Rows `rows` (prompt indices, may repeat) of a processor batch, pixel_values included.
+
+    pixel_values is a flat [sum of patches, D] tensor in image order; image_grid_thw gives each image's
+    patch count; the images of prompt p are those whose <|vision_start|> markers are in its input_ids.
+    """
+    ids = inputs["input_ids"]
+    out = {k: v[rows] for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw") and torch.is_tensor(v) and v.shape[:1] == ids.shape[:1]}
+    if "pixel_values" in inputs and inputs["pixel_values"] is not None:
+        grid = inputs["image_grid_thw"]
+        n_img = (ids == vision_start_id).sum(-1).tolist()  # images per prompt
+        patches = grid.prod(-1).tolist()
+        img_start = [0]
+        for n in n_img:
+            img_start.append(img_start[-1] + n)
+        patch_start = [0]
+        for p in patches:
+            patch_start.append(patch_start[-1] + p)
+        pix, grids = [], []
+        for r in rows.tolist():
+            for i in range(img_start[r], img_start[r + 1]):
+                pix.append(inputs["pixel_values"][patch_start[i]:patch_start[i + 1]])
+                grids.append(grid[i])
+        out["pixel_values"] = torch.cat(pix)
+        out["image_grid_thw"] = torch.stack(grids)
+    return out
+
+
+def with_response(prompt_inputs: dict, response_ids_B_T: torch.Tensor, response_mask_B_T: torch.Tensor) -> dict:
+    """Append responses to left-padded prompts; mm_token_type_ids (Qwen3-VL, Qwen3.5) is extended with zeros."""
+    out = dict(prompt_inputs)
+    out["input_ids"] = torch.cat([prompt_inputs["input_ids"], response_ids_B_T], dim=1)
+    out["attention_mask"] = torch.cat(
+        [prompt_inputs["attention_mask"], response_mask_B_T.to(prompt_inputs["attention_mask"].dtype)], dim=1
+    )
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in prompt_inputs:
+            out[key] = torch.cat([prompt_inputs[key], torch.zeros_like(response_ids_B_T, dtype=prompt_inputs[key].dtype)], dim=1)
+    return out
+
+
+def response_hidden(model, prompt_inputs: dict, response_ids_B_T: torch.Tensor, response_mask_B_T: torch.Tensor) -> torch.Tensor:
+    """Final hidden states [B, T, H] at the positions that predict each response token."""
+    backbone, _ = backbone_and_head(model)
+    full = with_response(prompt_inputs, response_ids_B_T, response_mask_B_T)
+    Lp = prompt_inputs["input_ids"].shape[1]
+    T = response_ids_B_T.shape[1]
+    out = backbone(**full, use_cache=False)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return hidden[:, Lp - 1 : Lp - 1 + T]
+
+
+def response_logits(model, prompt_inputs: dict, response_ids_B_T: torch.Tensor, response_mask_B_T: torch.Tensor) -> torch.Tensor:
+    """Logits [B, T, V] predicting each response token (materialised; for tests and small vocabularies)."""
+    _, head = backbone_and_head(model)
+    return head(response_hidden(model, prompt_inputs, response_ids_B_T, response_mask_B_T))

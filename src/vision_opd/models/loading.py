@@ -1,0 +1,151 @@
+"""Load a model and its processor from a hub id or a local directory, with or without torchvision.
+
+The Qwen-VL processors insist on a video processor, and the video processors need torchvision, which
+cannot be installed beside some torch builds. `processor_class_for(family)` returns a subclass whose
+`__init__` has no `video_processor` argument (it passes None to the parent); it is used only when
+torchvision is missing, so that on machines with torchvision the stock processors keep working.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+# model_type -> family name used here
+FAMILY_OF_MODEL_TYPE = {
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_5_vl",
+    "qwen3_vl": "qwen3_vl",
+    "qwen3_vl_moe": "qwen3_vl",
+    "qwen3_5": "qwen3_5",
+    "qwen3_5_moe": "qwen3_5",
+}
+
+
+def has_torchvision() -> bool:
+    return importlib.util.find_spec("torchvision") is not None and _torchvision_imports()
+
+
+@cache
+def _torchvision_imports() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # a torchvision built for another torch raises RuntimeError on import
+        return False
+    return True
+
+
+@cache
+def processor_class_for(family: str):
+    """A processor class for `family` that builds without a video processor."""
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+
+        base = Qwen2VLProcessor if family == "qwen2_vl" else Qwen2_5_VLProcessor
+    elif family in ("qwen3_vl", "qwen3_5"):
+        from transformers import Qwen3VLProcessor as base
+    else:
+        raise ValueError(f"no processor known for family {family!r}")
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        base.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    return type(f"{base.__name__}NoVideo", (base,), {"__init__": __init__, "__module__": __name__})
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_processor(name_or_path: str, family: str | None = None, *, min_pixels: int | None = None,
+                   max_pixels: int | None = None, trust_remote_code: bool = False):
+    """The processor of a checkpoint; without torchvision, the PIL image processor and no video processor."""
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+    kw: dict[str, Any] = {}
+    if min_pixels or max_pixels:
+        size = {}
+        if min_pixels:
+            size["shortest_edge"] = int(min_pixels)
+        if max_pixels:
+            size["longest_edge"] = int(max_pixels)
+        kw["size"] = size
+    if has_torchvision():
+        proc = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kw)
+    else:
+        if family is None:
+            cfg = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            family = FAMILY_OF_MODEL_TYPE.get(cfg.model_type)
+            if family is None:
+                raise ValueError(
+                    f"{name_or_path}: model type {cfg.model_type!r} needs torchvision for its processor; "
+                    f"without torchvision the supported families are {sorted(set(FAMILY_OF_MODEL_TYPE.values()))}"
+                )
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(name_or_path, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        chat_template = getattr(tokenizer, "chat_template", None)
+        proc = processor_class_for(family)(image_processor=image_processor, tokenizer=tokenizer,
+                                           chat_template=_processor_chat_template(name_or_path) or chat_template)
+    proc.tokenizer.padding_side = "left"
+    return proc
+
+
+def _processor_chat_template(name_or_path: str) -> str | None:
+    """The processor's own chat template when the checkpoint ships one (chat_template.jinja / .json)."""
+    p = Path(name_or_path)
+    if (p / "chat_template.jinja").is_file():
+        return (p / "chat_template.jinja").read_text(encoding="utf-8")
+    if (p / "chat_template.json").is_file():
+        import json
+
+        return json.loads((p / "chat_template.json").read_text(encoding="utf-8")).get("chat_template")
+    return None
+
+
+def load_model_and_processor(name_or_path: str, *, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
+                             attn_implementation: str | None = None, min_pixels: int | None = None,
+                             max_pixels: int | None = None, trust_remote_code: bool = False):
+    """(model, processor) for any image-text-to-text checkpoint: a hub id or a local directory."""
+    from transformers import AutoModelForImageTextToText
+
+    kw: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kw).to(device)
+    family = FAMILY_OF_MODEL_TYPE.get(model.config.model_type)
+    processor = load_processor(name_or_path, family, min_pixels=min_pixels, max_pixels=max_pixels,
+                               trust_remote_code=trust_remote_code)
+    return model, processor
+
+
+def vision_token_ids(model, processor) -> list[int]:
+    """Token ids that must never be sampled: image/video pads and the vision start/end markers."""
+    ids = set()
+    for attr in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        v = getattr(model.config, attr, None)
+        if v is not None:
+            ids.add(int(v))
+    tok = processor.tokenizer
+    for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+              "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|object_ref_start|>",
+              "<|object_ref_end|>"):
+        i = tok.convert_tokens_to_ids(t)
+        if isinstance(i, int) and i != tok.unk_token_id and i is not None and i >= 0:
+            ids.add(i)
+    return sorted(i for i in ids if i < model.config.get_text_config().vocab_size)

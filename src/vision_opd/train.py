@@ -1,0 +1,285 @@
+"""`train(cfg)`: the Vision-OPD loop, top to bottom.
+
+    vision-opd train --config configs/tiny_cpu.yaml train.steps=20
+
+One step: take P prompts; the student samples G responses each on the full image (on-policy);
+the teacher (frozen / ema / live weights) reads the same responses on the crop under no_grad; the student
+reads them on the full image with grad; the loss is a token-level divergence at the response tokens,
+summed per micro-batch and divided by the step's total response-token count (so micro-batching gives the
+same gradient as one big batch); backward, clip, AdamW, schedule, EMA update; log, save.
+No labels are read: `Record.answer` is never touched here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .config import Config, save_config, to_dict
+from .data.records import Record, read_records
+from .data.views import encode_views, student_view, teacher_view
+from .forward import backbone_and_head, response_hidden, select_prompts, unwrap
+from .losses import DivergenceSpec, masked_token_mean, token_divergence_from_hidden
+from .models.loading import load_model_and_processor, vision_token_ids
+from .rollout import sample
+from .teacher import Teacher
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_model(cfg: Config, device: torch.device):
+    """(model, processor) from a hub id / local directory, or tiny:FAMILY built in code."""
+    name = cfg.model.name_or_path
+    if name.startswith("tiny:"):
+        from .models.tiny import build_tiny
+
+        model, processor = build_tiny(name.split(":", 1)[1], seed=cfg.train.seed, image_size=cfg.model.tiny_image_size)
+        return model.to(device), processor
+    return load_model_and_processor(name, dtype=cfg.model.dtype, device=device, attn_implementation=cfg.model.attn_implementation,
+                                    min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,
+                                    trust_remote_code=cfg.model.trust_remote_code)
+
+
+def load_train_records(cfg: Config) -> list[Record]:
+    path = Path(cfg.data.train_file)
+    if not path.exists() and cfg.data.synth_if_missing:
+        from .data.synthetic import write_synthetic
+
+        print(f"[vision-opd] {path} not found: generating {cfg.data.synth_n} synthetic records there")
+        write_synthetic(path.parent, cfg.data.synth_n, cfg.data.synth_seed, name=path.name)
+    return read_records(path)
+
+
+class PromptStream:
+    """Epoch-shuffled record indices with a resumable cursor (seed, position)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, cursor: int = 0):
+        self.n, self.seed, self.shuffle, self.cursor = n, seed, shuffle, cursor
+
+    def _order(self, epoch: int) -> list[int]:
+        idx = list(range(self.n))
+        if self.shuffle:
+            random.Random(self.seed * 100_003 + epoch).shuffle(idx)
+        return idx
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            epoch, pos = divmod(self.cursor, self.n)
+            out.append(self._order(epoch)[pos])
+            self.cursor += 1
+        return out
+
+
+def lr_lambda(cfg: Config):
+    warm, total, sched = cfg.optim.warmup_steps, max(1, cfg.train.steps), cfg.optim.schedule
+
+    def f(step: int) -> float:
+        if warm > 0 and step < warm:
+            return (step + 1) / warm
+        if sched == "cosine":
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return f
+
+
+@dataclass
+class StepResult:
+    metrics: dict
+    rollout: object
+    token_kl: list  # per-sample per-token reverse KL (for the sample log)
+
+
+def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: list[Record], optimizer, scheduler,
+                    suppress_ids: list[int], device: torch.device) -> StepResult:
+    """One optimizer step of Vision-OPD on `records` (P prompts)."""
+    G, mb = cfg.rollout.samples_per_prompt, cfg.train.micro_batch_size
+    spec = DivergenceSpec(kind=cfg.loss.kind, alpha=cfg.loss.alpha, temperature=cfg.rollout.temperature,
+                          top_k=cfg.loss.top_k, chunk_size=cfg.loss.chunk_size)
+    vstart = unwrap(model).config.vision_start_token_id
+    t0 = time.perf_counter()
+    # 1. the two views, through one preprocessing path
+    s_inputs = encode_views(processor, [student_view(r, cfg.views) for r in records]).to(device)
+    t_inputs = encode_views(processor, [teacher_view(r, cfg.views) for r in records]).to(device)
+    t1 = time.perf_counter()
+    # 2. on-policy rollout: the student samples G responses per prompt on its own (full-image) view
+    ro = sample(model, processor, s_inputs, samples_per_prompt=G, temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens, suppress_ids=suppress_ids)
+    t2 = time.perf_counter()
+    num_tokens = ro.response_mask_B_T.sum()  # the step's token count: every micro-batch divides by it
+    _, s_head = backbone_and_head(model)
+    _, t_head = backbone_and_head(teacher.module())
+    optimizer.zero_grad(set_to_none=True)
+    model.train()
+    sums = {"loss": 0.0, "reverse_kl": 0.0, "top1_agree": 0.0}
+    token_kl: list = []
+    t_teacher = t_student = 0.0
+    B = ro.response_ids_B_T.shape[0]
+    for start in range(0, B, mb):
+        rows = torch.arange(start, min(B, start + mb), device=device)
+        mask = ro.response_mask_B_T[rows]
+        T = max(1, int(mask.sum(-1).max().item()))  # trim trailing padding of this micro-batch
+        ids, mask = ro.response_ids_B_T[rows, :T], mask[:, :T]
+        prompts = ro.prompt_index_B[rows]
+        # 3. teacher: crop view, no grad, read at the same response tokens
+        ta = time.perf_counter()
+        with torch.no_grad():
+            t_hidden = response_hidden(teacher.module(), select_prompts(t_inputs, prompts, vstart), ids, mask)
+        tb = time.perf_counter()
+        # 4. student: full view, with grad; 5. divergence at response tokens only
+        s_hidden = response_hidden(model, select_prompts(s_inputs, prompts, vstart), ids, mask)
+        sel = mask.bool()
+        per_tok, tok_metrics = token_divergence_from_hidden(
+            s_hidden[sel], t_hidden[sel].detach(), s_head.weight, ids[sel], spec, teacher_lm_head_weight=t_head.weight.detach())
+        loss = masked_token_mean(per_tok, torch.ones_like(per_tok), num_tokens)
+        loss.backward()
+        t_teacher += tb - ta
+        t_student += time.perf_counter() - tb
+        sums["loss"] += loss.item()
+        sums["reverse_kl"] += tok_metrics["reverse_kl"].sum().item()
+        sums["top1_agree"] += tok_metrics["top1_agree"].sum().item()
+        lengths = mask.sum(-1).long().tolist()
+        kl_rows = torch.split(tok_metrics["reverse_kl"].detach().cpu(), lengths)
+        token_kl.extend(k.tolist() for k in kl_rows)
+    # 6. clip, step, schedule, EMA
+    tc = time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+    finite = bool(torch.isfinite(grad_norm)) and math.isfinite(sums["loss"])
+    if finite:
+        optimizer.step()
+        teacher.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    t3 = time.perf_counter()
+    n = max(1.0, num_tokens.item())
+    lengths = ro.lengths_B.float()
+    metrics = {
+        "loss": sums["loss"],
+        "kl": sums["reverse_kl"] / n,  # mean per-token KL(student || teacher) on the sampled responses
+        "top1_agree": sums["top1_agree"] / n,
+        "response_len": lengths.mean().item(),
+        "response_len_max": lengths.max().item(),
+        "truncation_rate": ro.truncated_B.float().mean().item(),
+        "tokens": int(n),
+        "grad_norm": grad_norm.item(),
+        "lr": optimizer.param_groups[0]["lr"],
+        "skipped": 0 if finite else 1,
+        "sec_views": t1 - t0,
+        "sec_rollout": t2 - t1,
+        "sec_teacher": t_teacher,
+        "sec_student": t_student,
+        "sec_optim": t3 - tc,
+        "sec_step": t3 - t0,
+    }
+    return StepResult(metrics, ro, token_kl)
+
+
+def _trainable(model, cfg: Config):
+    if cfg.model.freeze_vision:
+        m = unwrap(model)
+        vis = getattr(m.model, "visual", None)
+        if vis is None:
+            raise ValueError("model.freeze_vision: this model has no .model.visual tower")
+        for p in vis.parameters():
+            p.requires_grad_(False)
+    if cfg.model.gradient_checkpointing:
+        unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _write_samples(path: Path, step: int, processor, records, result: StepResult, k: int = 4) -> None:
+    ro = result.rollout
+    with open(path, "a", encoding="utf-8") as f:
+        for b in range(min(k, ro.response_ids_B_T.shape[0])):
+            n = int(ro.response_mask_B_T[b].sum().item())
+            ids = ro.response_ids_B_T[b, :n].tolist()
+            f.write(json.dumps({
+                "step": step,
+                "id": records[int(ro.prompt_index_B[b])].id,
+                "response": processor.tokenizer.decode(ids, skip_special_tokens=False),
+                "tokens": [processor.tokenizer.decode([t]) for t in ids],
+                "token_kl": [round(x, 5) for x in result.token_kl[b]],
+            }, ensure_ascii=False) + "\n")
+
+
+def train(cfg: Config, *, resume: bool = False) -> Path:
+    """Run Vision-OPD as configured; returns the run directory."""
+    run_dir = Path(cfg.train.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+
+    # load: model, processor, data, teacher, optimizer
+    model, processor = load_model(cfg, device)
+    records = load_train_records(cfg)
+    suppress_ids = vision_token_ids(unwrap(model), processor)
+    teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate)  # copies the *initial* weights
+    params = _trainable(model, cfg)
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    stream = PromptStream(len(records), cfg.train.seed, cfg.data.shuffle)
+    start_step = 0
+    last = ckpt.latest_checkpoint(run_dir) if resume else None
+    if last is not None:
+        from safetensors.torch import load_file
+
+        unwrap(model).load_state_dict(load_file(str(last / "model.safetensors")), strict=False)
+        state = ckpt.load_trainer_state(last)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        teacher.load_state_dict(ckpt.load_teacher_state(last))
+        stream.cursor = int(state["cursor"])
+        start_step = int(state["step"])
+        ckpt.set_rng_state(state["rng"])
+        print(f"[vision-opd] resumed from {last} at step {start_step}")
+
+    def save(step: int) -> Path:
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "cursor": stream.cursor}
+        return ckpt.save_checkpoint(run_dir, step, model=unwrap(model), processor=processor, trainer_state=state,
+                                    teacher_state=teacher.state_dict(), config_yaml=config_yaml)
+
+    # loop: rollout, score, loss, step, log, save
+    metrics_f = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+    bar = tqdm(range(start_step, cfg.train.steps), desc="vision-opd", disable=not cfg.train.progress,
+               initial=start_step, total=cfg.train.steps)
+    for step in bar:
+        batch = [records[i] for i in stream.take(cfg.train.prompts_per_step)]
+        result = vision_opd_step(cfg, model, teacher, processor, batch, optimizer, scheduler, suppress_ids, device)
+        m = {"step": step + 1, **result.metrics}
+        if cfg.train.log_every and (step + 1) % cfg.train.log_every == 0:
+            metrics_f.write(json.dumps(m) + "\n")
+            metrics_f.flush()
+        bar.set_postfix(loss=f"{m['loss']:.4f}", kl=f"{m['kl']:.4f}", len=f"{m['response_len']:.1f}")
+        if cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
+            _write_samples(run_dir / "samples.jsonl", step + 1, processor, batch, result)
+        if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.steps:
+            save(step + 1)
+    metrics_f.close()
+    final = save(cfg.train.steps)
+    print(f"[vision-opd] done: {cfg.train.steps} steps; checkpoint {final}")
+    return run_dir
