@@ -105,6 +105,19 @@ def lr_lambda(cfg: Config):
     return f
 
 
+def load_student_weights(model, path: Path) -> None:
+    """Copy the weights of a saved checkpoint into `model` (strict: every key must match).
+
+    Goes through from_pretrained because transformers may save keys under other names than it uses in memory.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    target = unwrap(model)
+    saved = AutoModelForImageTextToText.from_pretrained(path, dtype=next(target.parameters()).dtype)
+    target.load_state_dict(saved.state_dict(), strict=True)
+    del saved
+
+
 @dataclass
 class StepResult:
     metrics: dict
@@ -246,9 +259,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     start_step = 0
     last = ckpt.latest_checkpoint(run_dir) if resume else None
     if last is not None:
-        from safetensors.torch import load_file
-
-        unwrap(model).load_state_dict(load_file(str(last / "model.safetensors")), strict=False)
+        load_student_weights(model, last)
         state = ckpt.load_trainer_state(last)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

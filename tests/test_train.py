@@ -1,0 +1,142 @@
+"""The training loop end to end on tiny models: weights move, the teacher follows its rule, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vision_opd.config import load_config
+from vision_opd.forward import unwrap
+from vision_opd.models.tiny import FAMILIES
+
+
+def _cfg(tmp_path, synth_dir, *extra):
+    return load_config(None, [
+        f"data.train_file={synth_dir / 'train.jsonl'}",
+        f"train.out_dir={tmp_path / 'run'}",
+        "train.steps=2", "train.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4",
+        "train.micro_batch_size=2", "train.progress=false", "optim.warmup_steps=0", "optim.lr=1e-3",
+        "views.teacher_pixels=12544", *extra,
+    ])
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
+
+
+def _run_steps(cfg, steps):
+    """Build what train() builds and run `steps` steps; return (initial, student, teacher, metrics)."""
+    from vision_opd import train as T
+
+    T.seed_everything(cfg.train.seed)
+    device = torch.device("cpu")
+    model, proc = T.load_model(cfg, device)
+    records = T.load_train_records(cfg)
+    teacher = T.Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))
+    stream = T.PromptStream(len(records), 0)
+    suppress = T.vision_token_ids(model, proc)
+    initial = _snapshot(model)
+    history = []
+    for _ in range(steps):
+        before_s, before_t = _snapshot(model), _snapshot(teacher.module())
+        batch = [records[i] for i in stream.take(cfg.train.prompts_per_step)]
+        res = T.vision_opd_step(cfg, model, teacher, proc, batch, opt, sched, suppress, device)
+        history.append((before_s, before_t, _snapshot(model), _snapshot(teacher.module()), res.metrics))
+    return initial, model, teacher, history
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_steps_move_student_not_frozen_teacher(family, tmp_path, synth_dir):
+    cfg = _cfg(tmp_path, synth_dir, f"model.name_or_path=tiny:{family}", "teacher.mode=frozen")
+    initial, model, teacher, hist = _run_steps(cfg, 2)
+    final = _snapshot(model)
+    changed = [k for k in initial if not torch.equal(initial[k], final[k])]
+    assert len(changed) > len(initial) // 2, "most student weights should change"
+    t_final = _snapshot(teacher.module())
+    assert all(torch.equal(initial[k], t_final[k]) for k in initial), "a frozen teacher must not move"
+    for *_, m in hist:
+        assert m["tokens"] > 0 and m["loss"] > 0 and m["kl"] > 0 and m["skipped"] == 0
+
+
+def test_ema_teacher_moves_exactly_by_the_ema_rule(tmp_path, synth_dir):
+    cfg = _cfg(tmp_path, synth_dir, "teacher.mode=ema", "teacher.ema_rate=0.25")
+    _, _, _, hist = _run_steps(cfg, 2)
+    for before_s, before_t, after_s, after_t, _ in hist:
+        for k, v in after_t.items():
+            if v.is_floating_point() and k in dict(unwrap_params_names(after_s)):
+                expected = before_t[k] + 0.25 * (after_s[k] - before_t[k])
+                torch.testing.assert_close(v, expected, atol=1e-7, rtol=1e-6)
+        assert any(not torch.equal(before_t[k], after_t[k]) for k in after_t)
+
+
+def unwrap_params_names(state):
+    return ((k, None) for k in state if not k.endswith("inv_freq"))
+
+
+def test_live_teacher_is_the_student(tmp_path, synth_dir):
+    cfg = _cfg(tmp_path, synth_dir, "teacher.mode=live")
+    _, model, teacher, _ = _run_steps(cfg, 1)
+    assert teacher.module() is model and teacher.state_dict() is None
+
+
+@pytest.mark.parametrize("kind", ["jsd", "topk", "sampled"])
+def test_identical_views_frozen_teacher_give_zero_loss_at_step_zero(kind, tmp_path, synth_dir):
+    cfg = _cfg(tmp_path, synth_dir, "teacher.mode=frozen", "views.teacher_source=full", f"loss.kind={kind}", "loss.top_k=8")
+    _, _, _, hist = _run_steps(cfg, 1)
+    m = hist[0][-1]
+    assert abs(m["loss"]) < 1e-6 and abs(m["kl"]) < 1e-6 and m["top1_agree"] == 1.0
+
+
+def test_train_writes_metrics_checkpoint_and_resumes(tmp_path, synth_dir):
+    from transformers import AutoModelForImageTextToText
+
+    from vision_opd.checkpoint import complete_checkpoints
+    from vision_opd.train import train
+
+    cfg = _cfg(tmp_path, synth_dir, "train.steps=3", "train.save_every=2", "train.sample_every=1")
+    run = train(cfg)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    assert all(k in lines[0] for k in ("loss", "kl", "response_len", "truncation_rate", "top1_agree", "grad_norm", "lr", "sec_step"))
+    cks = complete_checkpoints(run)
+    assert [c.name for c in cks] == ["step_000002", "step_000003"]
+    assert (cks[-1] / "teacher" / "model.safetensors").is_file() and (cks[-1] / "config.yaml").is_file()
+    AutoModelForImageTextToText.from_pretrained(cks[-1])
+    sample = json.loads((run / "samples.jsonl").read_text().splitlines()[0])
+    assert len(sample["tokens"]) == len(sample["token_kl"])
+    # resume: continues at step 3 from step_000002 and ends with the same weights as the uninterrupted run
+    from safetensors.torch import load_file
+
+    uninterrupted = load_file(str(cks[-1] / "model.safetensors"))
+    teacher_ref = load_file(str(cks[-1] / "teacher" / "model.safetensors"))
+    import shutil
+
+    shutil.rmtree(cks[-1])
+    (run / "metrics.jsonl").unlink()
+    train(cfg, resume=True)
+    again = complete_checkpoints(run)[-1]
+    assert again.name == "step_000003"
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [3]
+    resumed = load_file(str(again / "model.safetensors"))
+    for k, v in uninterrupted.items():
+        torch.testing.assert_close(resumed[k], v, atol=1e-6, rtol=1e-6)
+    for k, v in load_file(str(again / "teacher" / "model.safetensors")).items():
+        torch.testing.assert_close(v, teacher_ref[k], atol=1e-6, rtol=1e-6)
+
+
+def test_cli_train_and_help(tmp_path, synth_dir, capsys):
+    from vision_opd.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "key=value" in capsys.readouterr().out
+    assert main(["train", f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={tmp_path / 'r'}", "train.steps=1",
+                 "train.prompts_per_step=1", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=3",
+                 "train.progress=false"]) == 0
+    assert (tmp_path / "r" / "config.yaml").is_file()
+    assert main(["train", "train.stepz=1"]) == 2
+    assert "unknown config key 'train.stepz'" in capsys.readouterr().err
