@@ -98,6 +98,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer
     state = dict(trainer_state)
     state["rng"] = _rng_to_tensors(rng_state())
     torch.save(state, tmp / STATE_FILE)
+    _test_pause(step)
     (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
     (tmp / DONE_FILE).write_text(f"{step}\n")
     if final.exists():
@@ -107,6 +108,16 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer
         for old in complete_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _test_pause(step: int) -> None:
+    """Fault-injection hook for the tests: VISION_OPD_TEST_PAUSE_SAVE_AT=N sleeps mid-write of checkpoint N
+    (weights written, COMPLETE not yet), so that a test can SIGKILL the process there. Unset: does nothing."""
+    import os
+    import time
+
+    if os.environ.get("VISION_OPD_TEST_PAUSE_SAVE_AT") == str(step):
+        time.sleep(float(os.environ.get("VISION_OPD_TEST_PAUSE_SECONDS", "60")))
 
 
 def load_trainer_state(ckpt: Path) -> dict:

@@ -1,8 +1,11 @@
 """The `vision-opd` command line: thin subcommands over the library functions.
 
     vision-opd train --config configs/tiny_cpu.yaml [key=value ...] [--resume]
-    vision-opd synth --out DIR --n N [--seed S] [--canvas 224 --distractors 8 --target-size 14]
+    vision-opd synth --out DIR --n N [--seed S] [--canvas 168 --distractors 10 --target-size 20]
     vision-opd config [--config FILE] [key=value ...]      print the resolved config with every option
+    vision-opd pretrain [--out runs/pretrain]              pre-train the demo's tiny VLM with labels
+    vision-opd demo [--out runs/demo] [--study]            the gap and label-free Vision-OPD closing it
+    vision-opd data validate FILE [...] [--skip-bad]       check every record and print a report
 """
 
 from __future__ import annotations
@@ -31,9 +34,25 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .train import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides + (["data.skip_bad=true"] if args.skip_bad else []))
     train(cfg, resume=args.resume)
     return 0
+
+
+def cmd_validate(args) -> int:
+    from .data.images import DEFAULT_MAX_IMAGE_PIXELS
+    from .data.validate import validate_file
+
+    bad = 0
+    for path in args.paths:
+        report = validate_file(path, allow_outside_root=args.allow_outside_root, check_images=not args.no_images,
+                               max_pixels=args.max_pixels or DEFAULT_MAX_IMAGE_PIXELS, progress=True)
+        print(report.summary())
+        bad += len(report.problems)
+    if bad and args.skip_bad:
+        print(f"{bad} bad record(s) would be skipped (--skip-bad)")
+        return 0
+    return 1 if bad else 0
 
 
 def cmd_config(args) -> int:
@@ -54,6 +73,38 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    import shutil
+
+    from .pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(max_steps=args.max_steps, time_budget_s=args.time_budget, eval_every=args.eval_every,
+                         patience=args.patience, n_val=args.n_val, seed=args.seed, batch_size=args.batch_size, lr=args.lr)
+    s = pretrain(args.out, cfg, progress=not args.no_progress)
+    last = s["curve"][-1]
+    print(f"pre-trained {s['steps']} steps in {s['seconds']} s: validation full {last['val_full']:.3f}, crop {last['val_crop']:.3f}")
+    if args.copy_to:
+        shutil.rmtree(args.copy_to, ignore_errors=True)
+        shutil.copytree(f"{args.out}/model", args.copy_to)
+        print(f"copied the checkpoint to {args.copy_to}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import demo
+
+    if args.study:
+        from .demo_study import study
+
+        study(args.out, seeds=args.seeds, steps=args.steps, model_dir=args.model, n_eval=args.n_eval, arms=args.arms,
+              split=args.split, progress=not args.no_progress)
+        return 0
+    demo(args.out, model_dir=args.model, do_pretrain=args.pretrain, steps=args.steps, eval_every=args.eval_every,
+         n_eval=args.n_eval, n_opd=args.n_opd, seed=args.seed, lr=args.lr, teacher=args.teacher, loss=args.loss,
+         progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vision-opd", description="Vision-OPD: measure the regional-to-global gap, train "
                                 "with on-policy self-distillation from a crop-conditioned teacher, evaluate.")
@@ -63,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--config", help="YAML config file (e.g. configs/tiny_cpu.yaml); defaults apply without one")
     t.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in train.out_dir")
+    t.add_argument("--skip-bad", action="store_true", help="skip (and count) bad records instead of stopping (= data.skip_bad=true)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     t.set_defaults(func=cmd_train)
 
@@ -72,15 +124,60 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", metavar="key=value")
     c.set_defaults(func=cmd_config)
 
+    d = sub.add_parser("data", help="data utilities (validate)")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    v = dsub.add_parser("validate", help="check every record of Records JSONL files and print a report",
+                        description="Check every record (JSON, schema, images, boxes, options, duplicates, paths). "
+                        "Exit status 1 if any record is bad (0 with --skip-bad).")
+    v.add_argument("paths", nargs="+", help="Records JSONL files")
+    v.add_argument("--skip-bad", action="store_true", help="report bad records but exit 0 (they would be skipped)")
+    v.add_argument("--allow-outside-root", action="store_true", help="allow image paths outside the data file's folder")
+    v.add_argument("--no-images", action="store_true", help="check the records only, without decoding images")
+    v.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels (default 200M)")
+    v.set_defaults(func=cmd_validate)
+
     s = sub.add_parser("synth", help="write a synthetic-world dataset (Records JSONL + PNGs)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--n", type=int, required=True, help="number of items")
     s.add_argument("--seed", type=int, default=0, help="random seed (different seeds give disjoint splits)")
-    s.add_argument("--canvas", type=int, default=224, help="image side in pixels")
-    s.add_argument("--distractors", type=int, default=8, help="objects besides the target")
-    s.add_argument("--target-size", type=int, default=14, help="object side in pixels")
+    s.add_argument("--canvas", type=int, default=168, help="image side in pixels")
+    s.add_argument("--distractors", type=int, default=10, help="objects besides the target")
+    s.add_argument("--target-size", type=int, default=20, help="object side in pixels")
     s.add_argument("--name", default="records.jsonl", help="JSONL file name inside --out")
     s.set_defaults(func=cmd_synth)
+
+    pt = sub.add_parser("pretrain", help="pre-train the demo's tiny VLM with labels (crops + easy full images)")
+    pt.add_argument("--out", default="runs/pretrain", help="output folder (model/ = the Hugging Face checkpoint)")
+    pt.add_argument("--max-steps", type=int, default=4000, help="stop after this many steps at most")
+    pt.add_argument("--time-budget", type=float, default=900.0, help="stop after this many seconds at most")
+    pt.add_argument("--eval-every", type=int, default=200, help="validation evaluation (the curve) every N steps")
+    pt.add_argument("--patience", type=int, default=3, help="stop after N evaluations without improvement (the plateau)")
+    pt.add_argument("--n-val", type=int, default=192, help="validation items (hard full images and their crops)")
+    pt.add_argument("--batch-size", type=int, default=32, help="labelled items per step")
+    pt.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
+    pt.add_argument("--seed", type=int, default=0, help="model initialisation and data order")
+    pt.add_argument("--copy-to", default=None, help="also copy the checkpoint here (e.g. src/vision_opd/assets/demo_model)")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pt.set_defaults(func=cmd_pretrain)
+
+    d = sub.add_parser("demo", help="show the regional-to-global gap and label-free Vision-OPD closing it (CPU, minutes)")
+    d.add_argument("--out", default="runs/demo", help="output folder for report.md, demo.png, summary.json")
+    d.add_argument("--model", default=None, help="pre-trained checkpoint (default: the shipped src/vision_opd/assets/demo_model)")
+    d.add_argument("--pretrain", action="store_true", help="pre-train the tiny model first instead of using the shipped one")
+    d.add_argument("--steps", type=int, default=150, help="Vision-OPD optimizer steps")
+    d.add_argument("--eval-every", type=int, default=50, help="held-out evaluation every N steps (the curve)")
+    d.add_argument("--n-eval", type=int, default=300, help="held-out items (hard full images and their crops)")
+    d.add_argument("--n-opd", type=int, default=1200, help="unlabelled hard images for Vision-OPD")
+    d.add_argument("--seed", type=int, default=0, help="random seed of the Vision-OPD run")
+    d.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of Vision-OPD")
+    d.add_argument("--teacher", default="frozen", choices=["frozen", "ema", "live"], help="teacher weights")
+    d.add_argument("--loss", default="jsd", choices=["jsd", "rkl", "fkl", "topk", "sampled"], help="divergence")
+    d.add_argument("--study", action="store_true", help="run the controls and ablations over several seeds instead")
+    d.add_argument("--seeds", type=int, default=3, help="--study: seeds per arm")
+    d.add_argument("--arms", default=None, help="--study: comma-separated arm names (default: all; see docs/demo.md)")
+    d.add_argument("--split", default="test", choices=["val", "test"], help="--study: evaluation split (val for design choices)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.set_defaults(func=cmd_demo)
     return p
 
 
@@ -88,13 +185,21 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_hf()
     args = build_parser().parse_args(argv)
     from .config import ConfigError
+    from .data.images import ImageError
     from .data.records import RecordError
 
     try:
         return args.func(args)
-    except (ConfigError, RecordError) as e:
+    except (ConfigError, RecordError, ImageError) as e:
         print(f"vision-opd: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from .train import TrainingStopped
+
+        if not isinstance(e, TrainingStopped):
+            raise
+        print(f"vision-opd: training stopped: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

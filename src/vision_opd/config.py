@@ -42,6 +42,9 @@ class DataConfig:
     synth_n: int = 256
     synth_seed: int = 0
     shuffle: bool = True
+    skip_bad: bool = False  # skip (and count) bad records instead of stopping at load
+    validate_images: bool = True  # decode every image at load (catches corrupt files before training starts)
+    allow_outside_root: bool = False  # image paths may point outside the data file's folder
 
 
 @dataclass
@@ -89,6 +92,14 @@ class TrainConfig:
     sample_every: int = 10  # write a few decoded responses to samples.jsonl every N steps (0 = never)
     eval_every: int = 0  # evaluate data.eval_file every N steps (0 = never)
     progress: bool = True
+    keep_last: int = 3  # checkpoints kept
+    max_consecutive_skips: int = 5  # stop after this many consecutive non-finite steps
+    # collapse signals (METHOD.md 5.6): logged as `collapse` in metrics.jsonl; stop_on_collapse ends the run
+    collapse_truncation_rate: float = 0.5  # truncation rate above this ...
+    collapse_kl: float = 10.0  # ... or mean KL above this ...
+    collapse_length_ratio: float = 4.0  # ... or mean response length above this times the first steps' mean ...
+    collapse_patience: int = 3  # ... for this many consecutive steps
+    stop_on_collapse: bool = False
 
 
 @dataclass

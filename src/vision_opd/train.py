@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import Config, save_config, to_dict
-from .data.records import Record, read_records
+from .data.records import Record
+from .data.validate import load_records_checked
 from .data.views import encode_views, student_view, teacher_view
 from .forward import backbone_and_head, response_hidden, select_prompts, unwrap
 from .losses import DivergenceSpec, masked_token_mean, token_divergence_from_hidden
@@ -60,14 +61,21 @@ def load_model(cfg: Config, device: torch.device):
                                     trust_remote_code=cfg.model.trust_remote_code)
 
 
-def load_train_records(cfg: Config) -> list[Record]:
+def load_train_records(cfg: Config) -> tuple[list[Record], int]:
+    """The training records, validated as they load (data/validate.py); bad ones stop the run unless data.skip_bad."""
     path = Path(cfg.data.train_file)
     if not path.exists() and cfg.data.synth_if_missing:
         from .data.synthetic import write_synthetic
 
         print(f"[vision-opd] {path} not found: generating {cfg.data.synth_n} synthetic records there")
         write_synthetic(path.parent, cfg.data.synth_n, cfg.data.synth_seed, name=path.name)
-    return read_records(path)
+    records, report = load_records_checked(path, skip_bad=cfg.data.skip_bad, check_images=cfg.data.validate_images,
+                                           allow_outside_root=cfg.data.allow_outside_root,
+                                           max_pixels=cfg.views.max_image_pixels, progress=cfg.train.progress)
+    if report.problems:
+        print(f"[vision-opd] skipped {len(report.problems)} bad record(s) of {path}:\n" +
+              "\n".join(f"  {p.message}" for p in report.problems[:20]))
+    return records, len(report.problems)
 
 
 class PromptStream:
@@ -181,11 +189,11 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
     finite = bool(torch.isfinite(grad_norm)) and math.isfinite(sums["loss"])
-    if finite:
+    if finite:  # a non-finite loss or gradient skips the whole step (no optimizer, schedule or EMA update)
         optimizer.step()
+        scheduler.step()
         teacher.update()
     optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
     t3 = time.perf_counter()
     n = max(1.0, num_tokens.item())
     lengths = ro.lengths_B.float()
@@ -249,7 +257,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
 
     # load: model, processor, data, teacher, optimizer
     model, processor = load_model(cfg, device)
-    records = load_train_records(cfg)
+    records, n_bad = load_train_records(cfg)
     suppress_ids = vision_token_ids(unwrap(model), processor)
     teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate)  # copies the *initial* weights
     params = _trainable(model, cfg)
@@ -272,25 +280,105 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     def save(step: int) -> Path:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "cursor": stream.cursor}
         return ckpt.save_checkpoint(run_dir, step, model=unwrap(model), processor=processor, trainer_state=state,
-                                    teacher_state=teacher.state_dict(), config_yaml=config_yaml)
+                                    teacher_state=teacher.state_dict(), config_yaml=config_yaml,
+                                    keep_last=cfg.train.keep_last)
 
-    # loop: rollout, score, loss, step, log, save
+    # loop: rollout, score, loss, step, log, save (a SIGINT/SIGTERM saves a checkpoint, then the run exits)
+    stop = _StopFlag()
+    watch = CollapseWatch(cfg)
+    skips = 0
     metrics_f = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
     bar = tqdm(range(start_step, cfg.train.steps), desc="vision-opd", disable=not cfg.train.progress,
                initial=start_step, total=cfg.train.steps)
-    for step in bar:
-        batch = [records[i] for i in stream.take(cfg.train.prompts_per_step)]
-        result = vision_opd_step(cfg, model, teacher, processor, batch, optimizer, scheduler, suppress_ids, device)
-        m = {"step": step + 1, **result.metrics}
-        if cfg.train.log_every and (step + 1) % cfg.train.log_every == 0:
-            metrics_f.write(json.dumps(m) + "\n")
-            metrics_f.flush()
-        bar.set_postfix(loss=f"{m['loss']:.4f}", kl=f"{m['kl']:.4f}", len=f"{m['response_len']:.1f}")
-        if cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
-            _write_samples(run_dir / "samples.jsonl", step + 1, processor, batch, result)
-        if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.steps:
-            save(step + 1)
-    metrics_f.close()
+    try:
+        for step in bar:
+            batch = [records[i] for i in stream.take(cfg.train.prompts_per_step)]
+            result = vision_opd_step(cfg, model, teacher, processor, batch, optimizer, scheduler, suppress_ids, device)
+            m = {"step": step + 1, **result.metrics, "bad_records": n_bad}
+            skips = skips + 1 if m["skipped"] else 0
+            m["collapse"] = watch.update(m)
+            if cfg.train.log_every and (step + 1) % cfg.train.log_every == 0 or m["skipped"] or m["collapse"]:
+                metrics_f.write(json.dumps(m) + "\n")
+                metrics_f.flush()
+            bar.set_postfix(loss=f"{m['loss']:.4f}", kl=f"{m['kl']:.4f}", len=f"{m['response_len']:.1f}")
+            if cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
+                _write_samples(run_dir / "samples.jsonl", step + 1, processor, batch, result)
+            if m["skipped"]:
+                print(f"[vision-opd] step {step + 1}: non-finite loss or gradient, step skipped ({skips} in a row)")
+                if skips >= cfg.train.max_consecutive_skips:
+                    raise TrainingStopped(f"{skips} consecutive non-finite steps (train.max_consecutive_skips): "
+                                          "lower optim.lr, check the data, or use float32")
+            if m["collapse"] and cfg.train.stop_on_collapse and watch.stop:
+                raise TrainingStopped(f"collapse signal at step {step + 1}: {m['collapse']} (train.stop_on_collapse)")
+            if stop.signal is not None:
+                path = save(step + 1)
+                print(f"[vision-opd] received {stop.signal}: saved {path}; resume with --resume")
+                return run_dir
+            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.steps:
+                save(step + 1)
+    except TrainingStopped as e:
+        path = save(step + 1)
+        print(f"[vision-opd] stopped: {e}; state saved in {path}")
+        raise
+    finally:
+        metrics_f.close()
+        stop.restore()
     final = save(cfg.train.steps)
-    print(f"[vision-opd] done: {cfg.train.steps} steps; checkpoint {final}")
+    print(f"[vision-opd] done: {cfg.train.steps} steps; checkpoint {final}" + (f"; {n_bad} bad record(s) skipped" if n_bad else ""))
     return run_dir
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (non-finite steps, collapse); a checkpoint was saved first."""
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the current step and exits."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.signal = None
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def restore(self):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class CollapseWatch:
+    """Collapse signals (METHOD.md 5.6): truncation rate, KL, response length against the first steps' mean."""
+
+    def __init__(self, cfg: Config):
+        self.t = cfg.train
+        self.base_len: list[float] = []
+        self.streak = 0
+        self.stop = False
+
+    def update(self, m: dict) -> str:
+        if len(self.base_len) < 5:
+            self.base_len.append(m["response_len"])
+        base = sum(self.base_len) / len(self.base_len)
+        flags = []
+        if m["truncation_rate"] > self.t.collapse_truncation_rate:
+            flags.append(f"truncation_rate {m['truncation_rate']:.2f} > {self.t.collapse_truncation_rate}")
+        if m["kl"] > self.t.collapse_kl:
+            flags.append(f"kl {m['kl']:.3g} > {self.t.collapse_kl}")
+        if len(self.base_len) >= 5 and m["response_len"] > self.t.collapse_length_ratio * base:
+            flags.append(f"response_len {m['response_len']:.1f} > {self.t.collapse_length_ratio} x {base:.1f}")
+        self.streak = self.streak + 1 if flags else 0
+        self.stop = self.streak >= self.t.collapse_patience
+        return "; ".join(flags)

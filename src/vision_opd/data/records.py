@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -42,10 +42,6 @@ class Record:
                     d[k] = str(Path(d[k]).resolve().relative_to(Path(relative_to).resolve()))
         d["box"] = list(d["box"]) if d["box"] is not None else None
         return {k: v for k, v in d.items() if v not in (None, {}, [])}
-
-
-def _where(path: Path | str, line: int, rid: str | None) -> str:
-    return f"{path}:{line}" + (f" (id {rid!r})" if rid is not None else "")
 
 
 def parse_box(value: Any) -> tuple[float, float, float, float]:
@@ -117,39 +113,15 @@ def record_from_dict(obj: Any, base: Path, *, where: str = "") -> Record:
 _KNOWN = {"id", "image", "question", "problem", "options", "answer", "box", "bbox", "teacher_image", "category"}
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed object) for each non-blank line; a bad line raises RecordError with its number."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecordError(f"{path}: data file not found")
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise RecordError(f"{path}:{n}: line is not valid UTF-8 ({e}); re-encode the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+def read_records(path: str | Path, *, check_images: bool = False, skip_bad: bool = False) -> list[Record]:
+    """Read and validate a Records JSONL file; a bad record raises RecordError naming file, line and id.
 
+    Images are decoded and boxes checked against them only with check_images=True (see data/validate.py).
+    """
+    from .validate import load_records_checked
 
-def read_records(path: str | Path) -> list[Record]:
-    """Read and validate a Records JSONL file (structure only; images are checked when loaded)."""
-    path = Path(path)
-    out: list[Record] = []
-    seen: dict[str, int] = {}
-    for n, obj in iter_jsonl(path):
-        rec = record_from_dict(obj, path.parent, where=f"{path}:{n}")
-        if rec.id in seen:
-            raise RecordError(f"{_where(path, n, rec.id)}: duplicate id (first seen on line {seen[rec.id]})")
-        seen[rec.id] = n
-        out.append(rec)
-    if not out:
-        raise RecordError(f"{path}: no records")
-    return out
+    records, _ = load_records_checked(path, skip_bad=skip_bad, check_images=check_images, allow_outside_root=True)
+    return records
 
 
 def write_records(records: list[Record], path: str | Path) -> None:
