@@ -33,7 +33,7 @@ def _run_steps(cfg, steps):
     T.seed_everything(cfg.train.seed)
     device = torch.device("cpu")
     model, proc = T.load_model(cfg, device)
-    records = T.load_train_records(cfg)
+    records, _ = T.load_train_records(cfg)
     teacher = T.Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))
