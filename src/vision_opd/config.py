@@ -53,6 +53,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 16
+    do_sample: bool = True  # false = greedy rollouts (deterministic; for tests and debugging, not for training)
 
 
 @dataclass

@@ -73,12 +73,18 @@ def with_response(prompt_inputs: dict, response_ids_B_T: torch.Tensor, response_
 
 def response_hidden(model, prompt_inputs: dict, response_ids_B_T: torch.Tensor, response_mask_B_T: torch.Tensor) -> torch.Tensor:
     """Final hidden states [B, T, H] at the positions that predict each response token."""
-    backbone, _ = backbone_and_head(model)
     full = with_response(prompt_inputs, response_ids_B_T, response_mask_B_T)
     Lp = prompt_inputs["input_ids"].shape[1]
     T = response_ids_B_T.shape[1]
-    out = backbone(**full, use_cache=False)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    if model is not unwrap(model):
+        # a DDP/accelerate wrapper must see the forward (its gradient hooks are armed there): go through the
+        # whole model, keep the final hidden states, and compute the lm_head on one position only
+        out = model(**full, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[-1]
+    else:
+        backbone, _ = backbone_and_head(model)
+        out = backbone(**full, use_cache=False)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return hidden[:, Lp - 1 : Lp - 1 + T]
 
 

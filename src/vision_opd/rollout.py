@@ -49,6 +49,9 @@ def sample(model, processor, inputs, *, samples_per_prompt: int, temperature: fl
 
     Returns a Rollout with B = P * G rows, ordered prompt-major (rows p*G .. p*G+G-1 answer prompt p).
     """
+    from .forward import unwrap
+
+    model = unwrap(model)  # generate runs on the plain module (DDP has no generate)
     eos_ids = eos_ids_of(model, processor)
     pad_id = processor.tokenizer.pad_token_id
     was_training = model.training
@@ -56,7 +59,7 @@ def sample(model, processor, inputs, *, samples_per_prompt: int, temperature: fl
     gen_kw = dict(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
-        num_return_sequences=samples_per_prompt,
+        num_return_sequences=samples_per_prompt if do_sample else 1,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
         suppress_tokens=suppress_ids or None,
@@ -70,6 +73,8 @@ def sample(model, processor, inputs, *, samples_per_prompt: int, temperature: fl
     if was_training:
         model.train()
     ids = out[:, prompt_len:]
+    if not do_sample and samples_per_prompt > 1:  # greedy: the G samples of a prompt are identical
+        ids = ids.repeat_interleave(samples_per_prompt, dim=0)
     if ids.shape[1] == 0:  # nothing generated at all (max_new_tokens=0)
         ids = torch.full((out.shape[0], 1), pad_id, dtype=out.dtype, device=out.device)
     mask, truncated = response_mask(ids, eos_ids)

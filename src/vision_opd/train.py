@@ -12,8 +12,10 @@ No labels are read: `Record.answer` is never touched here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -78,6 +80,18 @@ def load_train_records(cfg: Config) -> tuple[list[Record], int]:
     return records, len(report.problems)
 
 
+def make_accelerator(cfg: Config):
+    """An accelerate Accelerator when launched over several processes (accelerate launch / torchrun), else None.
+
+    On CPU the processes talk over gloo; on GPUs over NCCL. Nothing else is home-made: DDP comes from accelerate.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=cfg.train.device == "cpu" or not torch.cuda.is_available())
+
+
 class PromptStream:
     """Epoch-shuffled record indices with a resumable cursor (seed, position)."""
 
@@ -134,8 +148,17 @@ class StepResult:
 
 
 def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: list[Record], optimizer, scheduler,
-                    suppress_ids: list[int], device: torch.device) -> StepResult:
-    """One optimizer step of Vision-OPD on `records` (P prompts)."""
+                    suppress_ids: list[int], device: torch.device, accelerator=None) -> StepResult:
+    """One optimizer step of Vision-OPD on `records` (this rank's share of the step's prompts).
+
+    With an accelerate `accelerator` over N processes, the loss of each rank is its token sum divided by the
+    *global* response-token count, times N (DDP averages gradients over ranks), so N ranks give the same
+    gradient as one process over all prompts; gradients sync once, on the last micro-batch.
+    """
+    world = accelerator.num_processes if accelerator is not None else 1
+
+    def global_sum(x: torch.Tensor) -> torch.Tensor:
+        return accelerator.reduce(x.detach().clone(), reduction="sum") if world > 1 else x
     G, mb = cfg.rollout.samples_per_prompt, cfg.train.micro_batch_size
     spec = DivergenceSpec(kind=cfg.loss.kind, alpha=cfg.loss.alpha, temperature=cfg.rollout.temperature,
                           top_k=cfg.loss.top_k, chunk_size=cfg.loss.chunk_size)
@@ -147,9 +170,10 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     t1 = time.perf_counter()
     # 2. on-policy rollout: the student samples G responses per prompt on its own (full-image) view
     ro = sample(model, processor, s_inputs, samples_per_prompt=G, temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens, suppress_ids=suppress_ids)
+                top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens, suppress_ids=suppress_ids,
+                do_sample=cfg.rollout.do_sample)
     t2 = time.perf_counter()
-    num_tokens = ro.response_mask_B_T.sum()  # the step's token count: every micro-batch divides by it
+    num_tokens = global_sum(ro.response_mask_B_T.sum())  # the step's token count (all ranks): every micro-batch divides by it
     _, s_head = backbone_and_head(model)
     _, t_head = backbone_and_head(teacher.module())
     optimizer.zero_grad(set_to_none=True)
@@ -170,12 +194,16 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
             t_hidden = response_hidden(teacher.module(), select_prompts(t_inputs, prompts, vstart), ids, mask)
         tb = time.perf_counter()
         # 4. student: full view, with grad; 5. divergence at response tokens only
-        s_hidden = response_hidden(model, select_prompts(s_inputs, prompts, vstart), ids, mask)
-        sel = mask.bool()
-        per_tok, tok_metrics = token_divergence_from_hidden(
-            s_hidden[sel], t_hidden[sel].detach(), s_head.weight, ids[sel], spec, teacher_lm_head_weight=t_head.weight.detach())
-        loss = masked_token_mean(per_tok, torch.ones_like(per_tok), num_tokens)
-        loss.backward()
+        last = start + mb >= B
+        sync = contextlib.nullcontext() if (last or world == 1) else accelerator.no_sync(model)
+        with sync:
+            s_hidden = response_hidden(model, select_prompts(s_inputs, prompts, vstart), ids, mask)
+            sel = mask.bool()
+            per_tok, tok_metrics = token_divergence_from_hidden(
+                s_hidden[sel], t_hidden[sel].detach(), s_head.weight, ids[sel], spec,
+                teacher_lm_head_weight=t_head.weight.detach())
+            loss = masked_token_mean(per_tok, torch.ones_like(per_tok), num_tokens)
+            (loss * world).backward()
         t_teacher += tb - ta
         t_student += time.perf_counter() - tb
         sums["loss"] += loss.item()
@@ -197,13 +225,18 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     t3 = time.perf_counter()
     n = max(1.0, num_tokens.item())
     lengths = ro.lengths_B.float()
+    tot = global_sum(torch.tensor([sums["loss"], sums["reverse_kl"], sums["top1_agree"], lengths.sum().item(),
+                                   float(lengths.numel()), ro.truncated_B.float().sum().item()], device=device))
+    len_max = lengths.max()
+    if world > 1:
+        len_max = accelerator.reduce(len_max.clone(), reduction="max")
     metrics = {
-        "loss": sums["loss"],
-        "kl": sums["reverse_kl"] / n,  # mean per-token KL(student || teacher) on the sampled responses
-        "top1_agree": sums["top1_agree"] / n,
-        "response_len": lengths.mean().item(),
-        "response_len_max": lengths.max().item(),
-        "truncation_rate": ro.truncated_B.float().mean().item(),
+        "loss": tot[0].item(),
+        "kl": tot[1].item() / n,  # mean per-token KL(student || teacher) on the sampled responses
+        "top1_agree": tot[2].item() / n,
+        "response_len": tot[3].item() / tot[4].item(),
+        "response_len_max": len_max.item(),
+        "truncation_rate": tot[5].item() / tot[4].item(),
         "tokens": int(n),
         "grad_norm": grad_norm.item(),
         "lr": optimizer.param_groups[0]["lr"],
@@ -248,19 +281,32 @@ def _write_samples(path: Path, step: int, processor, records, result: StepResult
 
 def train(cfg: Config, *, resume: bool = False) -> Path:
     """Run Vision-OPD as configured; returns the run directory."""
+    accelerator = make_accelerator(cfg)  # None in a single process
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    is_main = rank == 0
     run_dir = Path(cfg.train.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
     config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
     seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    device = accelerator.device if accelerator else resolve_device(cfg.train.device)
 
     # load: model, processor, data, teacher, optimizer
     model, processor = load_model(cfg, device)
-    records, n_bad = load_train_records(cfg)
+    if is_main:
+        records, n_bad = load_train_records(cfg)  # may generate synthetic data first
+    if accelerator:
+        accelerator.wait_for_everyone()
+        if not is_main:
+            records, n_bad = load_train_records(cfg)
+    if cfg.train.prompts_per_step < world:
+        raise ValueError(f"train.prompts_per_step={cfg.train.prompts_per_step} is smaller than the {world} processes")
     suppress_ids = vision_token_ids(unwrap(model), processor)
-    teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate)  # copies the *initial* weights
+    teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate)  # copies the *initial* weights (identical on every rank)
     params = _trainable(model, cfg)
+    if accelerator:
+        model = accelerator.prepare_model(model)  # DDP: gradients averaged over ranks
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     stream = PromptStream(len(records), cfg.train.seed, cfg.data.shuffle)
@@ -278,22 +324,29 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         print(f"[vision-opd] resumed from {last} at step {start_step}")
 
     def save(step: int) -> Path:
+        """Written once, by the main process (every rank holds the same weights)."""
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "cursor": stream.cursor}
-        return ckpt.save_checkpoint(run_dir, step, model=unwrap(model), processor=processor, trainer_state=state,
-                                    teacher_state=teacher.state_dict(), config_yaml=config_yaml,
-                                    keep_last=cfg.train.keep_last)
+        path = ckpt.step_dir(run_dir, step)
+        if is_main:
+            path = ckpt.save_checkpoint(run_dir, step, model=unwrap(model), processor=processor, trainer_state=state,
+                                        teacher_state=teacher.state_dict(), config_yaml=config_yaml,
+                                        keep_last=cfg.train.keep_last)
+        if accelerator:
+            accelerator.wait_for_everyone()
+        return path
 
     # loop: rollout, score, loss, step, log, save (a SIGINT/SIGTERM saves a checkpoint, then the run exits)
     stop = _StopFlag()
     watch = CollapseWatch(cfg)
     skips = 0
-    metrics_f = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
-    bar = tqdm(range(start_step, cfg.train.steps), desc="vision-opd", disable=not cfg.train.progress,
+    metrics_f = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if is_main else open(os.devnull, "w")
+    bar = tqdm(range(start_step, cfg.train.steps), desc="vision-opd", disable=not (cfg.train.progress and is_main),
                initial=start_step, total=cfg.train.steps)
     try:
         for step in bar:
-            batch = [records[i] for i in stream.take(cfg.train.prompts_per_step)]
-            result = vision_opd_step(cfg, model, teacher, processor, batch, optimizer, scheduler, suppress_ids, device)
+            batch = [records[i] for i in stream.take(cfg.train.prompts_per_step)][rank::world]  # this rank's prompts
+            result = vision_opd_step(cfg, model, teacher, processor, batch, optimizer, scheduler, suppress_ids, device,
+                                     accelerator)
             m = {"step": step + 1, **result.metrics, "bad_records": n_bad}
             skips = skips + 1 if m["skipped"] else 0
             m["collapse"] = watch.update(m)
@@ -301,7 +354,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
                 metrics_f.write(json.dumps(m) + "\n")
                 metrics_f.flush()
             bar.set_postfix(loss=f"{m['loss']:.4f}", kl=f"{m['kl']:.4f}", len=f"{m['response_len']:.1f}")
-            if cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
+            if is_main and cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
                 _write_samples(run_dir / "samples.jsonl", step + 1, processor, batch, result)
             if m["skipped"]:
                 print(f"[vision-opd] step {step + 1}: non-finite loss or gradient, step skipped ({skips} in a row)")
