@@ -128,6 +128,16 @@ def test_train_writes_metrics_checkpoint_and_resumes(tmp_path, synth_dir):
         torch.testing.assert_close(v, teacher_ref[k], atol=1e-6, rtol=1e-6)
 
 
+def test_eval_every_n_steps_is_logged(tmp_path, synth_dir):
+    from vision_opd.train import train
+
+    cfg = _cfg(tmp_path, synth_dir, "train.steps=2", "train.eval_every=1", f"data.eval_file={synth_dir / 'train.jsonl'}",
+               "train.eval_max_new_tokens=2")
+    lines = [json.loads(x) for x in (train(cfg) / "metrics.jsonl").read_text().splitlines()]
+    for m in lines:
+        assert 0.0 <= m["eval_full_acc"] <= 1.0 and 0.0 <= m["eval_crop_acc"] <= 1.0
+
+
 def test_cli_train_and_help(tmp_path, synth_dir, capsys):
     from vision_opd.cli import main
 

@@ -91,7 +91,9 @@ class TrainConfig:
     log_every: int = 1
     save_every: int = 0  # 0 = only at the end
     sample_every: int = 10  # write a few decoded responses to samples.jsonl every N steps (0 = never)
-    eval_every: int = 0  # evaluate data.eval_file every N steps (0 = never)
+    eval_every: int = 0  # evaluate data.eval_file (full and crop views, greedy) every N steps and at the end (0 = never)
+    eval_max_new_tokens: int = 16
+    eval_batch_size: int = 16
     progress: bool = True
     keep_last: int = 3  # checkpoints kept
     max_consecutive_skips: int = 5  # stop after this many consecutive non-finite steps

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import Config, save_config, to_dict
-from .data.records import Record
+from .data.records import Record, read_records
 from .data.validate import load_records_checked
 from .data.views import encode_views, student_view, teacher_view
 from .forward import backbone_and_head, response_hidden, select_prompts, unwrap
@@ -335,6 +335,24 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
             accelerator.wait_for_everyone()
         return path
 
+    eval_records = read_records(cfg.data.eval_file) if cfg.data.eval_file and cfg.train.eval_every else None
+
+    def evaluate(step: int) -> dict:
+        """Held-out greedy accuracy on the full and crop views (main process; the others wait)."""
+        out = {}
+        if is_main:
+            from .eval.run import evaluate_records
+
+            r = evaluate_records(unwrap(model), processor, eval_records, views=("full", "crop"),
+                                 batch_size=cfg.train.eval_batch_size, max_new_tokens=cfg.train.eval_max_new_tokens,
+                                 view_cfg=cfg.views)
+            out = {"eval_full_acc": r.get("full", {}).get("accuracy"), "eval_crop_acc": r.get("crop", {}).get("accuracy"),
+                   "eval_seconds": r["seconds"]}
+            print(f"[vision-opd] step {step}: held-out accuracy full {out['eval_full_acc']}, crop {out['eval_crop_acc']}")
+        if accelerator:
+            accelerator.wait_for_everyone()
+        return out
+
     # loop: rollout, score, loss, step, log, save (a SIGINT/SIGTERM saves a checkpoint, then the run exits)
     stop = _StopFlag()
     watch = CollapseWatch(cfg)
@@ -350,6 +368,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
             m = {"step": step + 1, **result.metrics, "bad_records": n_bad}
             skips = skips + 1 if m["skipped"] else 0
             m["collapse"] = watch.update(m)
+            if eval_records and (step + 1) % cfg.train.eval_every == 0 or eval_records and step + 1 == cfg.train.steps:
+                m.update(evaluate(step + 1))
             if cfg.train.log_every and (step + 1) % cfg.train.log_every == 0 or m["skipped"] or m["collapse"]:
                 metrics_f.write(json.dumps(m) + "\n")
                 metrics_f.flush()

@@ -354,7 +354,7 @@ def evaluate(generator, benchmark: str, data: str | Path, out: str | Path, *, li
 
 
 def evaluate_records(model, processor, records: Sequence[Record], views: Sequence[str] = ("full", "crop"),
-                     batch_size: int = 16, max_new_tokens: int = 16) -> dict[str, Any]:
+                     batch_size: int = 16, max_new_tokens: int = 16, view_cfg: ViewConfig = ViewConfig()) -> dict[str, Any]:
     """Greedy accuracy per view, no files: for the training loop every N steps.
 
     Returns {view: {"accuracy", "n", "per_category", "unextracted_rate", "mean_response_tokens",
@@ -364,7 +364,7 @@ def evaluate_records(model, processor, records: Sequence[Record], views: Sequenc
     t0 = time.perf_counter()
     gen = HFGenerator(model, processor, max_new_tokens=max_new_tokens)
     scorable = [r for r in records if r.answer is not None]
-    by_view = generate_samples(gen, scorable, list(views), batch_size=batch_size)
+    by_view = generate_samples(gen, scorable, list(views), batch_size=batch_size, view_cfg=view_cfg)
     summary: dict[str, Any] = {"skipped": {v: len(records) - len(by_view[v]) for v in views}}
     for v, samples in by_view.items():
         if not samples:
