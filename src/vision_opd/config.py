@@ -32,6 +32,10 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     freeze_vision: bool = False  # train only the language model (and merger)
     tiny_image_size: int = 112  # for tiny:FAMILY only: the processor's pixel budget side
+    lora_r: int = 0  # > 0: train a LoRA adapter (peft) of this rank on the language model; 0 = full fine-tuning
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target: str | None = None  # peft target_modules regex; None = the language model's projections
 
 
 @dataclass

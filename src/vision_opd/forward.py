@@ -12,10 +12,19 @@ from __future__ import annotations
 import torch
 
 
+def strip_wrappers(model):
+    """The model behind DDP/FSDP/accelerate wrappers (a peft model stays a peft model)."""
+    while hasattr(model, "module") and isinstance(model, torch.nn.Module) and type(model).__name__ in _WRAPPERS:
+        model = model.module
+    return model
+
+
+_WRAPPERS = {"DistributedDataParallel", "FullyShardedDataParallel", "DataParallel", "DeepSpeedEngine"}
+
+
 def unwrap(model):
     """The underlying HF model behind DDP/FSDP/accelerate wrappers and peft."""
-    while hasattr(model, "module"):
-        model = model.module
+    model = strip_wrappers(model)
     if hasattr(model, "get_base_model"):  # peft
         model = model.get_base_model()
     return model

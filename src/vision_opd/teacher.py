@@ -1,19 +1,33 @@
 """The teacher's weights: one explicit choice (METHOD.md section 3).
 
-frozen: a copy of the initial weights, never updated.
-ema:    a copy initialised from the initial weights; after every optimizer step
+frozen: the initial weights, never updated.
+ema:    initialised from the initial weights; after every optimizer step
         theta_T <- (1 - r) * theta_T + r * theta_S  (torch.lerp with weight r), buffers copied.
 live:   the student's current weights, used under no_grad (no copy).
-The teacher always runs in eval mode under torch.no_grad(); its parameters never require grad.
+
+Full fine-tuning keeps a copy of the model for frozen/ema. With LoRA (peft) there is no second copy of the
+base weights: a frozen teacher is the base with the adapter disabled, and an EMA teacher is an EMA over
+the adapter weights only, swapped into the adapter for the teacher's forward passes.
+Always score the teacher inside `with teacher.scoring() as model:` (it also sets no_grad and eval mode).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
 
-from .forward import unwrap
+from .forward import strip_wrappers, unwrap
+
+
+def is_peft(model) -> bool:
+    return hasattr(strip_wrappers(model), "disable_adapter") and hasattr(strip_wrappers(model), "peft_config")
+
+
+def adapter_params(model) -> dict[str, torch.nn.Parameter]:
+    """The trainable LoRA parameters of a peft model, by name."""
+    return {n: p for n, p in strip_wrappers(model).named_parameters() if "lora_" in n}
 
 
 class Teacher:
@@ -22,21 +36,59 @@ class Teacher:
             raise ValueError(f"teacher mode {mode!r}: choose frozen, ema or live")
         self.mode = mode
         self.rate = float(ema_rate)
-        self._student = student
-        self.model = None
-        if mode in ("frozen", "ema"):
+        self._student = strip_wrappers(student)
+        self.lora = is_peft(student)
+        self.model = None  # full-model copy (full fine-tuning, frozen/ema)
+        self.ema_adapter: dict[str, torch.Tensor] | None = None  # LoRA + ema
+        if self.lora:
+            if mode == "ema":
+                self.ema_adapter = {n: p.detach().clone() for n, p in adapter_params(student).items()}
+        elif mode in ("frozen", "ema"):
             self.model = copy.deepcopy(unwrap(student)).eval()
             for p in self.model.parameters():
                 p.requires_grad_(False)
 
     def module(self):
-        """The model to score the teacher view with."""
+        """The model that holds the teacher's weights (full fine-tuning or live); LoRA needs `scoring()`."""
+        if self.lora and self.mode != "live":
+            raise RuntimeError("a LoRA teacher shares the student's modules: score it inside `with teacher.scoring()`")
         return self._student if self.model is None else self.model
+
+    def lm_head_weight(self) -> torch.Tensor:
+        """The teacher's output projection (LoRA never adapts the lm_head, so it is the student's there)."""
+        from .forward import backbone_and_head
+
+        owner = self._student if self.lora else self.module()
+        return backbone_and_head(owner)[1].weight.detach()
+
+    @contextlib.contextmanager
+    def scoring(self):
+        """Context in which the returned model computes the teacher's distributions (no grad)."""
+        with torch.no_grad():
+            if not self.lora or self.mode == "live":
+                yield self.module()
+            elif self.mode == "frozen":
+                with self._student.disable_adapter():
+                    yield self._student
+            else:  # LoRA + EMA: swap the EMA adapter weights in, and the student's back out afterwards
+                params = adapter_params(self._student)
+                saved = {n: p.detach().clone() for n, p in params.items()}
+                for n, p in params.items():
+                    p.copy_(self.ema_adapter[n])
+                try:
+                    yield self._student
+                finally:
+                    for n, p in params.items():
+                        p.copy_(saved[n])
 
     @torch.no_grad()
     def update(self) -> None:
         """EMA step after an optimizer step (no-op for frozen and live)."""
         if self.mode != "ema":
+            return
+        if self.lora:
+            for n, p in adapter_params(self._student).items():
+                self.ema_adapter[n].lerp_(p.detach().to(self.ema_adapter[n].dtype), self.rate)
             return
         student = unwrap(self._student)
         for (name_t, p_t), (name_s, p_s) in zip(self.model.named_parameters(), student.named_parameters(), strict=True):
@@ -46,14 +98,25 @@ class Teacher:
             b_t.copy_(b_s)
 
     def state_dict(self) -> dict | None:
-        """Weights to checkpoint: only the EMA teacher has state of its own (frozen = the base, live = the student)."""
-        return {k: v for k, v in self.model.state_dict().items()} if self.mode == "ema" else None
+        """Weights to checkpoint: only an EMA teacher has state of its own (frozen = the base, live = the student)."""
+        if self.mode != "ema":
+            return None
+        if self.lora:
+            return dict(self.ema_adapter)
+        return dict(self.model.state_dict())
 
     def load_state_dict(self, state: dict | None) -> None:
-        if self.mode == "ema":
-            if state is None:
-                raise RuntimeError("resuming an EMA-teacher run, but the checkpoint holds no teacher weights")
-            missing, unexpected = self.model.load_state_dict(state, strict=False)
-            bad = [k for k in missing if not k.endswith("inv_freq")]
-            if bad or unexpected:
-                raise RuntimeError(f"teacher checkpoint mismatch: missing {bad[:5]}, unexpected {unexpected[:5]}")
+        if self.mode != "ema":
+            return
+        if state is None:
+            raise RuntimeError("resuming an EMA-teacher run, but the checkpoint holds no teacher weights")
+        if self.lora:
+            if set(state) != set(self.ema_adapter):
+                raise RuntimeError("teacher checkpoint mismatch: the EMA adapter's parameter names differ")
+            for n, t in state.items():
+                self.ema_adapter[n].copy_(t)
+            return
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        bad = [k for k in missing if not k.endswith("inv_freq")]
+        if bad or unexpected:
+            raise RuntimeError(f"teacher checkpoint mismatch: missing {bad[:5]}, unexpected {unexpected[:5]}")

@@ -31,11 +31,11 @@ from .config import Config, save_config, to_dict
 from .data.records import Record, read_records
 from .data.validate import load_records_checked
 from .data.views import encode_views, student_view, teacher_view
-from .forward import backbone_and_head, response_hidden, select_prompts, unwrap
+from .forward import backbone_and_head, response_hidden, select_prompts, strip_wrappers, unwrap
 from .losses import DivergenceSpec, masked_token_mean, token_divergence_from_hidden
 from .models.loading import load_model_and_processor, vision_token_ids
 from .rollout import sample
-from .teacher import Teacher
+from .teacher import Teacher, is_peft
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,6 +134,11 @@ def load_student_weights(model, path: Path) -> None:
     """
     from transformers import AutoModelForImageTextToText
 
+    if is_peft(model):
+        from .models.lora import load_adapter_weights
+
+        load_adapter_weights(strip_wrappers(model), path)
+        return
     target = unwrap(model)
     saved = AutoModelForImageTextToText.from_pretrained(path, dtype=next(target.parameters()).dtype)
     target.load_state_dict(saved.state_dict(), strict=True)
@@ -175,7 +180,6 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     t2 = time.perf_counter()
     num_tokens = global_sum(ro.response_mask_B_T.sum())  # the step's token count (all ranks): every micro-batch divides by it
     _, s_head = backbone_and_head(model)
-    _, t_head = backbone_and_head(teacher.module())
     optimizer.zero_grad(set_to_none=True)
     model.train()
     sums = {"loss": 0.0, "reverse_kl": 0.0, "top1_agree": 0.0}
@@ -190,8 +194,8 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         prompts = ro.prompt_index_B[rows]
         # 3. teacher: crop view, no grad, read at the same response tokens
         ta = time.perf_counter()
-        with torch.no_grad():
-            t_hidden = response_hidden(teacher.module(), select_prompts(t_inputs, prompts, vstart), ids, mask)
+        with teacher.scoring() as t_model:
+            t_hidden = response_hidden(t_model, select_prompts(t_inputs, prompts, vstart), ids, mask)
         tb = time.perf_counter()
         # 4. student: full view, with grad; 5. divergence at response tokens only
         last = start + mb >= B
@@ -201,7 +205,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
             sel = mask.bool()
             per_tok, tok_metrics = token_divergence_from_hidden(
                 s_hidden[sel], t_hidden[sel].detach(), s_head.weight, ids[sel], spec,
-                teacher_lm_head_weight=t_head.weight.detach())
+                teacher_lm_head_weight=teacher.lm_head_weight())
             loss = masked_token_mean(per_tok, torch.ones_like(per_tok), num_tokens)
             (loss * world).backward()
         t_teacher += tb - ta
@@ -303,6 +307,10 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     if cfg.train.prompts_per_step < world:
         raise ValueError(f"train.prompts_per_step={cfg.train.prompts_per_step} is smaller than the {world} processes")
     suppress_ids = vision_token_ids(unwrap(model), processor)
+    if cfg.model.lora_r > 0:
+        from .models.lora import apply_lora
+
+        model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, cfg.model.lora_target)
     teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate)  # copies the *initial* weights (identical on every rank)
     params = _trainable(model, cfg)
     if accelerator:
@@ -328,7 +336,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "cursor": stream.cursor}
         path = ckpt.step_dir(run_dir, step)
         if is_main:
-            path = ckpt.save_checkpoint(run_dir, step, model=unwrap(model), processor=processor, trainer_state=state,
+            path = ckpt.save_checkpoint(run_dir, step, model=strip_wrappers(model), processor=processor, trainer_state=state,
                                         teacher_state=teacher.state_dict(), config_yaml=config_yaml,
                                         keep_last=cfg.train.keep_last)
         if accelerator:

@@ -1,0 +1,44 @@
+"""LoRA through peft: adapters on the language model's linear layers, the base frozen.
+
+    model.lora_r=16 model.lora_alpha=32        (config keys; lora_r=0 = full fine-tuning)
+
+The lm_head and the vision tower are never adapted (the teacher's lm_head is then the student's, and a
+frozen teacher is exactly the base with the adapter disabled). Checkpoints hold the adapter only
+(`adapter_model.safetensors` + `adapter_config.json`); load with `PeftModel.from_pretrained(base, path)`.
+"""
+
+from __future__ import annotations
+
+# the language model's projections in every supported family (Qwen2-VL ... Qwen3.5, incl. gated-delta layers)
+LM_TARGET_REGEX = (r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|"
+                   r"in_proj_qkvz|in_proj_ba|in_proj_qkv|in_proj_z|in_proj_b|in_proj_a|out_proj)")
+
+
+def apply_lora(model, r: int, alpha: int, dropout: float = 0.0, target: str | None = None):
+    """Wrap `model` in a peft LoRA model; only the adapter trains."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:  # pragma: no cover - peft is a declared dependency of the lora extra
+        raise ImportError("LoRA needs peft: pip install 'vision-opd[lora]'") from e
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target or LM_TARGET_REGEX, bias="none")
+    peft_model = get_peft_model(model, cfg)
+    adapted = [n for n, _ in peft_model.named_parameters() if "lora_" in n]
+    if not adapted:
+        raise ValueError(f"LoRA matched no module with target {cfg.target_modules!r}")
+    if any("lm_head" in n or ".visual." in n for n in adapted):
+        raise ValueError("LoRA target must not include the lm_head or the vision tower")
+    return peft_model
+
+
+def load_adapter_weights(model, path) -> None:
+    """Load a saved adapter (adapter_model.safetensors) into a peft model, strictly."""
+    from pathlib import Path
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(path) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise RuntimeError(f"adapter checkpoint mismatch: unexpected keys {unexpected[:5]}")

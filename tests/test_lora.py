@@ -1,0 +1,102 @@
+"""LoRA: the adapter trains, the base does not, checkpoints hold the adapter, and the teacher has no base copy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+
+from vision_opd.config import load_config  # noqa: E402
+from vision_opd.teacher import adapter_params  # noqa: E402
+
+
+def _cfg(tmp_path, synth_dir, *extra):
+    return load_config(None, [
+        f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={tmp_path / 'run'}", "train.steps=2",
+        "train.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4", "train.micro_batch_size=2",
+        "train.progress=false", "optim.warmup_steps=0", "optim.lr=1e-2", "views.teacher_pixels=12544", "model.lora_r=4",
+        *extra])
+
+
+def _setup(cfg):
+    from vision_opd import train as T
+    from vision_opd.models.lora import apply_lora
+
+    T.seed_everything(0)
+    model, proc = T.load_model(cfg, torch.device("cpu"))
+    model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha)
+    with torch.no_grad():  # peft initialises B = 0 (adapter = identity); start from a non-trivial adapter
+        for n, p in adapter_params(model).items():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    records, _ = T.load_train_records(cfg)
+    teacher = T.Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))
+    return T, model, proc, records, teacher, opt, sched
+
+
+@pytest.mark.parametrize("mode", ["frozen", "ema"])
+def test_lora_teacher_shares_the_base(mode, tmp_path, synth_dir):
+    cfg = _cfg(tmp_path, synth_dir, f"teacher.mode={mode}", "teacher.ema_rate=0.5")
+    T, model, proc, records, teacher, opt, sched = _setup(cfg)
+    assert teacher.model is None, "no second copy of the model"
+    n_base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    n_teacher_state = sum(t.numel() for t in (teacher.state_dict() or {}).values())
+    assert n_teacher_state < 0.2 * n_base  # only adapter-sized state (or none)
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    adapter0 = {n: p.detach().clone() for n, p in adapter_params(model).items()}
+    ema_prev = {n: t.clone() for n, t in (teacher.ema_adapter or {}).items()}
+    res = T.vision_opd_step(cfg, model, teacher, proc, records[:2], opt, sched, T.vision_token_ids(model, proc), torch.device("cpu"))
+    assert res.metrics["loss"] > 0 and res.metrics["skipped"] == 0
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if "lora_" not in n), "base must not train"
+    adapter1 = {n: p.detach() for n, p in adapter_params(model).items()}
+    assert any(not torch.equal(adapter1[n], adapter0[n]) for n in adapter0), "adapter must train"
+    if mode == "ema":
+        for n, t in teacher.ema_adapter.items():
+            torch.testing.assert_close(t, ema_prev[n] + 0.5 * (adapter1[n] - ema_prev[n]), atol=1e-7, rtol=1e-6)
+    # the teacher's forward: the base (frozen) or the EMA adapter, and the student's adapter is restored after
+    inputs = T.encode_views(proc, [T.student_view(records[0])])
+    with torch.no_grad():
+        student_out = model(**inputs).logits
+        with teacher.scoring() as tm:
+            teacher_out = tm(**inputs).logits
+        with model.disable_adapter():
+            base_out = model(**inputs).logits
+        assert torch.equal(model(**inputs).logits, student_out)
+    if mode == "frozen":
+        torch.testing.assert_close(teacher_out, base_out)
+    else:
+        assert not torch.allclose(teacher_out, base_out) and not torch.allclose(teacher_out, student_out)
+
+
+def test_lora_run_checkpoints_the_adapter_and_resumes(tmp_path, synth_dir):
+    from safetensors.torch import load_file
+
+    from vision_opd.checkpoint import complete_checkpoints
+    from vision_opd.train import train
+
+    cfg = _cfg(tmp_path, synth_dir, "train.steps=3", "train.save_every=2", "teacher.mode=ema")
+    run = train(cfg)
+    ck = complete_checkpoints(run)
+    last = ck[-1]
+    assert (last / "adapter_model.safetensors").is_file() and (last / "adapter_config.json").is_file()
+    assert not (last / "model.safetensors").exists(), "a LoRA checkpoint holds the adapter, not the base"
+    teacher_state = load_file(str(last / "teacher" / "model.safetensors"))
+    assert teacher_state and all("lora_" in k for k in teacher_state)
+    ref = load_file(str(last / "adapter_model.safetensors"))
+    import shutil
+
+    shutil.rmtree(last)
+    train(cfg, resume=True)
+    again = load_file(str(complete_checkpoints(run)[-1] / "adapter_model.safetensors"))
+    for k, v in ref.items():
+        torch.testing.assert_close(again[k], v, atol=1e-6, rtol=1e-5)
+    # the adapter loads onto the base with peft
+    from peft import PeftModel
+
+    from vision_opd.models.tiny import build_tiny
+
+    base, _ = build_tiny("qwen2_5_vl")
+    PeftModel.from_pretrained(base, complete_checkpoints(run)[-1])
