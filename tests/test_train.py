@@ -34,7 +34,7 @@ def _run_steps(cfg, steps):
     device = torch.device("cpu")
     model, proc = T.load_model(cfg, device)
     records, _ = T.load_train_records(cfg)
-    teacher = T.Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate)
+    teacher = T.Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate, device=cfg.teacher.device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))
     stream = T.PromptStream(len(records), 0)
@@ -150,3 +150,20 @@ def test_cli_train_and_help(tmp_path, synth_dir, capsys):
     assert (tmp_path / "r" / "config.yaml").is_file()
     assert main(["train", "train.stepz=1"]) == 2
     assert "unknown config key 'train.stepz'" in capsys.readouterr().err
+
+
+def test_bf16_compute_keeps_fp32_master_weights(tmp_path, synth_dir):
+    cfg = _cfg(tmp_path, synth_dir, "train.mixed_precision=bf16", "teacher.mode=frozen")
+    initial, model, _, hist = _run_steps(cfg, 1)
+    m = hist[0][-1]
+    assert m["skipped"] == 0 and m["loss"] > 0 and m["kl"] > 0
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    final = _snapshot(model)
+    assert any(not torch.equal(initial[k], final[k]) for k in initial)
+
+
+def test_teacher_on_another_device_gives_the_same_step(tmp_path, synth_dir):
+    """teacher.device=cpu (here the student is on the CPU too) runs through the transfer path unchanged."""
+    a = _run_steps(_cfg(tmp_path, synth_dir, "teacher.mode=ema"), 1)[3][0][-1]
+    b = _run_steps(_cfg(tmp_path, synth_dir, "teacher.mode=ema", "teacher.device=cpu"), 1)[3][0][-1]
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-6)

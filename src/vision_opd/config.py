@@ -72,6 +72,8 @@ class LossConfig:
 class TeacherConfig:
     mode: str = "ema"  # frozen (initial weights) | ema (EMA of the student, rate ema_rate) | live (current weights, no grad)
     ema_rate: float = 0.05  # theta_T <- (1 - r) * theta_T + r * theta_S after every optimizer step
+    device: str | None = None  # "cpu": keep a full frozen/EMA teacher on the CPU and run its forward there
+                               # (saves accelerator memory, costs time); None = the student's device
 
 
 @dataclass
@@ -99,6 +101,7 @@ class TrainConfig:
     eval_max_new_tokens: int = 16
     eval_batch_size: int = 16
     progress: bool = True
+    mixed_precision: str = "no"  # no | bf16: bf16 autocast over the model's (fp32 master) weights
     keep_last: int = 3  # checkpoints kept
     max_consecutive_skips: int = 5  # stop after this many consecutive non-finite steps
     # collapse signals (METHOD.md 5.6): logged as `collapse` in metrics.jsonl; stop_on_collapse ends the run
@@ -134,6 +137,9 @@ class Config:
         need(self.rollout.samples_per_prompt >= 1 and self.train.prompts_per_step >= 1, "samples_per_prompt and prompts_per_step must be >= 1")
         need(self.rollout.temperature > 0, "rollout.temperature must be > 0")
         need(self.train.micro_batch_size >= 1 and self.train.steps >= 0, "train.micro_batch_size must be >= 1, train.steps >= 0")
+        need(self.train.mixed_precision in ("no", "bf16"), f"train.mixed_precision={self.train.mixed_precision!r}: choose no or bf16")
+        need(self.teacher.device is None or self.teacher.mode != "live",
+             "teacher.device applies to a frozen or EMA teacher (a live teacher is the student)")
         need(self.views.teacher_source in ("box", "given", "full"), f"views.teacher_source={self.views.teacher_source!r}: choose box, given or full")
         return self
 

@@ -31,7 +31,7 @@ def adapter_params(model) -> dict[str, torch.nn.Parameter]:
 
 
 class Teacher:
-    def __init__(self, student, mode: str, ema_rate: float = 0.05):
+    def __init__(self, student, mode: str, ema_rate: float = 0.05, device: str | torch.device | None = None):
         if mode not in ("frozen", "ema", "live"):
             raise ValueError(f"teacher mode {mode!r}: choose frozen, ema or live")
         self.mode = mode
@@ -47,6 +47,11 @@ class Teacher:
             self.model = copy.deepcopy(unwrap(student)).eval()
             for p in self.model.parameters():
                 p.requires_grad_(False)
+            if device is not None:
+                self.model.to(device)
+        if device is not None and self.model is None:
+            raise ValueError("teacher.device needs a full-model teacher (frozen or ema without LoRA)")
+        self.device = torch.device(device) if device is not None else None
 
     def module(self):
         """The model that holds the teacher's weights (full fine-tuning or live); LoRA needs `scoring()`."""
@@ -93,9 +98,9 @@ class Teacher:
         student = unwrap(self._student)
         for (name_t, p_t), (name_s, p_s) in zip(self.model.named_parameters(), student.named_parameters(), strict=True):
             assert name_t == name_s, f"teacher/student parameter mismatch: {name_t} vs {name_s}"
-            p_t.lerp_(p_s.detach().to(p_t.dtype), self.rate)
+            p_t.lerp_(p_s.detach().to(device=p_t.device, dtype=p_t.dtype), self.rate)
         for b_t, b_s in zip(self.model.buffers(), student.buffers(), strict=True):
-            b_t.copy_(b_s)
+            b_t.copy_(b_s.to(b_t.device))
 
     def state_dict(self) -> dict | None:
         """Weights to checkpoint: only an EMA teacher has state of its own (frozen = the base, live = the student)."""

@@ -127,6 +127,13 @@ def lr_lambda(cfg: Config):
     return f
 
 
+def autocast(cfg: Config, device: torch.device):
+    """bf16 compute over fp32 master weights when train.mixed_precision=bf16 (the divergence itself is float32)."""
+    if cfg.train.mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
 def load_student_weights(model, path: Path) -> None:
     """Copy the weights of a saved checkpoint into `model` (strict: every key must match).
 
@@ -164,6 +171,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
 
     def global_sum(x: torch.Tensor) -> torch.Tensor:
         return accelerator.reduce(x.detach().clone(), reduction="sum") if world > 1 else x
+
     G, mb = cfg.rollout.samples_per_prompt, cfg.train.micro_batch_size
     spec = DivergenceSpec(kind=cfg.loss.kind, alpha=cfg.loss.alpha, temperature=cfg.rollout.temperature,
                           top_k=cfg.loss.top_k, chunk_size=cfg.loss.chunk_size)
@@ -174,12 +182,15 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     t_inputs = encode_views(processor, [teacher_view(r, cfg.views) for r in records]).to(device)
     t1 = time.perf_counter()
     # 2. on-policy rollout: the student samples G responses per prompt on its own (full-image) view
-    ro = sample(model, processor, s_inputs, samples_per_prompt=G, temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens, suppress_ids=suppress_ids,
-                do_sample=cfg.rollout.do_sample)
+    with autocast(cfg, device):
+        ro = sample(model, processor, s_inputs, samples_per_prompt=G, temperature=cfg.rollout.temperature,
+                    top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens, suppress_ids=suppress_ids,
+                    do_sample=cfg.rollout.do_sample)
     t2 = time.perf_counter()
     num_tokens = global_sum(ro.response_mask_B_T.sum())  # the step's token count (all ranks): every micro-batch divides by it
     _, s_head = backbone_and_head(model)
+    t_device = teacher.device or device
+    t_weight = teacher.lm_head_weight().to(device)  # once per step (a copy only when the teacher lives elsewhere)
     optimizer.zero_grad(set_to_none=True)
     model.train()
     sums = {"loss": 0.0, "reverse_kl": 0.0, "top1_agree": 0.0}
@@ -194,18 +205,20 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         prompts = ro.prompt_index_B[rows]
         # 3. teacher: crop view, no grad, read at the same response tokens
         ta = time.perf_counter()
-        with teacher.scoring() as t_model:
-            t_hidden = response_hidden(t_model, select_prompts(t_inputs, prompts, vstart), ids, mask)
+        with teacher.scoring() as t_model, autocast(cfg, t_device):
+            t_in = {k: v.to(t_device) for k, v in select_prompts(t_inputs, prompts, vstart).items()}
+            t_hidden = response_hidden(t_model, t_in, ids.to(t_device), mask.to(t_device)).to(device)
         tb = time.perf_counter()
         # 4. student: full view, with grad; 5. divergence at response tokens only
         last = start + mb >= B
         sync = contextlib.nullcontext() if (last or world == 1) else accelerator.no_sync(model)
         with sync:
-            s_hidden = response_hidden(model, select_prompts(s_inputs, prompts, vstart), ids, mask)
+            with autocast(cfg, device):
+                s_hidden = response_hidden(model, select_prompts(s_inputs, prompts, vstart), ids, mask)
             sel = mask.bool()
             per_tok, tok_metrics = token_divergence_from_hidden(
                 s_hidden[sel], t_hidden[sel].detach(), s_head.weight, ids[sel], spec,
-                teacher_lm_head_weight=teacher.lm_head_weight())
+                teacher_lm_head_weight=t_weight)
             loss = masked_token_mean(per_tok, torch.ones_like(per_tok), num_tokens)
             (loss * world).backward()
         t_teacher += tb - ta
@@ -311,7 +324,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         from .models.lora import apply_lora
 
         model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, cfg.model.lora_target)
-    teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate)  # copies the *initial* weights (identical on every rank)
+    teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate, device=cfg.teacher.device)  # the *initial* weights
     params = _trainable(model, cfg)
     if accelerator:
         model = accelerator.prepare_model(model)  # DDP: gradients averaged over ranks
