@@ -80,8 +80,10 @@ def _rng_from_tensors(state: dict) -> dict:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer_state: dict, teacher_state: dict | None,
-                    config_yaml: str, keep_last: int = 3) -> Path:
-    """Write a complete checkpoint atomically (tmp folder + rename) and prune to the last `keep_last`."""
+                    config_yaml: str, keep_last: int = 3, state_dict: dict | None = None) -> Path:
+    """Write a complete checkpoint atomically (tmp folder + rename) and prune to the last `keep_last`.
+
+    `state_dict` overrides the model's own (FSDP: the gathered full state)."""
     from safetensors.torch import save_file
 
     final = step_dir(Path(run_dir), step)
@@ -89,7 +91,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
     if processor is not None:
         processor.save_pretrained(tmp)
     if teacher_state is not None:

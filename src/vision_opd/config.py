@@ -101,6 +101,7 @@ class TrainConfig:
     eval_max_new_tokens: int = 16
     eval_batch_size: int = 16
     progress: bool = True
+    distributed: str = "ddp"  # ddp | fsdp (only when launched over several processes; see distributed.py)
     mixed_precision: str = "no"  # no | bf16: bf16 autocast over the model's (fp32 master) weights
     keep_last: int = 3  # checkpoints kept
     max_consecutive_skips: int = 5  # stop after this many consecutive non-finite steps
@@ -137,6 +138,7 @@ class Config:
         need(self.rollout.samples_per_prompt >= 1 and self.train.prompts_per_step >= 1, "samples_per_prompt and prompts_per_step must be >= 1")
         need(self.rollout.temperature > 0, "rollout.temperature must be > 0")
         need(self.train.micro_batch_size >= 1 and self.train.steps >= 0, "train.micro_batch_size must be >= 1, train.steps >= 0")
+        need(self.train.distributed in ("ddp", "fsdp"), f"train.distributed={self.train.distributed!r}: choose ddp or fsdp")
         need(self.train.mixed_precision in ("no", "bf16"), f"train.mixed_precision={self.train.mixed_precision!r}: choose no or bf16")
         need(self.teacher.device is None or self.teacher.mode != "live",
              "teacher.device applies to a frozen or EMA teacher (a live teacher is the student)")

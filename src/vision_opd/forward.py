@@ -97,6 +97,15 @@ def response_hidden(model, prompt_inputs: dict, response_ids_B_T: torch.Tensor, 
     return hidden[:, Lp - 1 : Lp - 1 + T]
 
 
+def response_logits_forward(model, prompt_inputs: dict, response_ids_B_T: torch.Tensor,
+                            response_mask_B_T: torch.Tensor) -> torch.Tensor:
+    """Logits [B, T, V] of the response positions through the model's own forward (FSDP: sharded weights
+    are only whole inside it). logits_to_keep=T+1 keeps positions Lp-1 .. Lp+T-1; the first T predict the response."""
+    full = with_response(prompt_inputs, response_ids_B_T, response_mask_B_T)
+    T = response_ids_B_T.shape[1]
+    return model(**full, use_cache=False, logits_to_keep=T + 1).logits[:, :T]
+
+
 def response_logits(model, prompt_inputs: dict, response_ids_B_T: torch.Tensor, response_mask_B_T: torch.Tensor) -> torch.Tensor:
     """Logits [B, T, V] predicting each response token (materialised; for tests and small vocabularies)."""
     _, head = backbone_and_head(model)

@@ -44,14 +44,17 @@ def response_mask(ids_B_T: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tens
 
 @torch.no_grad()
 def sample(model, processor, inputs, *, samples_per_prompt: int, temperature: float = 1.0, top_p: float = 1.0,
-           max_new_tokens: int = 64, suppress_ids: list[int] | None = None, do_sample: bool = True) -> Rollout:
+           max_new_tokens: int = 64, suppress_ids: list[int] | None = None, do_sample: bool = True,
+           synced_gpus: bool = False) -> Rollout:
     """Sample `samples_per_prompt` responses for each of the P prompts in `inputs` (left-padded processor output).
 
     Returns a Rollout with B = P * G rows, ordered prompt-major (rows p*G .. p*G+G-1 answer prompt p).
     """
-    from .forward import unwrap
+    from .forward import strip_wrappers
 
-    model = unwrap(model)  # generate runs on the plain module (DDP has no generate)
+    model = strip_wrappers(model)  # generate runs on the plain module (DDP has no generate); FSDP2 modules stay
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     eos_ids = eos_ids_of(model, processor)
     pad_id = processor.tokenizer.pad_token_id
     was_training = model.training
@@ -64,6 +67,8 @@ def sample(model, processor, inputs, *, samples_per_prompt: int, temperature: fl
         pad_token_id=pad_id,
         suppress_tokens=suppress_ids or None,
     )
+    if synced_gpus:  # FSDP: every rank must run the same number of forward passes
+        gen_kw["synced_gpus"] = True
     if do_sample:
         gen_kw.update(temperature=temperature, top_p=top_p, top_k=0)
     else:

@@ -18,6 +18,7 @@ import copy
 
 import torch
 
+from .distributed import full_tensor
 from .forward import strip_wrappers, unwrap
 
 
@@ -98,9 +99,10 @@ class Teacher:
         student = unwrap(self._student)
         for (name_t, p_t), (name_s, p_s) in zip(self.model.named_parameters(), student.named_parameters(), strict=True):
             assert name_t == name_s, f"teacher/student parameter mismatch: {name_t} vs {name_s}"
-            p_t.lerp_(p_s.detach().to(device=p_t.device, dtype=p_t.dtype), self.rate)
+            p_s = full_tensor(p_s.detach())  # FSDP: gather the shards (every rank takes the same EMA step)
+            p_t.lerp_(p_s.to(device=p_t.device, dtype=p_t.dtype), self.rate)
         for b_t, b_s in zip(self.model.buffers(), student.buffers(), strict=True):
-            b_t.copy_(b_s.to(b_t.device))
+            b_t.copy_(full_tensor(b_s).to(b_t.device))
 
     def state_dict(self) -> dict | None:
         """Weights to checkpoint: only an EMA teacher has state of its own (frozen = the base, live = the student)."""

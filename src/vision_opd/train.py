@@ -31,8 +31,10 @@ from .config import Config, save_config, to_dict
 from .data.records import Record, read_records
 from .data.validate import load_records_checked
 from .data.views import encode_views, student_view, teacher_view
-from .forward import backbone_and_head, response_hidden, select_prompts, strip_wrappers, unwrap
-from .losses import DivergenceSpec, masked_token_mean, token_divergence_from_hidden
+from .distributed import (full_model_state, full_optimizer_state, is_fsdp, load_full_optimizer_state, make_accelerator,
+                          shard_fsdp)
+from .forward import backbone_and_head, response_hidden, response_logits_forward, select_prompts, strip_wrappers, unwrap
+from .losses import DivergenceSpec, masked_token_mean, token_divergence, token_divergence_from_hidden
 from .models.loading import load_model_and_processor, vision_token_ids
 from .rollout import sample
 from .teacher import Teacher, is_peft
@@ -80,18 +82,6 @@ def load_train_records(cfg: Config) -> tuple[list[Record], int]:
     return records, len(report.problems)
 
 
-def make_accelerator(cfg: Config):
-    """An accelerate Accelerator when launched over several processes (accelerate launch / torchrun), else None.
-
-    On CPU the processes talk over gloo; on GPUs over NCCL. Nothing else is home-made: DDP comes from accelerate.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=cfg.train.device == "cpu" or not torch.cuda.is_available())
-
-
 class PromptStream:
     """Epoch-shuffled record indices with a resumable cursor (seed, position)."""
 
@@ -125,6 +115,23 @@ def lr_lambda(cfg: Config):
         return 1.0
 
     return f
+
+
+def grad_sync(model, accelerator, enabled: bool):
+    """Gradient synchronisation across ranks on (last micro-batch) or off (the others): DDP's no_sync, FSDP2's switch."""
+    if enabled or accelerator is None:
+        return contextlib.nullcontext()
+    if is_fsdp(model):
+        @contextlib.contextmanager
+        def off():
+            model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
+
+        return off()
+    return accelerator.no_sync(model)
 
 
 def autocast(cfg: Config, device: torch.device):
@@ -185,12 +192,14 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     with autocast(cfg, device):
         ro = sample(model, processor, s_inputs, samples_per_prompt=G, temperature=cfg.rollout.temperature,
                     top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens, suppress_ids=suppress_ids,
-                    do_sample=cfg.rollout.do_sample)
+                    do_sample=cfg.rollout.do_sample, synced_gpus=is_fsdp(model) and world > 1)
     t2 = time.perf_counter()
     num_tokens = global_sum(ro.response_mask_B_T.sum())  # the step's token count (all ranks): every micro-batch divides by it
-    _, s_head = backbone_and_head(model)
+    fsdp = is_fsdp(model)
     t_device = teacher.device or device
-    t_weight = teacher.lm_head_weight().to(device)  # once per step (a copy only when the teacher lives elsewhere)
+    if not fsdp:
+        _, s_head = backbone_and_head(model)
+        t_weight = teacher.lm_head_weight().to(device)  # once per step (a copy only when the teacher lives elsewhere)
     optimizer.zero_grad(set_to_none=True)
     model.train()
     sums = {"loss": 0.0, "reverse_kl": 0.0, "top1_agree": 0.0}
@@ -207,18 +216,22 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         ta = time.perf_counter()
         with teacher.scoring() as t_model, autocast(cfg, t_device):
             t_in = {k: v.to(t_device) for k, v in select_prompts(t_inputs, prompts, vstart).items()}
-            t_hidden = response_hidden(t_model, t_in, ids.to(t_device), mask.to(t_device)).to(device)
+            score = response_logits_forward if fsdp else response_hidden  # FSDP: logits through the forward
+            t_out = score(t_model, t_in, ids.to(t_device), mask.to(t_device)).to(device)
         tb = time.perf_counter()
         # 4. student: full view, with grad; 5. divergence at response tokens only
         last = start + mb >= B
-        sync = contextlib.nullcontext() if (last or world == 1) else accelerator.no_sync(model)
-        with sync:
-            with autocast(cfg, device):
-                s_hidden = response_hidden(model, select_prompts(s_inputs, prompts, vstart), ids, mask)
+        with grad_sync(model, accelerator, enabled=last or world == 1):
             sel = mask.bool()
-            per_tok, tok_metrics = token_divergence_from_hidden(
-                s_hidden[sel], t_hidden[sel].detach(), s_head.weight, ids[sel], spec,
-                teacher_lm_head_weight=t_weight)
+            if fsdp:
+                with autocast(cfg, device):
+                    s_logits = response_logits_forward(model, select_prompts(s_inputs, prompts, vstart), ids, mask)
+                per_tok, tok_metrics = token_divergence(s_logits[sel], t_out[sel].detach(), ids[sel], spec)
+            else:
+                with autocast(cfg, device):
+                    s_hidden = response_hidden(model, select_prompts(s_inputs, prompts, vstart), ids, mask)
+                per_tok, tok_metrics = token_divergence_from_hidden(
+                    s_hidden[sel], t_out[sel].detach(), s_head.weight, ids[sel], spec, teacher_lm_head_weight=t_weight)
             loss = masked_token_mean(per_tok, torch.ones_like(per_tok), num_tokens)
             (loss * world).backward()
         t_teacher += tb - ta
@@ -298,7 +311,7 @@ def _write_samples(path: Path, step: int, processor, records, result: StepResult
 
 def train(cfg: Config, *, resume: bool = False) -> Path:
     """Run Vision-OPD as configured; returns the run directory."""
-    accelerator = make_accelerator(cfg)  # None in a single process
+    accelerator = make_accelerator(cpu=cfg.train.device == "cpu")  # None in a single process
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     is_main = rank == 0
     run_dir = Path(cfg.train.out_dir)
@@ -325,33 +338,45 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
 
         model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, cfg.model.lora_target)
     teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate, device=cfg.teacher.device)  # the *initial* weights
-    params = _trainable(model, cfg)
-    if accelerator:
+    _trainable(model, cfg)
+    fsdp = accelerator is not None and cfg.train.distributed == "fsdp"
+    if last := (ckpt.latest_checkpoint(run_dir) if resume else None):
+        load_student_weights(model, last)  # before sharding: the checkpoint holds whole tensors
+    if fsdp:
+        model = shard_fsdp(model, mixed_precision=cfg.train.mixed_precision == "bf16")  # params become shards
+        with torch.no_grad():  # FSDP2 initialises from a root forward before generate may call the vision tower alone
+            model(**encode_views(processor, [student_view(records[0], cfg.views)]).to(device))
+    elif accelerator:
         model = accelerator.prepare_model(model)  # DDP: gradients averaged over ranks
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     stream = PromptStream(len(records), cfg.train.seed, cfg.data.shuffle)
     start_step = 0
-    last = ckpt.latest_checkpoint(run_dir) if resume else None
     if last is not None:
-        load_student_weights(model, last)
         state = ckpt.load_trainer_state(last)
-        optimizer.load_state_dict(state["optimizer"])
+        if fsdp:
+            load_full_optimizer_state(model, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         teacher.load_state_dict(ckpt.load_teacher_state(last))
         stream.cursor = int(state["cursor"])
         start_step = int(state["step"])
         ckpt.set_rng_state(state["rng"])
-        print(f"[vision-opd] resumed from {last} at step {start_step}")
+        if is_main:
+            print(f"[vision-opd] resumed from {last} at step {start_step}")
 
     def save(step: int) -> Path:
-        """Written once, by the main process (every rank holds the same weights)."""
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "cursor": stream.cursor}
+        """Written once, by the main process (FSDP: the shards are gathered to it first)."""
+        opt_state = full_optimizer_state(model, optimizer) if fsdp else optimizer.state_dict()
+        weights = full_model_state(model) if fsdp else None
+        state = {"optimizer": opt_state, "scheduler": scheduler.state_dict(), "step": step, "cursor": stream.cursor}
         path = ckpt.step_dir(run_dir, step)
         if is_main:
             path = ckpt.save_checkpoint(run_dir, step, model=strip_wrappers(model), processor=processor, trainer_state=state,
                                         teacher_state=teacher.state_dict(), config_yaml=config_yaml,
-                                        keep_last=cfg.train.keep_last)
+                                        keep_last=cfg.train.keep_last, state_dict=weights)
         if accelerator:
             accelerator.wait_for_everyone()
         return path
@@ -361,7 +386,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     def evaluate(step: int) -> dict:
         """Held-out greedy accuracy on the full and crop views (main process; the others wait)."""
         out = {}
-        if is_main:
+        if is_main or fsdp:  # FSDP: every rank takes part in the (sharded) forward passes
             from .eval.run import evaluate_records
 
             r = evaluate_records(unwrap(model), processor, eval_records, views=("full", "crop"),
@@ -404,7 +429,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
                                           "lower optim.lr, check the data, or use float32")
             if m["collapse"] and cfg.train.stop_on_collapse and watch.stop:
                 raise TrainingStopped(f"collapse signal at step {step + 1}: {m['collapse']} (train.stop_on_collapse)")
-            if stop.signal is not None:
+            if stop.requested(accelerator):
                 path = save(step + 1)
                 print(f"[vision-opd] received {stop.signal}: saved {path}; resume with --resume")
                 return run_dir
@@ -418,7 +443,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         metrics_f.close()
         stop.restore()
     final = save(cfg.train.steps)
-    print(f"[vision-opd] done: {cfg.train.steps} steps; checkpoint {final}" + (f"; {n_bad} bad record(s) skipped" if n_bad else ""))
+    if is_main:
+        print(f"[vision-opd] done: {cfg.train.steps} steps; checkpoint {final}" + (f"; {n_bad} bad record(s) skipped" if n_bad else ""))
     return run_dir
 
 
@@ -445,6 +471,13 @@ class _StopFlag:
         if self.signal is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
+
+    def requested(self, accelerator=None) -> bool:
+        """Whether any rank got a signal (a collective: every rank stops after the same step)."""
+        flag = torch.tensor([1.0 if self.signal is not None else 0.0])
+        if accelerator is not None:
+            flag = accelerator.reduce(flag.to(accelerator.device), reduction="sum").cpu()
+        return bool(flag.item() > 0)
 
     def restore(self):
         import signal

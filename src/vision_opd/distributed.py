@@ -1,0 +1,87 @@
+"""Several processes, no home-made machinery: accelerate starts them and gives DDP; FSDP is PyTorch's own.
+
+    accelerate launch --num_processes 8 -m vision_opd.cli train --config C       (one node, 8 GPUs)
+    torchrun --nproc_per_node 2 -m vision_opd.cli train --config C train.device=cpu   (2 CPU processes, gloo)
+
+train.distributed = ddp (default): accelerate's DDP; every rank holds the whole model.
+train.distributed = fsdp: `torch.distributed.fsdp.fully_shard` (FSDP2) on every decoder layer, the vision
+tower and the root, so parameters, gradients and optimizer state are sharded; works over gloo on CPUs and
+NCCL on GPUs. Under FSDP both views are scored through the model's own forward (logits of the response
+positions), since sharded weights cannot be used outside it, and generation runs with synced_gpus.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .forward import unwrap
+
+
+def make_accelerator(cpu: bool):
+    """An accelerate Accelerator when launched over several processes (accelerate launch / torchrun), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=cpu or not torch.cuda.is_available())
+
+
+def is_fsdp(model) -> bool:
+    return type(model).__name__.startswith("FSDP") or any(type(m).__name__.startswith("FSDP") for m in [unwrap(model)])
+
+
+def shard_fsdp(model, mixed_precision: bool = False):
+    """FSDP2 over the decoder layers, the vision tower and the root (in place; returns the model)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kw = {}
+    if mixed_precision:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    inner = unwrap(model).model
+    lm = getattr(inner, "language_model", inner)
+    for layer in lm.layers:
+        fully_shard(layer, **kw)
+    if getattr(inner, "visual", None) is not None:
+        fully_shard(inner.visual, **kw)  # generate calls the vision tower outside the root forward
+    # embeddings, final norm and lm_head as units of their own: parameters left to the root unit stay gathered
+    # after its forward and then miss the optimizer's updates (seen with torch 2.13 + transformers 5.23)
+    for sub in (lm.embed_tokens, lm.norm, unwrap(model).get_output_embeddings()):
+        fully_shard(sub, **kw)
+    fully_shard(model, **kw)
+    return model
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A sharded DTensor gathered to a plain tensor (a collective: every rank must call it); others unchanged."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _reshard(model) -> None:
+    """Put every FSDP2 unit back to its sharded parameters (the root keeps them gathered after a forward)."""
+    for m in model.modules():
+        if hasattr(m, "reshard") and type(m).__name__.startswith("FSDP"):
+            m.reshard()
+
+
+def full_model_state(model) -> dict:
+    """The whole model's state dict on the CPU (a collective under FSDP; rank 0 gets it, the others an empty dict)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    _reshard(model)
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(model, optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    _reshard(model)
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state(model, optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
