@@ -49,6 +49,10 @@ class DataConfig:
     skip_bad: bool = False  # skip (and count) bad records instead of stopping at load
     validate_images: bool = True  # decode every image at load (catches corrupt files before training starts)
     allow_outside_root: bool = False  # image paths may point outside the data file's folder
+    format: str = "auto"  # auto | records | vision_opd_6k | parquet | hub (docs/data.md); train_file may be a folder or owner/name
+    student_image: str = "images"  # Vision-OPD-6K: images (red box already drawn) | original (clean image)
+    split: str = "train"  # parquet folder / hub dataset split
+    cache_dir: str | None = None  # where images embedded in parquet / hub rows are written once (None: next to the data)
 
 
 @dataclass
@@ -111,6 +115,9 @@ class TrainConfig:
     collapse_length_ratio: float = 4.0  # ... or mean response length above this times the first steps' mean ...
     collapse_patience: int = 3  # ... for this many consecutive steps
     stop_on_collapse: bool = False
+    tensorboard: bool | str = "auto"  # scalars + samples to out_dir/tensorboard: auto (when installed) | true | false
+    wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`)
+    wandb_project: str | None = None
 
 
 @dataclass
@@ -138,6 +145,9 @@ class Config:
         need(self.rollout.samples_per_prompt >= 1 and self.train.prompts_per_step >= 1, "samples_per_prompt and prompts_per_step must be >= 1")
         need(self.rollout.temperature > 0, "rollout.temperature must be > 0")
         need(self.train.micro_batch_size >= 1 and self.train.steps >= 0, "train.micro_batch_size must be >= 1, train.steps >= 0")
+        need(self.data.format in ("auto", "records", "vision_opd_6k", "parquet", "hub"),
+             f"data.format={self.data.format!r}: choose auto, records, vision_opd_6k, parquet or hub")
+        need(self.data.student_image in ("images", "original"), f"data.student_image={self.data.student_image!r}: choose images or original")
         need(self.train.distributed in ("ddp", "fsdp"), f"train.distributed={self.train.distributed!r}: choose ddp or fsdp")
         need(self.train.mixed_precision in ("no", "bf16"), f"train.mixed_precision={self.train.mixed_precision!r}: choose no or bf16")
         need(self.teacher.device is None or self.teacher.mode != "live",

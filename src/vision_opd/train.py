@@ -13,9 +13,7 @@ No labels are read: `Record.answer` is never touched here.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -29,10 +27,11 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .config import Config, save_config, to_dict
 from .data.records import Record, read_records
-from .data.validate import load_records_checked
+from .data.sources import load_source_checked
 from .data.views import encode_views, student_view, teacher_view
 from .distributed import (full_model_state, full_optimizer_state, is_fsdp, load_full_optimizer_state, make_accelerator,
                           shard_fsdp)
+from .logging_utils import MetricsLogger
 from .forward import backbone_and_head, response_hidden, response_logits_forward, select_prompts, strip_wrappers, unwrap
 from .losses import DivergenceSpec, masked_token_mean, token_divergence, token_divergence_from_hidden
 from .models.loading import load_model_and_processor, vision_token_ids
@@ -66,16 +65,22 @@ def load_model(cfg: Config, device: torch.device):
 
 
 def load_train_records(cfg: Config) -> tuple[list[Record], int]:
-    """The training records, validated as they load (data/validate.py); bad ones stop the run unless data.skip_bad."""
+    """The training records (any data.format, data/sources.py), validated as they load; bad ones stop the run
+    unless data.skip_bad."""
     path = Path(cfg.data.train_file)
-    if not path.exists() and cfg.data.synth_if_missing:
+    if not path.exists() and cfg.data.synth_if_missing and cfg.data.format in ("auto", "records") and path.suffix == ".jsonl":
         from .data.synthetic import write_synthetic
 
         print(f"[vision-opd] {path} not found: generating {cfg.data.synth_n} synthetic records there")
         write_synthetic(path.parent, cfg.data.synth_n, cfg.data.synth_seed, name=path.name)
-    records, report = load_records_checked(path, skip_bad=cfg.data.skip_bad, check_images=cfg.data.validate_images,
-                                           allow_outside_root=cfg.data.allow_outside_root,
-                                           max_pixels=cfg.views.max_image_pixels, progress=cfg.train.progress)
+    records, report = load_source_checked(cfg.data.train_file, cfg.data.format, split=cfg.data.split,
+                                          cache_dir=cfg.data.cache_dir, student_image=cfg.data.student_image,
+                                          skip_bad=cfg.data.skip_bad, check_images=cfg.data.validate_images,
+                                          allow_outside_root=cfg.data.allow_outside_root,
+                                          max_pixels=cfg.views.max_image_pixels, progress=cfg.train.progress)
+    if cfg.views.red_box and any(r.meta.get("red_box_drawn") for r in records):
+        raise ValueError(f"{path}: the student images already have the red box drawn (Vision-OPD-6K images); set "
+                         "views.red_box=false, or data.student_image=original to draw it on the clean image")
     if report.problems:
         print(f"[vision-opd] skipped {len(report.problems)} bad record(s) of {path}:\n" +
               "\n".join(f"  {p.message}" for p in report.problems[:20]))
@@ -294,19 +299,19 @@ def _trainable(model, cfg: Config):
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _write_samples(path: Path, step: int, processor, records, result: StepResult, k: int = 4) -> None:
+def _sample_rows(processor, records, result: StepResult, k: int = 4) -> list[dict]:
     ro = result.rollout
-    with open(path, "a", encoding="utf-8") as f:
-        for b in range(min(k, ro.response_ids_B_T.shape[0])):
-            n = int(ro.response_mask_B_T[b].sum().item())
-            ids = ro.response_ids_B_T[b, :n].tolist()
-            f.write(json.dumps({
-                "step": step,
-                "id": records[int(ro.prompt_index_B[b])].id,
-                "response": processor.tokenizer.decode(ids, skip_special_tokens=False),
-                "tokens": [processor.tokenizer.decode([t]) for t in ids],
-                "token_kl": [round(x, 5) for x in result.token_kl[b]],
-            }, ensure_ascii=False) + "\n")
+    rows = []
+    for b in range(min(k, ro.response_ids_B_T.shape[0])):
+        n = int(ro.response_mask_B_T[b].sum().item())
+        ids = ro.response_ids_B_T[b, :n].tolist()
+        rows.append({
+            "id": records[int(ro.prompt_index_B[b])].id,
+            "response": processor.tokenizer.decode(ids, skip_special_tokens=False),
+            "tokens": [processor.tokenizer.decode([t]) for t in ids],
+            "token_kl": [round(x, 5) for x in result.token_kl[b]],
+        })
+    return rows
 
 
 def train(cfg: Config, *, resume: bool = False) -> Path:
@@ -403,7 +408,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     stop = _StopFlag()
     watch = CollapseWatch(cfg)
     skips = 0
-    metrics_f = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if is_main else open(os.devnull, "w")
+    log = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb=cfg.train.wandb,
+                        wandb_project=cfg.train.wandb_project, config=to_dict(cfg), enabled=is_main)
     bar = tqdm(range(start_step, cfg.train.steps), desc="vision-opd", disable=not (cfg.train.progress and is_main),
                initial=start_step, total=cfg.train.steps)
     try:
@@ -417,11 +423,10 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
             if eval_records and (step + 1) % cfg.train.eval_every == 0 or eval_records and step + 1 == cfg.train.steps:
                 m.update(evaluate(step + 1))
             if cfg.train.log_every and (step + 1) % cfg.train.log_every == 0 or m["skipped"] or m["collapse"]:
-                metrics_f.write(json.dumps(m) + "\n")
-                metrics_f.flush()
+                log.log(step + 1, m)
             bar.set_postfix(loss=f"{m['loss']:.4f}", kl=f"{m['kl']:.4f}", len=f"{m['response_len']:.1f}")
             if is_main and cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
-                _write_samples(run_dir / "samples.jsonl", step + 1, processor, batch, result)
+                log.log_samples(step + 1, _sample_rows(processor, batch, result))
             if m["skipped"]:
                 print(f"[vision-opd] step {step + 1}: non-finite loss or gradient, step skipped ({skips} in a row)")
                 if skips >= cfg.train.max_consecutive_skips:
@@ -440,7 +445,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         print(f"[vision-opd] stopped: {e}; state saved in {path}")
         raise
     finally:
-        metrics_f.close()
+        log.close()
         stop.restore()
     final = save(cfg.train.steps)
     if is_main:

@@ -1,0 +1,140 @@
+"""Metrics and sample rollouts of a run: `metrics.jsonl` / `samples.jsonl` always, TensorBoard and
+Weights & Biases when asked for (named logging_utils so that it never shadows the stdlib `logging`).
+
+    with MetricsLogger(run_dir, tensorboard="auto", config=to_dict(cfg), enabled=is_main) as log:
+        log.log(step, {"loss": 0.12, "kl": 0.3, "collapse": None})
+        log.log_samples(step, [{"id": "item1", "response": "B"}])
+
+- metrics.jsonl: one JSON object a line, `{"step": step, **metrics}`, flushed after every call, so a crash
+  or a `tail -f` sees every logged step. Every value goes here, numeric or not.
+- TensorBoard (`run_dir/tensorboard`, `tensorboard --logdir runs/`): numeric values (bools as 0/1) as
+  scalars, samples as text. tensorboard="auto" uses it when the `tensorboard` package is installed;
+  True requires it; False never.
+- Weights & Biases: only with wandb=True (then the `wandb` package is required); numeric values only.
+- enabled=False (every rank but the main one): every method does nothing and no file is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool | str = "auto", wandb: bool = False,
+                 wandb_project: str | None = None, config: dict | None = None, enabled: bool = True):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self._metrics_f = self._samples_f = self._tb = self._wandb_run = None
+        if not enabled:
+            return
+        use_tb = _tensorboard_wanted(tensorboard)
+        if wandb:
+            try:
+                import wandb as wandb_lib
+            except ImportError:
+                raise ImportError("train.wandb=true needs the 'wandb' package, which is not installed: "
+                                  "pip install wandb (and `wandb login`), or set train.wandb=false") from None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics_f = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        if use_tb:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            if config:
+                self._tb.add_text("config", _code_block(json.dumps(config, indent=2, default=str)), 0)
+        if wandb:
+            self._wandb_run = wandb_lib.init(project=wandb_project, name=self.run_dir.name, dir=str(self.run_dir),
+                                             config=config or {})
+
+    @property
+    def tensorboard(self) -> bool:
+        """Whether scalars go to TensorBoard."""
+        return self._tb is not None
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        """Append `{"step": step, **metrics}` to metrics.jsonl (flushed); numeric values to TensorBoard / W&B."""
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items() if k != "step"}}
+        self._metrics_f.write(json.dumps(row, default=str) + "\n")
+        self._metrics_f.flush()
+        scalars = {k: float(v) for k, v in row.items() if k != "step" and _is_number(v)}
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._wandb_run is not None:
+            self._wandb_run.log(scalars, step=step)
+
+    def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Append one line per sample `{"step": step, **row}` to samples.jsonl; to TensorBoard as text."""
+        if not self.enabled or not rows:
+            return
+        if self._samples_f is None:
+            self._samples_f = open(self.run_dir / "samples.jsonl", "a", encoding="utf-8")
+        lines = [json.dumps({"step": step, **row}, ensure_ascii=False, default=str) for row in rows]
+        self._samples_f.write("".join(line + "\n" for line in lines))
+        self._samples_f.flush()
+        if self._tb is not None:
+            self._tb.add_text("samples", _code_block("\n".join(lines)), step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Close the files and writers (safe to call twice)."""
+        for f in (self._metrics_f, self._samples_f):
+            if f is not None:
+                f.close()
+        self._metrics_f = self._samples_f = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
+
+    def __enter__(self) -> "MetricsLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _tensorboard_wanted(value: bool | str) -> bool:
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v == "auto":
+            try:
+                import tensorboard  # noqa: F401  (SummaryWriter needs the package itself)
+            except ImportError:
+                return False
+            return True
+        if v not in ("true", "false", "on", "off", "yes", "no"):
+            raise ValueError(f"tensorboard={value!r}: choose true, false or auto")
+        value = v in ("true", "on", "yes")
+    if value:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ImportError("train.tensorboard=true needs the 'tensorboard' package, which is not installed: "
+                              "pip install tensorboard (or pip install 'vision-opd[logging]'), or set "
+                              "train.tensorboard=auto / false") from None
+    return bool(value)
+
+
+def _plain(v: Any) -> Any:
+    """0-dim tensors and numpy scalars as Python numbers (so json and TensorBoard see numbers)."""
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        return v.item()
+    return v
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real)  # bools included (as 0/1); NaN and inf are kept: they are signals
+
+
+def _code_block(text: str) -> str:
+    """TensorBoard renders text as Markdown: indent by four spaces to keep it verbatim."""
+    return "\n".join("    " + line for line in text.splitlines())
