@@ -101,3 +101,16 @@ def test_teacher_view_with_more_image_tokens_is_read_at_the_same_response_tokens
                         image_grid_thw=one["image_grid_thw"], mm_token_type_ids=mm).logits
             torch.testing.assert_close(t_logits[b], out[0, -5:-1], atol=1e-5, rtol=1e-5)
     assert t_logits.shape == s_logits.shape == (2, 4, model.config.text_config.vocab_size)
+
+
+def test_pixel_budget_from_the_loader(tmp_path):
+    from PIL import Image
+
+    from vision_opd.models.loading import load_processor
+
+    save_tiny(tmp_path, family="qwen2_5_vl")
+    grid = lambda p: p.image_processor(images=[Image.new("RGB", (300, 300))], return_tensors="pt")["image_grid_thw"].tolist()  # noqa: E731
+    assert grid(load_processor(str(tmp_path), max_pixels=56 * 56)) == [[1, 2, 2]]  # lower bound follows the upper one down
+    assert grid(load_processor(str(tmp_path), min_pixels=224 * 224, max_pixels=448 * 448)) == [[1, 22, 22]]  # 300 -> 308 px
+    with pytest.raises(ValueError, match="above max_pixels"):
+        load_processor(str(tmp_path), min_pixels=448 * 448, max_pixels=56 * 56)

@@ -77,13 +77,6 @@ def load_processor(name_or_path: str, family: str | None = None, *, min_pixels: 
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
     kw: dict[str, Any] = {}
-    if min_pixels or max_pixels:
-        size = {}
-        if min_pixels:
-            size["shortest_edge"] = int(min_pixels)
-        if max_pixels:
-            size["longest_edge"] = int(max_pixels)
-        kw["size"] = size
     if has_torchvision():
         proc = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kw)
     else:
@@ -103,7 +96,31 @@ def load_processor(name_or_path: str, family: str | None = None, *, min_pixels: 
         proc = processor_class_for(family)(image_processor=image_processor, tokenizer=tokenizer,
                                            chat_template=_processor_chat_template(name_or_path) or chat_template)
     proc.tokenizer.padding_side = "left"
+    set_pixel_budget(proc, min_pixels, max_pixels)
     return proc
+
+
+def set_pixel_budget(processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+    """Set the image processor's pixel budget (Qwen-VL: size = {shortest_edge: min_pixels, longest_edge: max_pixels})."""
+    if not (min_pixels or max_pixels):
+        return
+    ip = processor.image_processor
+    size = dict(ip.size) if ip.size is not None else {}
+    size = {k: v for k, v in size.items() if v is not None}
+    if min_pixels:
+        size["shortest_edge"] = int(min_pixels)
+        if not max_pixels and size.get("longest_edge", float("inf")) < min_pixels:
+            size["longest_edge"] = int(min_pixels)  # only the lower bound given: lift the checkpoint's upper one
+    if max_pixels:
+        size["longest_edge"] = int(max_pixels)
+        if not min_pixels and size.get("shortest_edge", 0) > max_pixels:
+            size["shortest_edge"] = int(max_pixels)  # only the upper bound given: lower the checkpoint's lower one
+    if size.get("shortest_edge", 0) > size.get("longest_edge", float("inf")):
+        raise ValueError(f"min_pixels {size['shortest_edge']} is above max_pixels {size['longest_edge']}")
+    ip.size = type(ip.size)(**size) if ip.size is not None and not isinstance(ip.size, dict) else size
+    for name, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if v and hasattr(ip, name):
+            setattr(ip, name, int(v))
 
 
 def _processor_chat_template(name_or_path: str) -> str | None:
