@@ -62,7 +62,7 @@ def _compare(one, two):
         assert a["tokens"] == b["tokens"]  # the global token count
         # the gradient norm is scale-sensitive (unlike Adam's update): it checks the normalisation
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)  # a sum of near-zero terms: summation order shows
     last = "checkpoints/step_000003"
     wa, wb = _weights(one / last), _weights(two / last)
     assert wa.keys() == wb.keys()
