@@ -18,7 +18,7 @@ demo: setup
 	$(BIN)/vision-opd train --config configs/tiny_cpu.yaml
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest --durations=10
 
 clean:
 	rm -rf runs data/synth .pytest_cache
