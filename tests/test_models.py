@@ -114,3 +114,21 @@ def test_pixel_budget_from_the_loader(tmp_path):
     assert grid(load_processor(str(tmp_path), min_pixels=224 * 224, max_pixels=448 * 448)) == [[1, 22, 22]]  # 300 -> 308 px
     with pytest.raises(ValueError, match="above max_pixels"):
         load_processor(str(tmp_path), min_pixels=448 * 448, max_pixels=56 * 56)
+
+
+def test_no_remote_code_unless_asked(tmp_path, monkeypatch):
+    """Checkpoints never run their own code unless the user passes trust_remote_code."""
+    import transformers
+
+    seen = []
+    real = transformers.AutoModelForImageTextToText.from_pretrained
+
+    def spy(*a, **kw):
+        seen.append(kw.get("trust_remote_code"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", spy)
+    save_tiny(tmp_path, family="qwen2_5_vl")
+    load_model_and_processor(str(tmp_path))
+    load_model_and_processor(str(tmp_path), trust_remote_code=True)
+    assert seen == [False, True]
