@@ -1,0 +1,25 @@
+"""Label-free crop proposers: where is the evidence, when the record has no box (METHOD.md section 8).
+
+A proposer is a callable (model, processor, image: PIL.Image, question: str) -> Proposal, with the box in
+pixels of the image, a confidence in [0, 1], the forward passes it spent and (attention) the relevance
+map over the image-token grid. Proposers fall back to the full image when they are not confident.
+
+- AttentionProposer (attention.py): ViCrop relative attention at a middle layer, read by a hook on one
+  attention module (no eager attention), searched with multi-scale sliding windows (window.py). 2 forwards.
+- GroundingProposer (grounding.py): ask the model for the box as JSON; `parse_box` reads Qwen2-VL box
+  tokens, Qwen2.5-VL pixel JSON, Qwen3-VL/3.5 0-1000 JSON and broken variants. One forward per token.
+- ProposalCache / propose_records / evaluate_proposals (cache.py): compute once per record, score by IoU.
+"""
+
+from .attention import GENERIC_PROMPT, AttentionProposer, relative_attention
+from .cache import ProposalCache, evaluate_proposals, propose_records
+from .grounding import GROUNDING_PROMPT, GroundingProposer, parse_box
+from .window import Proposal, WindowConfig, best_window, iou, window_proposal
+
+PROPOSERS = {"attention": AttentionProposer, "grounding": GroundingProposer}
+
+__all__ = [
+    "GENERIC_PROMPT", "GROUNDING_PROMPT", "PROPOSERS", "AttentionProposer", "GroundingProposer", "Proposal",
+    "ProposalCache", "WindowConfig", "best_window", "evaluate_proposals", "iou", "parse_box", "propose_records",
+    "relative_attention", "window_proposal",
+]

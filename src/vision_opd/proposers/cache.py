@@ -1,0 +1,160 @@
+"""Run a proposer over Records once, cache the proposals as JSONL, and score them against known boxes.
+
+    from vision_opd.proposers import AttentionProposer, ProposalCache, propose_records, evaluate_proposals
+    cache = ProposalCache("runs/proposals/qwen2_5_vl_7b.jsonl")
+    props = propose_records(model, processor, records, AttentionProposer(), cache)
+    evaluate_proposals(records, props)  # {"mean_iou", "recall@0.5", "mean_forward_passes", "fallback_rate", ...}
+
+Cache key: record id + proposer name + a hash of the proposer's settings and of the model's identity
+(config name_or_path + model_type), so changing any setting computes fresh proposals while a rerun
+reuses them. The model's *weights* are not hashed: proposals of a model that is being trained go
+stale; keep one cache file per checkpoint. One JSON object a line, flushed after every record, so a
+crash loses at most the record in flight; a torn last line is skipped on reading.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..data.images import DEFAULT_MAX_IMAGE_PIXELS, open_image
+from ..data.records import Record
+from .window import Proposal, iou
+
+log = logging.getLogger(__name__)
+
+
+def proposer_name(proposer: Callable) -> str:
+    if hasattr(proposer, "name"):
+        return str(proposer.name)
+    if isinstance(proposer, functools.partial):
+        return proposer_name(proposer.func)
+    return getattr(proposer, "__qualname__", type(proposer).__name__)
+
+
+def proposer_settings(proposer: Callable) -> dict[str, Any]:
+    """The settings that define a proposer's output: dataclass fields, or a partial's arguments."""
+    if dataclasses.is_dataclass(proposer):
+        return dataclasses.asdict(proposer)
+    if isinstance(proposer, functools.partial):
+        return {"func": proposer_name(proposer.func), "args": list(proposer.args), "kwargs": proposer.keywords}
+    return {"func": proposer_name(proposer)}
+
+
+def settings_hash(proposer: Callable, model=None) -> str:
+    settings = proposer_settings(proposer)
+    if model is not None:
+        from ..forward import unwrap
+
+        cfg = unwrap(model).config
+        settings = {"proposer": settings, "model": [getattr(cfg, "_name_or_path", ""), cfg.model_type]}
+    blob = json.dumps(settings, sort_keys=True, default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def proposal_to_json(p: Proposal, *, with_relevance: bool = False) -> dict[str, Any]:
+    d = {"box": [float(v) for v in p.box], "confidence": float(p.confidence), "forward_passes": int(p.forward_passes),
+         "fallback": bool(p.fallback), "note": p.note, "extra": p.extra}
+    if with_relevance and p.relevance is not None:
+        d["relevance"] = np.asarray(p.relevance).tolist()
+    return d
+
+
+def proposal_from_json(d: dict[str, Any]) -> Proposal:
+    rel = d.get("relevance")
+    return Proposal(tuple(d["box"]), d["confidence"], d["forward_passes"],
+                    None if rel is None else np.asarray(rel, dtype=np.float64),
+                    fallback=d.get("fallback", False), note=d.get("note", ""), extra=d.get("extra", {}))
+
+
+class ProposalCache:
+    """Proposals keyed by (record id, proposer name, settings hash), in a JSONL file (appended to)."""
+
+    def __init__(self, path: str | Path, *, with_relevance: bool = False):
+        self.path = Path(path)
+        self.with_relevance = with_relevance  # also store the relevance maps (bigger files)
+        self._entries: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            with open(self.path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                        self._entries[obj["key"]] = obj
+                    except (json.JSONDecodeError, KeyError):
+                        log.warning("%s line %d: unreadable cache entry skipped (a torn write?)", self.path, n)
+
+    @staticmethod
+    def key(record_id: str, name: str, settings: str) -> str:
+        return f"{record_id}|{name}|{settings}"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Proposal | None:
+        obj = self._entries.get(key)
+        return None if obj is None else proposal_from_json(obj["proposal"])
+
+    def put(self, key: str, record_id: str, name: str, settings: str, proposal: Proposal) -> None:
+        obj = {"key": key, "id": record_id, "proposer": name, "settings": settings,
+               "proposal": proposal_to_json(proposal, with_relevance=self.with_relevance)}
+        self._entries[key] = obj
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(obj) + "\n")
+
+
+def propose_records(model, processor, records: Sequence[Record], proposer: Callable,
+                    cache: ProposalCache | None = None, *, progress: bool = True,
+                    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, Proposal]:
+    """{record id: Proposal} for every record, computing only those not in `cache`.
+
+    The proposer sees the full image (as decoded for the student view) and the bare question (no options:
+    the options do not say where to look, and the grounding prompt wraps the question in its own text).
+    """
+    from tqdm.auto import tqdm
+
+    name, settings = proposer_name(proposer), settings_hash(proposer, model)
+    out: dict[str, Proposal] = {}
+    computed = 0
+    for r in tqdm(records, desc=f"propose ({name})", disable=not progress, leave=False):
+        key = ProposalCache.key(r.id, name, settings)
+        p = cache.get(key) if cache is not None else None
+        if p is None:
+            p = proposer(model, processor, open_image(r.image, max_pixels=max_image_pixels), r.question)
+            computed += 1
+            if cache is not None:
+                cache.put(key, r.id, name, settings, p)
+        out[r.id] = p
+    log.info("proposals: %d computed, %d from the cache", computed, len(records) - computed)
+    return out
+
+
+def evaluate_proposals(records: Sequence[Record], proposals: dict[str, Proposal]) -> dict[str, float]:
+    """IoU / recall@0.5 against the records' known boxes, plus the cost and the fallback rate.
+
+    mean_iou and recall@0.5 are over the records that have a box (a fallback counts with the IoU of
+    the full image); mean_forward_passes and fallback_rate are over every record with a proposal.
+    """
+    missing = [r.id for r in records if r.id not in proposals]
+    assert not missing, f"{len(missing)} records have no proposal (first: {missing[:3]}); run propose_records first"
+    ious = [iou(proposals[r.id].box, r.box) for r in records if r.box is not None]
+    ps = [proposals[r.id] for r in records]
+    n = len(ps)
+    return {
+        "n": n,
+        "n_with_box": len(ious),
+        "mean_iou": float(np.mean(ious)) if ious else float("nan"),
+        "recall@0.5": float(np.mean([v >= 0.5 for v in ious])) if ious else float("nan"),
+        "mean_forward_passes": float(np.mean([p.forward_passes for p in ps])) if n else float("nan"),
+        "fallback_rate": float(np.mean([p.fallback for p in ps])) if n else float("nan"),
+        "mean_confidence": float(np.mean([p.confidence for p in ps])) if n else float("nan"),
+    }
