@@ -466,3 +466,13 @@ def test_empty_batch_gives_empty_values_and_zero_grads():
     masked_token_mean(values, torch.zeros(0, dtype=torch.bool), 0).backward()
     assert w.grad is not None and (w.grad == 0).all()
     assert math.isfinite(values.sum().item())
+
+
+def test_chunked_paths_stay_float32_under_autocast():
+    hs, ht, w, b, _, ids = _hidden_case()
+    spec = DivergenceSpec("jsd", chunk_size=4)
+    ref, _ = token_divergence_from_hidden(hs, ht, w, ids, spec, lm_head_bias=b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = token_divergence_from_hidden(hs, ht, w, ids, spec, lm_head_bias=b)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)

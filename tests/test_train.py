@@ -167,3 +167,18 @@ def test_teacher_on_another_device_gives_the_same_step(tmp_path, synth_dir):
     a = _run_steps(_cfg(tmp_path, synth_dir, "teacher.mode=ema"), 1)[3][0][-1]
     b = _run_steps(_cfg(tmp_path, synth_dir, "teacher.mode=ema", "teacher.device=cpu"), 1)[3][0][-1]
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-6) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-6)
+
+
+def test_teacher_on_proposed_crops_without_boxes(tmp_path, synth_dir):
+    """views.teacher_source=proposer: boxes come from the model (cached), never from the record's box."""
+    from vision_opd.train import train
+
+    rows = [json.loads(x) for x in (synth_dir / "train.jsonl").read_text().splitlines()]
+    no_box = synth_dir / "no_box.jsonl"  # same folder: image paths stay relative
+    no_box.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "box"}) + "\n" for r in rows))
+    run = train(_cfg(tmp_path, synth_dir, "views.teacher_source=proposer", "teacher.keep_fallback=true", "train.steps=1",
+                     f"data.train_file={no_box}"))
+    cache = (run / "proposals_attention.jsonl").read_text().splitlines()
+    assert len(cache) == 12  # one proposal per record, computed once
+    m = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert m["tokens"] > 0 and m["skipped"] == 0

@@ -76,6 +76,8 @@ class LossConfig:
 class TeacherConfig:
     mode: str = "ema"  # frozen (initial weights) | ema (EMA of the student, rate ema_rate) | live (current weights, no grad)
     ema_rate: float = 0.05  # theta_T <- (1 - r) * theta_T + r * theta_S after every optimizer step
+    proposer: str = "attention"  # views.teacher_source=proposer: attention (ViCrop-style, 2 forwards) | grounding (the model's own box)
+    keep_fallback: bool = False  # proposer: keep records whose proposal fell back to the full image (no crop signal)
     device: str | None = None  # "cpu": keep a full frozen/EMA teacher on the CPU and run its forward there
                                # (saves accelerator memory, costs time); None = the student's device
 
@@ -152,7 +154,9 @@ class Config:
         need(self.train.mixed_precision in ("no", "bf16"), f"train.mixed_precision={self.train.mixed_precision!r}: choose no or bf16")
         need(self.teacher.device is None or self.teacher.mode != "live",
              "teacher.device applies to a frozen or EMA teacher (a live teacher is the student)")
-        need(self.views.teacher_source in ("box", "given", "full"), f"views.teacher_source={self.views.teacher_source!r}: choose box, given or full")
+        need(self.views.teacher_source in ("box", "given", "full", "proposer"),
+             f"views.teacher_source={self.views.teacher_source!r}: choose box, given, proposer or full")
+        need(self.teacher.proposer in ("attention", "grounding"), f"teacher.proposer={self.teacher.proposer!r}: choose attention or grounding")
         return self
 
 

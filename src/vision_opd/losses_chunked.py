@@ -208,12 +208,28 @@ def _rows_of(aux: tuple, rows: slice) -> tuple:
     return tuple(t[rows] for t in aux)
 
 
+def _float32_only(device: torch.device):
+    """Everything in here is float32 by construction: keep an enclosing autocast out of it."""
+    return torch.autocast(device.type, enabled=False)
+
+
 class ChunkedLogitsDivergence(torch.autograd.Function):
     """(student_logits [N, V], teacher_logits [N, V], sampled_ids [N] | None, spec, want_metrics)
     -> (values [N], reverse_kl [N] or [0], top1_agree [N] or [0]); grad only for student_logits."""
 
     @staticmethod
     def forward(ctx, student_logits_N_V, teacher_logits_N_V, sampled_ids_N, spec, want_metrics):
+        with _float32_only(student_logits_N_V.device):
+            return ChunkedLogitsDivergence._forward(ctx, student_logits_N_V, teacher_logits_N_V, sampled_ids_N, spec,
+                                                    want_metrics)
+
+    @staticmethod
+    def backward(ctx, grad_values_N, _grad_reverse_kl, _grad_agree):
+        with _float32_only(grad_values_N.device):
+            return ChunkedLogitsDivergence._backward(ctx, grad_values_N)
+
+    @staticmethod
+    def _forward(ctx, student_logits_N_V, teacher_logits_N_V, sampled_ids_N, spec, want_metrics):
         n, vocab = student_logits_N_V.shape
         out = _Outputs(spec, n, vocab, student_logits_N_V.device, want_metrics)
         for rows in _blocks(n, vocab, student_logits_N_V.device, spec.chunk_size):
@@ -227,7 +243,7 @@ class ChunkedLogitsDivergence(torch.autograd.Function):
         return out.values, out.reverse_kl, out.agree
 
     @staticmethod
-    def backward(ctx, grad_values_N, _grad_reverse_kl, _grad_agree):
+    def _backward(ctx, grad_values_N):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         student_logits_N_V, teacher_logits_N_V, sampled_ids_N, *aux_N = ctx.saved_tensors
@@ -271,6 +287,17 @@ class ChunkedHiddenDivergence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hs_N_H, w_V_H, b_V, ht_N_H, wt_V_H, bt_V, sampled_ids_N, spec, want_metrics):
+        with _float32_only(hs_N_H.device):
+            return ChunkedHiddenDivergence._forward(ctx, hs_N_H, w_V_H, b_V, ht_N_H, wt_V_H, bt_V, sampled_ids_N,
+                                                    spec, want_metrics)
+
+    @staticmethod
+    def backward(ctx, grad_values_N, _grad_reverse_kl, _grad_agree):
+        with _float32_only(grad_values_N.device):
+            return ChunkedHiddenDivergence._backward(ctx, grad_values_N)
+
+    @staticmethod
+    def _forward(ctx, hs_N_H, w_V_H, b_V, ht_N_H, wt_V_H, bt_V, sampled_ids_N, spec, want_metrics):
         n, vocab = hs_N_H.shape[0], w_V_H.shape[0]
         device = hs_N_H.device
         out = _Outputs(spec, n, vocab, device, want_metrics)
@@ -291,7 +318,7 @@ class ChunkedHiddenDivergence(torch.autograd.Function):
         return out.values, out.reverse_kl, out.agree
 
     @staticmethod
-    def backward(ctx, grad_values_N, _grad_reverse_kl, _grad_agree):
+    def _backward(ctx, grad_values_N):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         none6 = (None,) * 6
         if not (need_h or need_w or need_b):

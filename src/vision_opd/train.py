@@ -146,6 +146,32 @@ def autocast(cfg: Config, device: torch.device):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
+def attach_proposals(cfg: Config, model, processor, records: list[Record], run_dir: Path, is_main: bool) -> list[Record]:
+    """Label-free evidence boxes from the initial model (cached in RUN/proposals_NAME.jsonl, computed once).
+
+    Each record gets meta["proposed_box"]; its true box (if any) is left alone for evaluation. Records whose
+    proposal fell back to the full image carry no crop signal and are dropped unless teacher.keep_fallback.
+    """
+    from .proposers import PROPOSERS, ProposalCache, propose_records
+
+    proposer = PROPOSERS[cfg.teacher.proposer]()
+    cache = ProposalCache(run_dir / f"proposals_{cfg.teacher.proposer}.jsonl")
+    proposals = propose_records(unwrap(model), processor, records, proposer, cache, progress=cfg.train.progress and is_main,
+                                max_image_pixels=cfg.views.max_image_pixels)
+    kept = []
+    for r in records:
+        p = proposals[r.id]
+        r.meta.update(proposed_box=list(p.box), proposal_confidence=p.confidence, proposal_fallback=p.fallback)
+        if not p.fallback or cfg.teacher.keep_fallback:
+            kept.append(r)
+    if is_main:
+        print(f"[vision-opd] proposer {cfg.teacher.proposer}: {len(records) - len(kept)} of {len(records)} proposals fell "
+              f"back to the full image{' (kept)' if cfg.teacher.keep_fallback else ' (dropped)'}")
+    if not kept:
+        raise ValueError("every proposal fell back to the full image: nothing to distil (teacher.keep_fallback=true keeps them)")
+    return kept
+
+
 def load_student_weights(model, path: Path) -> None:
     """Copy the weights of a saved checkpoint into `model` (strict: every key must match).
 
@@ -342,6 +368,13 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         from .models.lora import apply_lora
 
         model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, cfg.model.lora_target)
+    if cfg.views.teacher_source == "proposer":  # the main process computes and caches; the others read the cache
+        if is_main:
+            records = attach_proposals(cfg, model, processor, records, run_dir, is_main)
+        if accelerator:
+            accelerator.wait_for_everyone()
+            if not is_main:
+                records = attach_proposals(cfg, model, processor, records, run_dir, is_main)
     teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate, device=cfg.teacher.device)  # the *initial* weights
     _trainable(model, cfg)
     fsdp = accelerator is not None and cfg.train.distributed == "fsdp"

@@ -1,16 +1,40 @@
-"""The built-in synthetic world: small marked targets among distractors, multiple-choice questions.
+"""The built-in synthetic world: one framed target among look-alike distractors, multiple-choice questions.
 
-Each image is a canvas of `canvas` pixels with `distractors` small coloured shapes and one target that
-carries a black frame (the marker); the question asks about the framed object, and its evidence box is
-the frame. Downscaled to a small model's pixel budget, the target is a few pixels wide in the full
-image, while the teacher's crop shows it large: the regional-to-global gap by construction.
+Each image is a `canvas`-pixel square with `distractors` small coloured shapes and one target that
+carries a black frame (the marker). The question asks about the framed object; its evidence box is the
+frame. Distractors are drawn from the same distribution as the target (same sizes, colours, shapes,
+digits): the ONLY thing that singles the target out in a full image is the frame.
 
-Question types:
-  colour  "What colour is the object in the black frame?"  (options: 4 colour names)
-  shape   "What shape is the object in the black frame?"   (options: 4 shape names)
-  digit   "What digit is written in the black frame?"      (options: 4 digits)
+Question types (`question_types`), four options each (A-D), the answer's option always among them:
+  colour  "Colour of the framed object?"  (6 colour names)
+  digit   "Digit on the framed object?"   (`digits`, default 0 1 4 7)
+  shape   "Shape of the framed object?"   (circle, square, triangle, diamond)
+(Short questions: the tiny model's 384-token BPE spends a token on every few characters.)
 
-`write_synthetic(out_dir, n, seed, ...)` writes `records.jsonl` + PNGs in the standard Record format.
+Regimes (the world is built so that a model pre-trained on the labelled part keeps a large gap):
+  hard full image  `distractors` look-alikes (default 10): to answer you must FIND the frame.
+  easy full image  `easy_distractors` look-alikes (default 0) and no frame (`easy_frame=False`): the
+                   target is the only object, so the labelled data never rewards using the frame; the
+                   skill "read an attribute of a small object in a full image" is taught, the skill
+                   "pick the framed one" is not. (With the frame kept in easy images, the grid world
+                   transfers: hard full 0.52 vs easy 0.60 at step 800, docs/demo.md M5.)
+  crop             the evidence crop of an item (what Vision-OPD's teacher sees): target large, alone.
+The labelled pre-training data (`vision_opd.pretrain`) is crops + easy full images; Vision-OPD trains on
+unlabelled hard full images; held-out accuracy is measured on hard full images and their crops. The hard
+regime is learnable in principle: supervised training on hard full images WITH labels learns to use the
+frame in the grid world (docs/demo.md, control c).
+
+Why the defaults (docs/demo.md has the measurements):
+  canvas 168, target_size 20, cell 28: objects sit centred in a 6 x 6 grid of 28 px cells, and at the tiny
+      model's 168 px budget one cell is exactly one vision token (2 x 2 merged 14 px patches): each object
+      and its frame live in one token, so "attend to the framed token" is a clean, learnable skill. With
+      free placement (cell 0) a frame straddles up to 4 tokens shared with neighbours, and even supervised
+      training on hard full images WITH labels gained only 0.30 -> 0.38 in 150 steps (docs/demo.md, M4).
+  distractors 10: chance of guessing the right object is 1/11, so a model that ignores the frame sits near
+      chance on the full image while the crop is easy: a gap of several tens of points.
+  digits "0147": four glyphs with clearly different outlines at 20 px (chosen by eye, not measured).
+Splits are made by seed (`SPLIT_SEEDS`): item ids carry the seed, images are drawn from disjoint RNG
+streams, and tests check that no two splits share an image.
 
     vision-opd synth --out data/synth --n 200
 """
@@ -18,7 +42,7 @@ Question types:
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -34,22 +58,38 @@ COLOURS = {
     "orange": (245, 130, 30),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
-DIGITS = tuple("0123456789")
-QUESTION_TYPES = ("colour", "shape", "digit")
+QUESTION_TYPES = ("colour", "digit", "shape")
+QUESTIONS = {
+    "colour": "Colour of the framed object?",
+    "digit": "Digit on the framed object?",
+    "shape": "Shape of the framed object?",
+}
+# Seeds of the standard splits: labelled pre-training items, unlabelled Vision-OPD items, validation
+# (for every choice made while designing), held-out test (reported only).
+SPLIT_SEEDS = {"pretrain": 1, "opd": 2, "val": 3, "test": 4}
 
 
 @dataclass(frozen=True)
 class WorldConfig:
-    canvas: int = 224  # image side in pixels
-    distractors: int = 8  # shapes besides the target
-    target_size: int = 14  # side of each object in pixels (target and distractors)
+    canvas: int = 168  # image side in pixels
+    distractors: int = 10  # look-alike objects besides the target (the hard regime)
+    target_size: int = 20  # side of each object in pixels (target and distractors)
     question_types: tuple[str, ...] = QUESTION_TYPES
+    digits: str = "0147"  # glyphs for the digit question (needs at least `options` of them)
     frame_width: int = 2  # the marker's line width
     background: tuple[int, int, int] = (235, 235, 235)
     options: int = 4
+    easy_distractors: int = 0  # distractors in the easy (labelled) full images
+    frame: bool = True  # draw the marker (False in the easy regime unless easy_frame)
+    easy_frame: bool = False  # keep the frame in easy full images (True lets the labelled data teach "find the frame")
+    cell: int = 28  # objects sit centred in the cells of a cell x cell grid (0: free placement); 28 px = one vision token
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def easy(self) -> "WorldConfig":
+        """The same world in the easy regime (for labelled pre-training full images)."""
+        return replace(self, distractors=self.easy_distractors, frame=self.easy_frame)
 
 
 def _font(size: int):
@@ -74,14 +114,16 @@ def draw_object(draw: ImageDraw.ImageDraw, shape: str, colour: tuple[int, int, i
         raise ValueError(f"unknown shape {shape!r}")
     if digit is not None:
         size = max(6, int((x2 - x1) * 0.8))
-        draw.text(((x1 + x2) / 2, (y1 + y2) / 2), digit, fill=(255, 255, 255), font=_font(size), anchor="mm")
+        cy = (y1 + y2) / 2 + ((y2 - y1) * 0.15 if shape == "triangle" else 0)
+        draw.text(((x1 + x2) / 2, cy), digit, fill=(255, 255, 255), font=_font(size), anchor="mm",
+                  stroke_width=1, stroke_fill=(0, 0, 0))
 
 
 def _place(rng: random.Random, n: int, size: int, canvas: int, margin: int) -> list[tuple[int, int]]:
     """Non-overlapping top-left corners for n objects (rejection sampling with a spacing margin)."""
     spots: list[tuple[int, int]] = []
     lo, hi = margin, canvas - size - margin
-    for _ in range(n * 200):
+    for _ in range(n * 400):
         if len(spots) == n:
             break
         x, y = rng.randint(lo, hi), rng.randint(lo, hi)
@@ -94,37 +136,42 @@ def _place(rng: random.Random, n: int, size: int, canvas: int, margin: int) -> l
 
 def make_item(rng: random.Random, cfg: WorldConfig, qtype: str) -> tuple[Image.Image, str, list[str], int, tuple[int, int, int, int]]:
     """(image, question, options, answer index, evidence box) for one item."""
+    if qtype not in QUESTIONS:
+        raise ValueError(f"unknown question type {qtype!r}; choose from {QUESTION_TYPES}")
+    if len(cfg.digits) < cfg.options:
+        raise ValueError(f"WorldConfig.digits={cfg.digits!r}: need at least options={cfg.options} glyphs")
     size = cfg.target_size
-    margin = cfg.frame_width + 3
-    spots = _place(rng, cfg.distractors + 1, size, cfg.canvas, margin)
+    margin = cfg.frame_width + 4
+    if cfg.cell:
+        per_side = cfg.canvas // cfg.cell
+        if cfg.distractors + 1 > per_side * per_side or cfg.cell < size + 2 * (cfg.frame_width + 1):
+            raise ValueError(f"cannot place {cfg.distractors + 1} objects of size {size} in {cfg.cell}px cells on a {cfg.canvas}px canvas")
+        off = (cfg.cell - size) // 2
+        cells = rng.sample(range(per_side * per_side), cfg.distractors + 1)
+        spots = [((c % per_side) * cfg.cell + off, (c // per_side) * cfg.cell + off) for c in cells]
+    else:
+        spots = _place(rng, cfg.distractors + 1, size, cfg.canvas, margin)
     img = Image.new("RGB", (cfg.canvas, cfg.canvas), cfg.background)
     draw = ImageDraw.Draw(img)
-    objs = []
-    for x, y in spots:
-        objs.append((rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(DIGITS), (x, y, x + size, y + size)))
+    objs = [(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(cfg.digits), (x, y, x + size, y + size)) for x, y in spots]
     shape, colour, digit, tbox = objs[0]
     for s, c, d, b in objs:
         draw_object(draw, s, COLOURS[c], b, d if qtype == "digit" else None)
     pad = cfg.frame_width + 1
     frame = (tbox[0] - pad, tbox[1] - pad, tbox[2] + pad, tbox[3] + pad)
-    draw.rectangle(frame, outline=(0, 0, 0), width=cfg.frame_width)
+    if cfg.frame:
+        draw.rectangle(frame, outline=(0, 0, 0), width=cfg.frame_width)
     evidence = (frame[0], frame[1], frame[2] + 1, frame[3] + 1)
-    if qtype == "colour":
-        question, truth, pool = "What colour is the object in the black frame?", colour, list(COLOURS)
-    elif qtype == "shape":
-        question, truth, pool = "What shape is the object in the black frame?", shape, list(SHAPES)
-    elif qtype == "digit":
-        question, truth, pool = "What digit is written in the black frame?", digit, list(DIGITS)
-    else:
-        raise ValueError(f"unknown question type {qtype!r}; choose from {QUESTION_TYPES}")
+    truth, pool = {"colour": (colour, list(COLOURS)), "digit": (digit, list(cfg.digits)), "shape": (shape, list(SHAPES))}[qtype]
     others = rng.sample([p for p in pool if p != truth], cfg.options - 1)
     options = others + [truth]
     rng.shuffle(options)
-    return img, question, options, options.index(truth), evidence
+    return img, QUESTIONS[qtype], options, options.index(truth), evidence
 
 
 def generate(n: int, seed: int = 0, cfg: WorldConfig = WorldConfig(), *, image_dir: Path | None = None, prefix: str = "item") -> list[tuple[Record, Image.Image]]:
-    rng = random.Random(seed)
+    """n (Record, image) pairs; question types cycle in order; deterministic in (seed, cfg)."""
+    rng = random.Random(seed * 7_919 + 17)
     out = []
     for i in range(n):
         qtype = cfg.question_types[i % len(cfg.question_types)]
@@ -137,11 +184,11 @@ def generate(n: int, seed: int = 0, cfg: WorldConfig = WorldConfig(), *, image_d
     return out
 
 
-def write_synthetic(out_dir: str | Path, n: int, seed: int = 0, cfg: WorldConfig = WorldConfig(), *, name: str = "records.jsonl") -> Path:
+def write_synthetic(out_dir: str | Path, n: int, seed: int = 0, cfg: WorldConfig = WorldConfig(), *, name: str = "records.jsonl", prefix: str = "item") -> Path:
     """Write n items as PNGs plus `name` (JSONL of Records) in out_dir; returns the JSONL path."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    items = generate(n, seed, cfg, image_dir=(out / "images").resolve())
+    items = generate(n, seed, cfg, image_dir=(out / "images").resolve(), prefix=prefix)
     for rec, img in items:
         img.save(rec.image)
     path = out / name

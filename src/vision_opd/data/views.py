@@ -31,7 +31,8 @@ class ViewConfig:
     expand_ratio: float = 0.05  # teacher crop: grow the box by this share of its width/height per side
     min_side: int = 28  # teacher crop: minimum side in pixels (before resizing)
     teacher_pixels: int | None = None  # teacher crop: resize to about this many pixels (None: keep)
-    teacher_source: str = "box"  # "box": crop the evidence box; "given": the record's teacher_image; "full": the full image (a control)
+    teacher_source: str = "box"  # "box": crop the evidence box; "given": the record's teacher_image; "proposer": crop
+                                 # the label-free proposed box (record.meta["proposed_box"], see proposers/); "full": the full image (a control)
     teacher_text: str | None = None  # a different text prompt for the teacher ({question} is filled in); None = same text
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
@@ -73,11 +74,18 @@ def teacher_view(record: Record, cfg: ViewConfig = ViewConfig()) -> View:
     img = open_image(record.image, max_pixels=cfg.max_image_pixels)
     if cfg.teacher_source == "full":
         return View([img], text)
-    if cfg.teacher_source != "box":
-        raise ValueError(f"unknown views.teacher_source {cfg.teacher_source!r}; choose box, given or full")
-    if record.box is None:
-        raise ValueError(f"record {record.id!r}: the teacher crop needs an evidence box (or use teacher_source=given)")
-    crop = crop_image(img, record.box, expand_ratio=cfg.expand_ratio, min_side=cfg.min_side,
+    if cfg.teacher_source == "proposer":
+        box = record.meta.get("proposed_box")
+        if box is None:
+            raise ValueError(f"record {record.id!r}: teacher_source=proposer but no proposal was computed for it")
+    elif cfg.teacher_source == "box":
+        box = record.box
+        if box is None:
+            raise ValueError(f"record {record.id!r}: the teacher crop needs an evidence box (or use teacher_source=given "
+                             "or proposer)")
+    else:
+        raise ValueError(f"unknown views.teacher_source {cfg.teacher_source!r}; choose box, given, proposer or full")
+    crop = crop_image(img, tuple(box), expand_ratio=cfg.expand_ratio, min_side=cfg.min_side,
                       target_pixels=cfg.teacher_pixels)
     return View([crop], text)
 
