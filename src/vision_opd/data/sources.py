@@ -32,7 +32,7 @@ from PIL import Image
 
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError
 from .records import LETTERS, Record, RecordError, parse_box, record_from_dict
-from .validate import Problem, ValidationReport, check_record, load_records_checked
+from .validate import Problem, ValidationReport, check_record, load_records_checked, raise_if_bad
 from .views import HINT
 
 FORMATS = ("auto", "records", "vision_opd_6k", "parquet", "hub")
@@ -105,7 +105,7 @@ def load_source_checked(path_or_id: str | Path, fmt: str = "auto", *, split: str
         rows = ((where, n, row) for n, (where, row) in enumerate(raw, start=1))
         report = _check_rows(Path(str(path_or_id)), rows, _row_converter(cached_path, student_image), base,
                              allow_outside_root=True, progress=progress, **kw)
-    _raise_if_bad(report, path_or_id, skip_bad)
+    raise_if_bad(report, path_or_id, skip_bad)
     return report.records, report
 
 
@@ -300,16 +300,6 @@ def _check_rows(path: Path, rows: Iterable[tuple[str, int, dict]], convert, root
         seen[rec.id] = where
         report.records.append(rec)
     return report
-
-
-def _raise_if_bad(report: ValidationReport, source: Any, skip_bad: bool) -> None:
-    if report.problems and not skip_bad:
-        shown = "\n  ".join(p.message for p in report.problems[:20])
-        more = f"\n  ... and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
-        raise RecordError(f"{len(report.problems)} bad record(s) in {source} (fix them, or pass --skip-bad / "
-                          f"data.skip_bad=true to skip them):\n  {shown}{more}")
-    if not report.records:
-        raise RecordError(f"{source}: no usable records")
 
 
 # ----------------------------------------------------------------------------- JSON Lines

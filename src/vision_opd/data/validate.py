@@ -132,14 +132,19 @@ def _lines(path: Path, report: ValidationReport):
     return out
 
 
-def load_records_checked(path: str | Path, *, skip_bad: bool = False, **kw) -> tuple[list[Record], ValidationReport]:
-    """Validated records for training/eval. Bad records raise (naming all of them) unless skip_bad."""
-    report = validate_file(path, **kw)
+def raise_if_bad(report: ValidationReport, source, skip_bad: bool) -> None:
+    """Stop on bad records (naming up to 20 of them) unless skip_bad; stop when nothing usable is left."""
     if report.problems and not skip_bad:
         shown = "\n  ".join(p.message for p in report.problems[:20])
         more = f"\n  ... and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
-        raise RecordError(f"{len(report.problems)} bad record(s) in {path} (fix them, or pass --skip-bad / "
+        raise RecordError(f"{len(report.problems)} bad record(s) in {source} (fix them, or pass --skip-bad / "
                           f"data.skip_bad=true to skip them):\n  {shown}{more}")
     if not report.records:
-        raise RecordError(f"{path}: no usable records")
+        raise RecordError(f"{source}: no usable records")
+
+
+def load_records_checked(path: str | Path, *, skip_bad: bool = False, **kw) -> tuple[list[Record], ValidationReport]:
+    """Validated records for training/eval. Bad records raise (naming all of them) unless skip_bad."""
+    report = validate_file(path, **kw)
+    raise_if_bad(report, path, skip_bad)
     return report.records, report
