@@ -15,7 +15,7 @@ setup: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
 
 demo: setup
-	$(BIN)/vision-opd train --config configs/tiny_cpu.yaml
+	$(BIN)/vision-opd demo
 
 test: setup
 	$(BIN)/python -m pytest --durations=10

@@ -128,7 +128,9 @@ def write_records(records: list[Record], path: str | Path) -> None:
     """Write Records as JSONL with image paths relative to the file's folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    import os
+
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # unique per process: parallel writers never collide
     with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r.to_json(relative_to=path.parent), ensure_ascii=False) + "\n")

@@ -1,0 +1,111 @@
+"""`vision-opd demo --study`: Vision-OPD against the controls that rule out the easy explanations, over seeds.
+
+    vision-opd demo --study                                  # every arm, 3 seeds (prints its expected time)
+    vision-opd demo --study --arms opd,continue --seeds 3    # a subset
+    vision-opd demo --study --split val                      # design choices are made on val, never test
+
+Arms (all from the same pre-trained checkpoint, same steps and items per step, demo_arms.py):
+  opd            label-free Vision-OPD (JSD 0.5, frozen crop teacher): the demo
+  continue       (a)  pre-training simply continued (labelled crops + easy full images)
+  offpolicy      (b)  off-policy self-distillation: the frozen model's greedy crop answers as SFT targets
+  supervised     (c)  hard full images WITH labels: the upper bound
+  opd+continue   (c2) Vision-OPD and continued pre-training, one step of each per step
+  opd-ema, opd-live               (d) teacher weights (frozen is `opd`)
+  opd-rkl, opd-fkl, opd-topk, opd-sampled   (e) divergences (JSD 0.5 is `opd`)
+Writes study.json (every run) and study.md (mean +- std over seeds) into --out.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from .data.synthetic import WorldConfig
+from .demo import ASSET_MODEL, prepare_data
+from .demo_arms import ArmConfig, run_arm
+from .pretrain import evaluate_views, load_demo_model
+
+STUDY_ARMS = {
+    "opd": dict(arm="opd"),
+    "continue": dict(arm="continue"),
+    "offpolicy": dict(arm="offpolicy"),
+    "supervised": dict(arm="supervised"),
+    "opd+continue": dict(arm="opd+continue"),
+    "opd-ema": dict(arm="opd", teacher="ema"),
+    "opd-live": dict(arm="opd", teacher="live"),
+    "opd-rkl": dict(arm="opd", loss="rkl"),
+    "opd-fkl": dict(arm="opd", loss="fkl"),
+    "opd-topk": dict(arm="opd", loss="topk"),
+    "opd-sampled": dict(arm="opd", loss="sampled"),
+}
+# seconds per training step on 2 busy shared cores (docs/demo.md M7, M8; unloaded about half), for the estimate
+SECONDS_PER_STEP = {"opd": 1.0, "continue": 0.7, "offpolicy": 0.9, "supervised": 0.7, "opd+continue": 1.7}
+SECONDS_PER_EVAL = 15.0
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 150, eval_every: int = 50,
+          model_dir: str | Path | None = None, n_eval: int = 300, n_opd: int = 1200, arms: str | None = None,
+          split: str = "test", progress: bool = True) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = arms.split(",") if arms else list(STUDY_ARMS)
+    bad = [n for n in names if n not in STUDY_ARMS]
+    assert not bad, f"unknown study arms {bad}; choose from {list(STUDY_ARMS)}"
+    model_dir = Path(model_dir or ASSET_MODEL)
+    n_evals = steps // eval_every + 1
+    est = sum(seeds * (steps * SECONDS_PER_STEP[STUDY_ARMS[n]["arm"]] + n_evals * SECONDS_PER_EVAL) for n in names)
+    print(f"[study] {len(names)} arms x {seeds} seeds x {steps} steps: expected about {est / 60:.0f} min on 2 CPU cores")
+    opd, held = prepare_data(out, WorldConfig(), n_opd, n_eval, eval_split_name=split)
+    model, processor = load_demo_model(model_dir)
+    before = evaluate_views(model, processor, held, _views())
+    print(f"[study] before ({split}): full {before['full']:.3f} crop {before['crop']:.3f}")
+    results_path = out / "study.json"
+    runs = json.loads(results_path.read_text())["runs"] if results_path.exists() else []
+    done = {(r["name"], r["seed"], r["steps"], r["split"]) for r in runs}
+    t0 = time.perf_counter()
+    for name in names:
+        for seed in range(seeds):
+            if (name, seed, steps, split) in done:
+                continue
+            cfg = ArmConfig(seed=seed, steps=steps, eval_every=eval_every, **STUDY_ARMS[name])
+            r = run_arm(cfg, model_dir, opd, held, views=_views(), progress=progress, eval_first=before)
+            row = {"name": name, "seed": seed, "steps": steps, "split": split, "full_before": before["full"],
+                   "crop_before": before["crop"], "full_after": r["after"]["full"], "crop_after": r["after"]["crop"],
+                   "curve": r["curve"], "train_seconds": r["train_seconds"], "seconds": r["seconds"]}
+            runs.append(row)
+            print(f"[study] {name} seed {seed}: full {row['full_before']:.3f} -> {row['full_after']:.3f}, "
+                  f"crop {row['crop_before']:.3f} -> {row['crop_after']:.3f} ({r['seconds']:.0f} s)")
+            results_path.write_text(json.dumps({"runs": runs}, indent=1))
+    table = study_table([r for r in runs if r["steps"] == steps and r["split"] == split], names)
+    print(table)
+    (out / "study.md").write_text(f"# Vision-OPD demo study ({split} split, {steps} steps, {seeds} seeds)\n\n{table}\n")
+    print(f"[study] {time.perf_counter() - t0:.0f} s; wrote {results_path} and {out / 'study.md'}")
+    return {"runs": runs, "table": table}
+
+
+def study_table(runs: list[dict], names: list[str]) -> str:
+    lines = ["| arm | seeds | full after | crop after | full gain | crop change | share of gap closed |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in names:
+        rs = [r for r in runs if r["name"] == name]
+        if not rs:
+            continue
+        full, crop = _mean_std([r["full_after"] for r in rs]), _mean_std([r["crop_after"] for r in rs])
+        gain = _mean_std([r["full_after"] - r["full_before"] for r in rs])
+        dcrop = _mean_std([r["crop_after"] - r["crop_before"] for r in rs])
+        closed = _mean_std([(r["full_after"] - r["full_before"]) / max(1e-9, r["crop_before"] - r["full_before"]) for r in rs])
+        lines.append(f"| {name} | {len(rs)} | {full[0]:.3f} +- {full[1]:.3f} | {crop[0]:.3f} +- {crop[1]:.3f} | "
+                     f"{gain[0]:+.3f} +- {gain[1]:.3f} | {dcrop[0]:+.3f} +- {dcrop[1]:.3f} | {closed[0]:.2f} +- {closed[1]:.2f} |")
+    return "\n".join(lines)
+
+
+def _views():
+    from .data.views import ViewConfig
+
+    return ViewConfig()
