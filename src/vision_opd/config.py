@@ -108,7 +108,7 @@ class TrainConfig:
     eval_batch_size: int = 16
     progress: bool = True
     distributed: str = "ddp"  # ddp | fsdp (only when launched over several processes; see distributed.py)
-    mixed_precision: str = "no"  # no | bf16: bf16 autocast over the model's (fp32 master) weights
+    mixed_precision: str = "fp32"  # fp32 (no autocast) | bf16: bf16 autocast over the model's (fp32 master) weights
     keep_last: int = 3  # checkpoints kept
     max_consecutive_skips: int = 5  # stop after this many consecutive non-finite steps
     # collapse signals (METHOD.md 5.6): logged as `collapse` in metrics.jsonl; stop_on_collapse ends the run
@@ -151,7 +151,7 @@ class Config:
              f"data.format={self.data.format!r}: choose auto, records, vision_opd_6k, parquet or hub")
         need(self.data.student_image in ("images", "original"), f"data.student_image={self.data.student_image!r}: choose images or original")
         need(self.train.distributed in ("ddp", "fsdp"), f"train.distributed={self.train.distributed!r}: choose ddp or fsdp")
-        need(self.train.mixed_precision in ("no", "bf16"), f"train.mixed_precision={self.train.mixed_precision!r}: choose no or bf16")
+        need(self.train.mixed_precision in ("fp32", "bf16"), f"train.mixed_precision={self.train.mixed_precision!r}: choose fp32 or bf16")
         need(self.teacher.device is None or self.teacher.mode != "live",
              "teacher.device applies to a frozen or EMA teacher (a live teacher is the student)")
         need(self.views.teacher_source in ("box", "given", "full", "proposer"),

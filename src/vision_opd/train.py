@@ -141,7 +141,7 @@ def grad_sync(model, accelerator, enabled: bool):
 
 def autocast(cfg: Config, device: torch.device):
     """bf16 compute over fp32 master weights when train.mixed_precision=bf16 (the divergence itself is float32)."""
-    if cfg.train.mixed_precision == "no":
+    if cfg.train.mixed_precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
