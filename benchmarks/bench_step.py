@@ -41,7 +41,9 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared 2-core machine)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     tmp = Path(tempfile.mkdtemp())
     write_synthetic(tmp, args.prompts, seed=0, name="train.jsonl")

@@ -100,6 +100,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/tiny_cpu"
     device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads (0 = torch's default); 1 is far faster for tiny models on a busy small machine
     log_every: int = 1
     save_every: int = 0  # 0 = only at the end
     sample_every: int = 10  # write a few decoded responses to samples.jsonl every N steps (0 = never)

@@ -351,6 +351,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     seed_everything(cfg.train.seed)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
     device = accelerator.device if accelerator else resolve_device(cfg.train.device)
 
     # load: model, processor, data, teacher, optimizer
