@@ -24,8 +24,8 @@ with --repeats R the pair is run R times in alternating order and the fastest ru
 A plain case that does not fit is reported as such, and the ratios in its row then use the
 plain numbers of the largest size that fitted, scaled linearly in tokens (marked "~").
 
-Run (the table in docs/performance.md came from exactly this):
-    python benchmarks/bench_divergence.py --tokens 1024 2048 4096
+Run (docs/performance.md lists the exact command of each of its tables):
+    python benchmarks/bench_divergence.py --tokens 1024 2048 4096 --repeats 2
 Options: --chunk-size N (default: vision_opd.losses.DEFAULT_CHUNK_SIZE), --sweep 64 128 256 512
 (time the fused and chunked paths at several chunk sizes, no plain), --repeats, --alpha, --threads.
 """

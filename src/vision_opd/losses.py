@@ -36,10 +36,11 @@ from vision_opd.losses_chunked import (
     with_tail_bucket,
 )
 
-# Tokens per chunk; chosen by measurement (docs/performance.md). It sets the lm_head matmul size
-# of the fused path: on the 2-core CPU 128 was ~20% slower than 256, while 512 and 1024 were only
-# ~4-5% faster at 2-4x the memory of its two [chunk, V] float32 buffers (2 x 155 MB at 256 and
-# V = 151936). The element-wise math is blocked further inside a chunk (losses_chunked.py).
+# Tokens per chunk; chosen by measurement (docs/performance.md). It sets the lm_head matmul size of
+# the fused path: on the 2-core CPU 128 was 10-20% slower than 256, 512 was 4-10% faster at twice
+# the memory of the two [chunk, V] float32 logits buffers (2 x 155 MB at 256 and V = 151936); on
+# accelerators the element-wise temporaries also scale with the chunk, so 256 is kept. The CPU
+# additionally blocks the element-wise math by rows inside a chunk (losses_chunked.py).
 DEFAULT_CHUNK_SIZE = 256
 
 KINDS = ("jsd", "topk", "sampled")
