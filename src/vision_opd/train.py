@@ -469,6 +469,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
                                           "lower optim.lr, check the data, or use float32")
             if m["collapse"] and cfg.train.stop_on_collapse and watch.stop:
                 raise TrainingStopped(f"collapse signal at step {step + 1}: {m['collapse']} (train.stop_on_collapse)")
+            _test_wait_for_signal(step + 1, stop)
             if stop.requested(accelerator):
                 path = save(step + 1)
                 print(f"[vision-opd] received {stop.signal}: saved {path}; resume with --resume")
@@ -486,6 +487,20 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     if is_main:
         print(f"[vision-opd] done: {cfg.train.steps} steps; checkpoint {final}" + (f"; {n_bad} bad record(s) skipped" if n_bad else ""))
     return run_dir
+
+
+def _test_wait_for_signal(step: int, stop: "_StopFlag") -> None:
+    """Fault-injection hook for the tests: VISION_OPD_TEST_WAIT_SIGNAL_AT=N waits after step N (logged, not yet
+    saved) until a SIGINT/SIGTERM arrives (at most VISION_OPD_TEST_PAUSE_SECONDS), so that a test's signal lands
+    mid-run however fast the machine is. Unset: does nothing."""
+    import os
+    import time
+
+    if os.environ.get("VISION_OPD_TEST_WAIT_SIGNAL_AT") != str(step):
+        return
+    t_end = time.time() + float(os.environ.get("VISION_OPD_TEST_PAUSE_SECONDS", "60"))
+    while stop.signal is None and time.time() < t_end:
+        time.sleep(0.05)
 
 
 class TrainingStopped(RuntimeError):
