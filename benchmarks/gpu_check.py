@@ -1,6 +1,8 @@
-"""Real-size GPU check: a Qwen2.5-VL-3B-sized model with random weights runs Vision-OPD steps in bf16.
+"""Real-size GPU check: a Qwen2.5-VL-3B/7B-sized model with random weights runs Vision-OPD steps in bf16.
 
-    python benchmarks/gpu_check.py                       # on a GPU machine: 3B config, bf16, 5 steps
+    bash benchmarks/gpu_check.sh                         # the runs recorded in docs/performance.md (one 80 GB GPU)
+    python benchmarks/gpu_check.py --grad-ckpt           # on a GPU machine: 3B config, bf16 weights, 5 steps
+    python benchmarks/gpu_check.py --size 7b --lora 64 --grad-ckpt --prompts 4 --samples 8 --micro-batch 4
     python benchmarks/gpu_check.py --size small --steps 2 --device cpu   # a shrunk config, to check the script here
 
 No weights can be downloaded, so the model is the real architecture (Qwen2.5-VL-3B: 36 layers, hidden 2048,
@@ -27,10 +29,13 @@ from vision_opd.config import load_config  # noqa: E402
 from vision_opd.data.synthetic import WorldConfig, write_synthetic  # noqa: E402
 from vision_opd.models.tiny import SPECIAL_TOKENS, build_processor  # noqa: E402
 
-SIZES = {  # Qwen2.5-VL-3B-Instruct's published config; "small" for a CPU smoke run
+SIZES = {  # Qwen2.5-VL-3B/7B-Instruct's published configs; "small" for a CPU smoke run
     "3b": dict(hidden=2048, layers=36, heads=16, kv=2, inter=11008, v_depth=32, v_hidden=1280, v_heads=16, v_inter=3420,
-               vocab=151936),
-    "small": dict(hidden=128, layers=2, heads=4, kv=2, inter=256, v_depth=2, v_hidden=64, v_heads=2, v_inter=128, vocab=151936),
+               vocab=151936, tied=True),
+    "7b": dict(hidden=3584, layers=28, heads=28, kv=4, inter=18944, v_depth=32, v_hidden=1280, v_heads=16, v_inter=3420,
+               vocab=152064, tied=False),
+    "small": dict(hidden=128, layers=2, heads=4, kv=2, inter=256, v_depth=2, v_hidden=64, v_heads=2, v_inter=128, vocab=151936,
+                  tied=True),
 }
 
 
@@ -54,7 +59,7 @@ def build(size: str, image_side: int, dtype: torch.dtype, device: str):
                            out_hidden_size=s["hidden"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
                            window_size=112, fullatt_block_indexes=[i for i in (7, 15, 23, 31) if i < s["v_depth"]] or [s["v_depth"] - 1]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=s["tied"])
     del third
     torch.manual_seed(0)
     with torch.device(device):
@@ -74,9 +79,12 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--image-side", type=int, default=448, help="pixel budget side (448 -> 256 image tokens)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--master", choices=["fp32", "bf16"], default="fp32",
-                    help="fp32: fp32 master weights + bf16 autocast (the recipe); bf16: bf16 weights (less memory)")
+    ap.add_argument("--master", choices=["fp32", "bf16"], default="bf16",
+                    help="bf16: bf16 weights (fits one 80 GB GPU at 3B with an EMA teacher); fp32: fp32 master "
+                         "weights + bf16 autocast (the recipe's precision; 3B full fine-tuning needs > 80 GB)")
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
+    ap.add_argument("--lora", type=int, default=0, help="LoRA rank (0 = full fine-tuning); the vision tower is then frozen")
+    ap.add_argument("--teacher", choices=["ema", "frozen", "live"], default="ema")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
@@ -85,19 +93,24 @@ def main() -> None:
     over = [f"data.train_file={tmp / 'train.jsonl'}", f"train.prompts_per_step={args.prompts}",
             f"rollout.samples_per_prompt={args.samples}", f"rollout.max_new_tokens={args.new_tokens}",
             f"train.micro_batch_size={args.micro_batch}", f"views.teacher_pixels={args.image_side ** 2}",
-            "teacher.mode=ema", "loss.kind=jsd", "optim.lr=1e-6", "train.progress=false",
+            f"teacher.mode={args.teacher}", "loss.kind=jsd", f"model.gradient_checkpointing={args.grad_ckpt}",
+            f"model.lora_r={args.lora}", f"model.lora_alpha={2 * args.lora}", f"model.freeze_vision={bool(args.lora)}", "optim.lr=1e-6", "train.progress=false",
             f"train.mixed_precision={'bf16' if args.master == 'fp32' and args.device != 'cpu' else 'fp32'}"]
     cfg = load_config(None, over)
     device = torch.device(args.device)
     model, proc = build(args.size, args.image_side, torch.float32 if args.master == "fp32" else torch.bfloat16, args.device)
-    if args.grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     n_params = sum(p.numel() for p in model.parameters())
     records, _ = T.load_train_records(cfg)
-    teacher = T.Teacher(model, "ema", 0.05)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))
     suppress = T.vision_token_ids(model, proc)
+    if args.lora:  # the same order as train(): adapter, teacher (initial weights), then trainable parameters
+        from vision_opd.models.lora import apply_lora
+
+        model = apply_lora(model, args.lora, 2 * args.lora)
+    teacher = T.Teacher(model, args.teacher, 0.05)
+    params = T._trainable(model, cfg)
+    n_train = sum(p.numel() for p in params)
+    opt = torch.optim.AdamW(params, lr=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rows = []
@@ -115,7 +128,7 @@ def main() -> None:
     steady = rows[1:] or rows
     sec = sum(r["wall"] for r in steady) / len(steady)
     tok = sum(r["tokens"] for r in steady) / len(steady)
-    out = {"size": args.size, "params": n_params, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    out = {"size": args.size, "params": n_params, "trainable": n_train, "lora": args.lora, "teacher": args.teacher, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
            "master": args.master, "grad_ckpt": args.grad_ckpt, "prompts": args.prompts, "samples": args.samples,
            "new_tokens": args.new_tokens, "image_tokens": (args.image_side // 28) ** 2, "sec_per_step": sec,
            "response_tokens_per_sec": tok / sec,
