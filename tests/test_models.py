@@ -30,6 +30,17 @@ def test_tiny_round_trip(family, tmp_path, synth_records):
         assert type(proc).__name__.endswith("NoVideo")
 
 
+def test_processor_falls_back_when_autoprocessor_returns_a_tokenizer(tmp_path, monkeypatch):
+    """With torchvision installed the stock AutoProcessor is used; for a checkpoint without a video-processor config
+    it returns the bare tokenizer (seen on a GPU machine with torchvision): the loader must build the processor."""
+    from vision_opd.models import loading
+
+    save_tiny(tmp_path, family="qwen2_vl")
+    monkeypatch.setattr(loading, "has_torchvision", lambda: True)
+    proc = loading.load_processor(str(tmp_path))
+    assert hasattr(proc, "image_processor") and proc.tokenizer.padding_side == "left"
+
+
 def test_response_mask_ends_after_first_eos():
     ids = torch.tensor([[5, 9, 7, 9, 3], [1, 2, 3, 4, 5], [9, 1, 1, 1, 1]])
     mask, trunc = response_mask(ids, [9])

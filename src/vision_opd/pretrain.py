@@ -57,6 +57,7 @@ class PretrainConfig:
     min_delta: float = 0.01
     n_val: int = 96  # validation items (hard full images and their crops)
     seed: int = 0  # model init and data order
+    device: str = "cpu"  # where the tiny model trains (cpu; cuda works too, e.g. for world sweeps)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,11 +124,14 @@ def supervised_step(model, processor, views: list[View], answers: list[str], opt
 def eval_split(data_dir: str | Path, split: str, n: int, world: WorldConfig) -> list[Record]:
     """The hard full-image records of a split (written once to data_dir/split, read back as Records)."""
     path = Path(data_dir) / split / "records.jsonl"
-    if path.exists():
+    stamp = path.parent / "world.json"  # the world the cached items were drawn from: a changed world regenerates
+    want = json.dumps(world.to_dict(), sort_keys=True)
+    if path.exists() and stamp.exists() and stamp.read_text() == want:
         recs = read_records(path)
         if len(recs) == n:
             return recs
     write_synthetic(path.parent, n, SPLIT_SEEDS[split], world, prefix=f"{split}_")
+    stamp.write_text(want)
     return read_records(path)
 
 
@@ -145,6 +149,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), *, vie
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model, processor = build_demo_model(cfg.seed)
+    model.to(cfg.device)
     val = eval_split(out / "data", "val", cfg.n_val, cfg.world)
     val_easy = eval_split(out / "data_easy", "val", max(3, cfg.n_val // 2), cfg.world.easy())
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
@@ -177,7 +182,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), *, vie
         if done:
             break
     model_dir = out / "model"
-    model.save_pretrained(model_dir)
+    model.cpu().save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
     summary = {"steps": step, "seconds": round(time.perf_counter() - t0, 1), "curve": curve, "config": cfg.to_dict(),
                "model": DEMO_MODEL, "params": sum(p.numel() for p in model.parameters())}

@@ -59,10 +59,12 @@ COLOURS = {
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
 QUESTION_TYPES = ("colour", "digit", "shape")
+ALL_QUESTION_TYPES = ("colour", "digit", "shape", "dot")
 QUESTIONS = {
     "colour": "Colour of the framed object?",
     "digit": "Digit on the framed object?",
     "shape": "Shape of the framed object?",
+    "dot": "Colour of the dot on the framed object?",
 }
 # Seeds of the standard splits: labelled pre-training items, unlabelled Vision-OPD items, validation
 # (for every choice made while designing), held-out test (reported only).
@@ -99,7 +101,8 @@ def _font(size: int):
         return ImageFont.load_default(size=size)
 
 
-def draw_object(draw: ImageDraw.ImageDraw, shape: str, colour: tuple[int, int, int], box: tuple[int, int, int, int], digit: str | None = None) -> None:
+def draw_object(draw: ImageDraw.ImageDraw, shape: str, colour: tuple[int, int, int], box: tuple[int, int, int, int],
+                digit: str | None = None, dot: tuple[int, int, int] | None = None) -> None:
     x1, y1, x2, y2 = box
     if shape == "circle":
         draw.ellipse(box, fill=colour)
@@ -117,6 +120,10 @@ def draw_object(draw: ImageDraw.ImageDraw, shape: str, colour: tuple[int, int, i
         cy = (y1 + y2) / 2 + ((y2 - y1) * 0.15 if shape == "triangle" else 0)
         draw.text(((x1 + x2) / 2, cy), digit, fill=(255, 255, 255), font=_font(size), anchor="mm",
                   stroke_width=1, stroke_fill=(0, 0, 0))
+    if dot is not None:  # a centred disc of a second colour, 45% of the object's side (lower on a triangle)
+        r = (x2 - x1) * 0.225
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2 + ((y2 - y1) * 0.15 if shape == "triangle" else 0)
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=dot)
 
 
 def _place(rng: random.Random, n: int, size: int, canvas: int, margin: int) -> list[tuple[int, int]]:
@@ -137,7 +144,7 @@ def _place(rng: random.Random, n: int, size: int, canvas: int, margin: int) -> l
 def make_item(rng: random.Random, cfg: WorldConfig, qtype: str) -> tuple[Image.Image, str, list[str], int, tuple[int, int, int, int]]:
     """(image, question, options, answer index, evidence box) for one item."""
     if qtype not in QUESTIONS:
-        raise ValueError(f"unknown question type {qtype!r}; choose from {QUESTION_TYPES}")
+        raise ValueError(f"unknown question type {qtype!r}; choose from {ALL_QUESTION_TYPES}")
     if len(cfg.digits) < cfg.options:
         raise ValueError(f"WorldConfig.digits={cfg.digits!r}: need at least options={cfg.options} glyphs")
     size = cfg.target_size
@@ -153,16 +160,21 @@ def make_item(rng: random.Random, cfg: WorldConfig, qtype: str) -> tuple[Image.I
         spots = _place(rng, cfg.distractors + 1, size, cfg.canvas, margin)
     img = Image.new("RGB", (cfg.canvas, cfg.canvas), cfg.background)
     draw = ImageDraw.Draw(img)
-    objs = [(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(cfg.digits), (x, y, x + size, y + size)) for x, y in spots]
-    shape, colour, digit, tbox = objs[0]
-    for s, c, d, b in objs:
-        draw_object(draw, s, COLOURS[c], b, d if qtype == "digit" else None)
+    objs = []
+    for x, y in spots:
+        sh, c, d = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(cfg.digits)
+        dc = rng.choice([k for k in COLOURS if k != c]) if qtype == "dot" else None  # (other types: the RNG stream of old)
+        objs.append((sh, c, d, (x, y, x + size, y + size), dc))
+    shape, colour, digit, tbox, dot = objs[0]
+    for s, c, d, b, dc in objs:
+        draw_object(draw, s, COLOURS[c], b, d if qtype == "digit" else None, COLOURS[dc] if dc else None)
     pad = cfg.frame_width + 1
     frame = (tbox[0] - pad, tbox[1] - pad, tbox[2] + pad, tbox[3] + pad)
     if cfg.frame:
         draw.rectangle(frame, outline=(0, 0, 0), width=cfg.frame_width)
     evidence = (frame[0], frame[1], frame[2] + 1, frame[3] + 1)
-    truth, pool = {"colour": (colour, list(COLOURS)), "digit": (digit, list(cfg.digits)), "shape": (shape, list(SHAPES))}[qtype]
+    truth, pool = {"colour": (colour, list(COLOURS)), "digit": (digit, list(cfg.digits)), "shape": (shape, list(SHAPES)),
+                   "dot": (dot, list(COLOURS))}[qtype]
     others = rng.sample([p for p in pool if p != truth], cfg.options - 1)
     options = others + [truth]
     rng.shuffle(options)

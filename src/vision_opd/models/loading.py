@@ -77,9 +77,14 @@ def load_processor(name_or_path: str, family: str | None = None, *, min_pixels: 
     from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
     kw: dict[str, Any] = {}
+    proc = None
     if has_torchvision():
         proc = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kw)
-    else:
+        if not hasattr(proc, "image_processor"):
+            # AutoProcessor falls back to the bare tokenizer when the checkpoint has no video-processor config
+            # (e.g. one saved by the processor below, or by vision-opd's tiny models): build the processor ourselves
+            proc = None
+    if proc is None:
         if family is None:
             cfg = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
             family = FAMILY_OF_MODEL_TYPE.get(cfg.model_type)
