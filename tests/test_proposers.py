@@ -397,3 +397,81 @@ def test_evaluate_proposals():
     assert m["mean_forward_passes"] == 3.0 and m["fallback_rate"] == pytest.approx(1 / 3)
     with pytest.raises(AssertionError, match="no proposal"):
         evaluate_proposals(recs, {"a": props["a"]})
+
+
+# ---------------------------------------------------------------- confidence search
+def test_sliding_windows_cover_the_image_at_every_scale():
+    from vision_opd.proposers import sliding_windows
+
+    boxes = sliding_windows(168, 120, fractions=(1 / 6, 1 / 3), stride=0.5)
+    small = [b for b in boxes if b[2] - b[0] == pytest.approx(28)]
+    large = [b for b in boxes if b[2] - b[0] == pytest.approx(56)]
+    assert len(small) == 11 * 11 and len(large) == 5 * 5 and len(boxes) == 146
+    for b in boxes:
+        assert 0 <= b[0] < b[2] <= 168 and 0 <= b[1] < b[3] <= 120
+    assert max(b[2] for b in small) == pytest.approx(168) and max(b[3] for b in small) == pytest.approx(120)
+    odd = sliding_windows(100, 100, fractions=(0.3,), stride=1.0)  # 30 px windows, stride 30: 0, 30, 60 + flush 70
+    assert sorted({b[0] for b in odd}) == [0, 30, 60, 70]
+    with pytest.raises(ValueError):
+        sliding_windows(10, 10, fractions=(1.5,))
+    with pytest.raises(ValueError):
+        sliding_windows(10, 10, stride=0)
+
+
+def _redness(model, processor, images, prompt, batch_size=64):
+    """A stand-in for the model's confidence: the share of pure-red pixels in each image (crop)."""
+    out = []
+    for im in images:
+        a = np.asarray(im.convert("RGB")).astype(int)
+        out.append(float(((a[..., 0] > 200) & (a[..., 1] < 60) & (a[..., 2] < 60)).mean()))
+    return np.array(out)
+
+
+def test_confidence_proposer_finds_the_window_the_score_prefers(monkeypatch):
+    from vision_opd.proposers import ConfidenceProposer
+    from vision_opd.proposers import confidence as conf_mod
+
+    monkeypatch.setattr(conf_mod, "answer_confidence", _redness)
+    img = Image.new("RGB", (168, 168), (235, 235, 235))
+    img.paste((230, 20, 20), (116, 32, 140, 56))  # a red 24 px square in the cell (112..140, 28..56)
+    p = ConfidenceProposer(min_side=1)(None, None, img, "Colour of the framed object?")
+    assert not p.fallback and iou(p.box, (116, 32, 140, 56)) >= 0.5
+    assert p.forward_passes == 146 + 1 and p.confidence > p.extra["full_confidence"]
+
+
+def test_confidence_proposer_falls_back_when_no_crop_beats_the_full_image(monkeypatch):
+    from vision_opd.proposers import ConfidenceProposer
+    from vision_opd.proposers import confidence as conf_mod
+
+    monkeypatch.setattr(conf_mod, "answer_confidence", lambda m, p, images, q, bs=64: np.array([0.9] + [0.5] * (len(images) - 1)))
+    img = Image.new("RGB", (90, 60), (0, 0, 0))
+    p = ConfidenceProposer()(None, None, img, "q")
+    assert p.fallback and p.box == full_image_box(90, 60) and p.confidence == 0.9
+
+
+def test_confidence_proposer_on_a_tiny_model_reads_the_full_prompt(tiny_models, synth_records, tmp_path):
+    from vision_opd.proposers import ConfidenceProposer, make_proposer
+
+    model, processor = tiny_models["qwen2_vl"]
+    seen = []
+    real = ConfidenceProposer.__call__
+
+    def spy(self, model, processor, image, question):
+        seen.append(question)
+        return real(self, model, processor, image, question)
+
+    prop = ConfidenceProposer(fractions=(1 / 2,), stride=1.0)
+    import unittest.mock as um
+
+    with um.patch.object(ConfidenceProposer, "__call__", spy):
+        out = propose_records(model, processor, synth_records[:2], prop, ProposalCache(tmp_path / "c.jsonl"), progress=False)
+    assert all("A. " in q for q in seen)  # options and instruction, not the bare question
+    for r in synth_records[:2]:
+        p = out[r.id]
+        assert 0.0 <= p.confidence <= 1.0 and p.forward_passes == 4 + 1
+    from vision_opd.data.views import ViewConfig
+
+    made = make_proposer("confidence", ViewConfig(expand_ratio=0.1, min_side=40))
+    assert made.expand_ratio == 0.1 and made.min_side == 40
+    with pytest.raises(ValueError, match="unknown proposer"):
+        make_proposer("nope")

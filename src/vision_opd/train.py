@@ -152,9 +152,9 @@ def attach_proposals(cfg: Config, model, processor, records: list[Record], run_d
     Each record gets meta["proposed_box"]; its true box (if any) is left alone for evaluation. Records whose
     proposal fell back to the full image carry no crop signal and are dropped unless teacher.keep_fallback.
     """
-    from .proposers import PROPOSERS, ProposalCache, propose_records
+    from .proposers import ProposalCache, make_proposer, propose_records
 
-    proposer = PROPOSERS[cfg.teacher.proposer]()
+    proposer = make_proposer(cfg.teacher.proposer, cfg.views)
     cache = ProposalCache(run_dir / f"proposals_{cfg.teacher.proposer}.jsonl")
     proposals = propose_records(unwrap(model), processor, records, proposer, cache, progress=cfg.train.progress and is_main,
                                 max_image_pixels=cfg.views.max_image_pixels)

@@ -8,18 +8,33 @@ map over the image-token grid. Proposers fall back to the full image when they a
   attention module (no eager attention), searched with multi-scale sliding windows (window.py). 2 forwards.
 - GroundingProposer (grounding.py): ask the model for the box as JSON; `parse_box` reads Qwen2-VL box
   tokens, Qwen2.5-VL pixel JSON, Qwen3-VL/3.5 0-1000 JSON and broken variants. One forward per token.
+- ConfidenceProposer (confidence.py): the sliding window whose crop the model answers most confidently
+  (the model's own confidence as the signal; no attention, no grounding). One forward per window.
 - ProposalCache / propose_records / evaluate_proposals (cache.py): compute once per record, score by IoU.
 """
 
 from .attention import GENERIC_PROMPT, AttentionProposer, relative_attention
+from .confidence import ConfidenceProposer, sliding_windows
 from .cache import ProposalCache, evaluate_proposals, propose_records
 from .grounding import GROUNDING_PROMPT, GroundingProposer, parse_box
 from .window import Proposal, WindowConfig, best_window, iou, window_proposal
 
-PROPOSERS = {"attention": AttentionProposer, "grounding": GroundingProposer}
+PROPOSERS = {"attention": AttentionProposer, "grounding": GroundingProposer, "confidence": ConfidenceProposer}
+
+
+
+def make_proposer(name: str, views=None):
+    """The proposer called `name`; confidence search crops its windows like the teacher's crop of `views`."""
+    if name not in PROPOSERS:
+        raise ValueError(f"unknown proposer {name!r}; choose one of {sorted(PROPOSERS)}")
+    if name == "confidence" and views is not None:
+        return ConfidenceProposer(expand_ratio=views.expand_ratio, min_side=views.min_side, target_pixels=views.teacher_pixels)
+    return PROPOSERS[name]()
+
 
 __all__ = [
-    "GENERIC_PROMPT", "GROUNDING_PROMPT", "PROPOSERS", "AttentionProposer", "GroundingProposer", "Proposal",
+    "GENERIC_PROMPT", "GROUNDING_PROMPT", "PROPOSERS", "AttentionProposer", "ConfidenceProposer", "GroundingProposer",
+    "Proposal", "make_proposer", "sliding_windows",
     "ProposalCache", "WindowConfig", "best_window", "evaluate_proposals", "iou", "parse_box", "propose_records",
     "relative_attention", "window_proposal",
 ]

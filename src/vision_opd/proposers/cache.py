@@ -26,6 +26,7 @@ import numpy as np
 
 from ..data.images import DEFAULT_MAX_IMAGE_PIXELS, open_image
 from ..data.records import Record
+from ..data.views import prompt_text
 from .window import Proposal, iou
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,8 @@ def propose_records(model, processor, records: Sequence[Record], proposer: Calla
     """{record id: Proposal} for every record, computing only those not in `cache`.
 
     The proposer sees the full image (as decoded for the student view) and the bare question (no options:
-    the options do not say where to look, and the grounding prompt wraps the question in its own text).
+    the options do not say where to look, and the grounding prompt wraps the question in its own text), or,
+    for a proposer with `needs_prompt` (confidence search), the full prompt with options and instruction.
     """
     from tqdm.auto import tqdm
 
@@ -129,7 +131,8 @@ def propose_records(model, processor, records: Sequence[Record], proposer: Calla
         key = ProposalCache.key(r.id, name, settings)
         p = cache.get(key) if cache is not None else None
         if p is None:
-            p = proposer(model, processor, open_image(r.image, max_pixels=max_image_pixels), r.question)
+            text = prompt_text(r) if getattr(proposer, "needs_prompt", False) else r.question
+            p = proposer(model, processor, open_image(r.image, max_pixels=max_image_pixels), text)
             computed += 1
             if cache is not None:
                 cache.put(key, r.id, name, settings, p)
