@@ -111,6 +111,29 @@ def test_gap_cli_views_pairs_and_skips(tmp_path):
     assert len(ids_views) == len(set(ids_views)) == 5 + 5 + 4 + 5
 
 
+def test_gap_cli_with_a_proposer_needs_no_boxes(tmp_path):
+    records = read_records(write_synthetic(tmp_path, 4, seed=5))
+    records[0].box = None  # no box: usable for full and proposed, not for crop
+    data = tmp_path / "gapdata.jsonl"
+    write_records(records, data)
+    out = tmp_path / "gap"
+    rc = main(["gap", "--model", "tiny:qwen2_vl", "--benchmark", "synthetic", "--data", str(data), "--out", str(out),
+               "--views", "full,crop", "--proposer", "confidence", "--max-new-tokens", "3", "--no-progress"])
+    assert rc == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["n_items"] == 4 and r["skipped"]["no_evidence"] == 1
+    p = r["proposals"]
+    assert p["proposer"] == "confidence" and p["n"] == 4 and p["n_with_box"] == 3 and 0 <= p["recall@0.5"] <= 1
+    assert p["mean_forward_passes"] == 147  # 146 windows + the full image
+    n_prop = round(4 * (1 - p["fallback_rate"]))
+    assert r["skipped"]["per_view"] == {"full": 0, "crop": 1, "proposed": 4 - n_prop}
+    if n_prop:
+        assert r["differences"]["proposed-full"]["n"] == n_prop
+    assert (out / "proposals_confidence.jsonl").exists()
+    ids_views = [(s["id"], s["view"]) for s in map(json.loads, _lines(out / "samples.jsonl"))]
+    assert len(ids_views) == len(set(ids_views)) == 4 + 3 + n_prop
+
+
 def test_resume_skips_done_items_and_drops_a_half_line(tmp_path, data6, tiny):
     model, processor = tiny
     out = tmp_path / "run"

@@ -146,13 +146,16 @@ def _run_eval_command(args, gap: bool) -> int:
 
             views = [v.strip() for v in args.views.split(",") if v.strip()]
             r = gap_probe(gen, args.benchmark, args.data, args.out, views=views, limit=args.limit,
-                          batch_size=args.batch_size, progress=not args.no_progress)
+                          batch_size=args.batch_size, progress=not args.no_progress, proposer=args.proposer)
+            if r.get("proposals"):
+                print("proposals: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                for k, v in r["proposals"].items()))
             for v, acc in r["accuracy"].items():
                 print(f"{v:>10}: accuracy {acc:.3f} (n={r['views'][v]['n']})")
             for name, d in r["differences"].items():
                 if d["difference"] is not None:
                     print(f"{name:>15}: {d['difference']:+.3f}  95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
-            print(f"skipped (no box / teacher image): {r['skipped']['no_evidence']}; wrote {args.out}/results.json, gap.png")
+            print(f"without a box / teacher image: {r['skipped']['no_evidence']}; wrote {args.out}/results.json, gap.png")
         else:
             from .eval.run import evaluate
 
@@ -202,6 +205,9 @@ def _add_eval_parsers(sub) -> None:
         if name == "gap":
             e.add_argument("--views", default="full,crop,redbox,full+crop",
                            help="comma-separated views among full, crop, redbox, full+crop (the first difference base is full)")
+            e.add_argument("--proposer", default=None, choices=["attention", "grounding", "confidence"],
+                           help="label-free: the model proposes each item's evidence box; adds the view 'proposed' and "
+                                "uses items without boxes too (hf backend)")
         e.add_argument("--no-progress", action="store_true", help="no progress bars")
         e.set_defaults(func=cmd_gap if name == "gap" else cmd_eval)
 

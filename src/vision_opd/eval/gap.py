@@ -55,30 +55,47 @@ def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], 
 
 def gap_probe(generator, benchmark: str, data: str | Path, out: str | Path, *, views: Sequence[str] = DEFAULT_VIEWS,
               limit: int | None = None, batch_size: int = 8, view_cfg: ViewConfig = ViewConfig(),
-              progress: bool = True) -> dict[str, Any]:
-    """Run every view on the items that have evidence; write samples.jsonl, results.json and gap.png to `out`."""
-    views = list(dict.fromkeys(views))
+              progress: bool = True, proposer: str | None = None) -> dict[str, Any]:
+    """Run every view on the items that have evidence; write samples.jsonl, results.json and gap.png to `out`.
+
+    proposer (attention | grounding | confidence): no boxes needed. The model proposes each item's evidence box
+    (cached in out/proposals_NAME.jsonl) and the view "proposed" (the crop of that box) is added; every answered
+    item is used, the box-based views only where a box exists, and the proposals are scored against the true
+    boxes where there are any (results["proposals"]). Needs the hf backend (the proposer reads the model)."""
+    views = list(dict.fromkeys(list(views) + (["proposed"] if proposer else [])))
     unknown = [v for v in views if v not in VIEWS]
     if unknown:
         raise EvalError(f"unknown view(s) {', '.join(unknown)}; choose from {', '.join(VIEWS)}")
+    if "proposed" in views and not proposer:
+        raise EvalError("the view 'proposed' needs --proposer (attention, grounding or confidence)")
     bench = get_benchmark(benchmark)
     records = bench.load(data, limit=limit)
+    out = Path(out)
     no_answer = [r for r in records if r.answer is None]
-    no_evidence = [r for r in records if r.answer is not None and not view_available(r, "crop")]
-    usable = [r for r in records if r.answer is not None and view_available(r, "crop")]
+    proposal_scores = None
+    if proposer:
+        proposal_scores = _attach_proposals(generator, [r for r in records if r.answer is not None], proposer, view_cfg,
+                                            out, progress)
+        usable = [r for r in records if r.answer is not None]
+        no_evidence = [r for r in usable if not view_available(r, "crop")]
+    else:
+        no_evidence = [r for r in records if r.answer is not None and not view_available(r, "crop")]
+        usable = [r for r in records if r.answer is not None and view_available(r, "crop")]
     if not usable:
         raise EvalError(f"{data}: none of the {len(records)} items has an evidence box or a teacher image "
-                        f"(and an answer); the gap probe needs one of them")
-    out = Path(out)
+                        f"(and an answer); the gap probe needs one of them, or --proposer")
     settings = run_settings(generator, benchmark, data, len(records), limit=limit, batch_size=batch_size,
                             views=views, view_cfg=view_cfg)
+    if proposer:
+        settings["proposer"] = proposer
     samples_path = start_run(out, settings)
     t0 = time.perf_counter()
     by_view: dict[str, list[dict[str, Any]]] = {}
     view_errors: dict[str, str] = {}
     for v in views:
         try:
-            by_view.update(generate_samples(generator, usable, [v], batch_size=batch_size, samples_path=samples_path,
+            have = [r for r in usable if view_available(r, v)]
+            by_view.update(generate_samples(generator, have, [v], batch_size=batch_size, samples_path=samples_path,
                                             view_cfg=view_cfg, score=bench.score, progress=progress))
         except Exception as e:  # noqa: BLE001 - only the two-image view may be unsupported; others must fail loudly
             if v != "full+crop":
@@ -93,6 +110,7 @@ def gap_probe(generator, benchmark: str, data: str | Path, out: str | Path, *, v
         "differences": differences,
         "skipped": {"no_evidence": len(no_evidence), "no_answer": len(no_answer),
                     "per_view": {v: len(usable) - len(by_view.get(v, [])) for v in views}},
+        "proposals": proposal_scores,
         "n_items": len(usable),
         "view_errors": view_errors,
         "wall_seconds_this_run": round(time.perf_counter() - t0, 3),
@@ -101,6 +119,27 @@ def gap_probe(generator, benchmark: str, data: str | Path, out: str | Path, *, v
     (out / RESULTS).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     plot_gap(results, out / PLOT, title=f"{bench.name}: {settings['model'].get('model')}")
     return results
+
+
+def _attach_proposals(generator, records, name: str, view_cfg: ViewConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """meta["proposed_box"] for every record whose proposal did not fall back; the proposals' scores."""
+    from ..proposers import ProposalCache, evaluate_proposals, make_proposer, propose_records
+
+    if not (hasattr(generator, "model") and hasattr(generator, "processor")):
+        raise EvalError("--proposer needs the hf backend: the proposer reads the model's own attention/confidence")
+    out.mkdir(parents=True, exist_ok=True)
+    props = propose_records(generator.model, generator.processor, records, make_proposer(name, view_cfg),
+                            ProposalCache(out / f"proposals_{name}.jsonl"), progress=progress,
+                            max_image_pixels=view_cfg.max_image_pixels)
+    for r in records:
+        if not props[r.id].fallback:
+            r.meta["proposed_box"] = list(props[r.id].box)
+    boxed = [r for r in records if r.box is not None]
+    scores = {"proposer": name, "n": len(records), "fallback_rate": sum(p.fallback for p in props.values()) / max(1, len(props)),
+              "mean_forward_passes": sum(p.forward_passes for p in props.values()) / max(1, len(props))}
+    if boxed:
+        scores.update({k: v for k, v in evaluate_proposals(boxed, props).items() if k in ("mean_iou", "recall@0.5", "n_with_box")})
+    return scores
 
 
 def plot_gap(results: dict[str, Any], path: Path, title: str = "") -> Path:

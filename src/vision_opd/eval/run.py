@@ -32,7 +32,7 @@ from .benchmarks import get_benchmark
 from .benchmarks.common import MC_SUFFIX, SHORT_SUFFIX, format_prompt, micro_summary, score_record
 from .scoring import EXTRACTION_RULE, bootstrap_ci
 
-VIEWS = ("full", "crop", "redbox", "full+crop")
+VIEWS = ("full", "crop", "redbox", "full+crop", "proposed")
 SAMPLES = "samples.jsonl"
 RESULTS = "results.json"
 SETTINGS = "settings.json"
@@ -58,14 +58,16 @@ def view_available(record: Record, view: str) -> bool:
     if view not in VIEWS:
         raise EvalError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
     has_crop = record.box is not None or bool(record.teacher_image)
-    return {"full": True, "crop": has_crop, "redbox": record.box is not None, "full+crop": has_crop}[view]
+    return {"full": True, "crop": has_crop, "redbox": record.box is not None, "full+crop": has_crop,
+            "proposed": "proposed_box" in record.meta}[view]
 
 
 def view_of(record: Record, view: str, cfg: ViewConfig = ViewConfig()) -> View:
     """The `view` of a record with the benchmark prompt (`format_prompt`): the same text in every view.
 
     crop = `teacher_view` of the evidence box, or the record's teacher_image when it has no box;
-    redbox = the full image with the expanded box drawn in red; full+crop = both images, full first.
+    redbox = the full image with the expanded box drawn in red; full+crop = both images, full first;
+    proposed = the crop of a label-free proposer's box (record.meta["proposed_box"], `eval.gap --proposer`).
     """
     text = format_prompt(record)
     full = student_view(record, cfg).images
@@ -73,9 +75,9 @@ def view_of(record: Record, view: str, cfg: ViewConfig = ViewConfig()) -> View:
         return View(full, text)
     if view == "redbox":
         return View([draw_red_box(full[0], record.box, expand_ratio=cfg.expand_ratio)], text)
-    source = "box" if record.box is not None else "given"
+    source = "proposer" if view == "proposed" else "box" if record.box is not None else "given"
     crop = teacher_view(record, ViewConfig(**{**asdict(cfg), "teacher_source": source, "teacher_text": None})).images
-    return View(crop if view == "crop" else full + crop, text)
+    return View(full + crop if view == "full+crop" else crop, text)
 
 
 # ----------------------------------------------------------------------------- the HF generator
