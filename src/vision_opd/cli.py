@@ -81,8 +81,15 @@ def cmd_pretrain(args) -> int:
     from .pretrain import PretrainConfig, pretrain
 
     _threads(args.threads)
+    from .data.synthetic import ALL_QUESTION_TYPES, WorldConfig
+
+    types = tuple(t.strip() for t in args.question_types.split(",") if t.strip()) if args.question_types else WorldConfig().question_types
+    bad = [t for t in types if t not in ALL_QUESTION_TYPES]
+    if bad:
+        raise SystemExit(f"--question-types: unknown {bad}; choose from {', '.join(ALL_QUESTION_TYPES)}")
     cfg = PretrainConfig(max_steps=args.max_steps, time_budget_s=args.time_budget, eval_every=args.eval_every,
-                         patience=args.patience, n_val=args.n_val, seed=args.seed, batch_size=args.batch_size, lr=args.lr)
+                         patience=args.patience, n_val=args.n_val, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                         world=WorldConfig(question_types=types), easy_share=args.easy_share, device=args.device)
     s = pretrain(args.out, cfg, progress=not args.no_progress)
     last = s["curve"][-1]
     print(f"pre-trained {s['steps']} steps in {s['seconds']} s: validation full {last['val_full']:.3f}, crop {last['val_crop']:.3f}")
@@ -212,6 +219,12 @@ def _add_eval_parsers(sub) -> None:
         e.set_defaults(func=cmd_gap if name == "gap" else cmd_eval)
 
 
+def _pretrain_default(name: str):
+    from .pretrain import PretrainConfig
+
+    return getattr(PretrainConfig(), name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vision-opd", description="Vision-OPD: measure the regional-to-global gap, train "
                                 "with on-policy self-distillation from a crop-conditioned teacher, evaluate.")
@@ -263,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--batch-size", type=int, default=32, help="labelled items per step")
     pt.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate")
     pt.add_argument("--seed", type=int, default=0, help="model initialisation and data order")
+    pt.add_argument("--question-types", default=None, help="comma-separated question types of the world (default: the "
+                    "world's default; choose from colour, digit, shape, dot)")
+    pt.add_argument("--easy-share", type=float, default=_pretrain_default("easy_share"),
+                    help="share of easy full images in the labelled stream (the rest are crops)")
+    pt.add_argument("--device", default="cpu", help="cpu or cuda")
     pt.add_argument("--copy-to", default=None, help="also copy the checkpoint here (e.g. src/vision_opd/assets/demo_model)")
     pt.add_argument("--no-progress", action="store_true", help="no progress bars")
     pt.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for the tiny model on a "

@@ -26,6 +26,24 @@ ASSET_MODEL = Path(__file__).parent / "assets" / "demo_model"
 REGENERATE = "vision-opd pretrain --out runs/pretrain --copy-to src/vision_opd/assets/demo_model"
 
 
+def world_of(model_dir: str | Path) -> WorldConfig:
+    """The synthetic world a demo checkpoint was pre-trained on (its pretrain_curve.json), else the default."""
+    f = Path(model_dir) / "pretrain_curve.json"
+    if f.exists():
+        w = json.loads(f.read_text()).get("config", {}).get("world")
+        if w:
+            known = set(WorldConfig.__dataclass_fields__)
+            return WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in w.items() if k in known})
+    return WorldConfig()
+
+
+def easy_share_of(model_dir: str | Path) -> float:
+    """The share of easy full images in the checkpoint's labelled pre-training stream (for the `continue` arms)."""
+    f = Path(model_dir) / "pretrain_curve.json"
+    cfg = json.loads(f.read_text()).get("config", {}) if f.exists() else {}
+    return float(cfg.get("easy_share", PretrainConfig().easy_share))
+
+
 def prepare_data(out: Path, world: WorldConfig, n_opd: int, n_eval: int, eval_split_name: str = "test"):
     """(unlabelled Vision-OPD records, held-out eval records), written under out/data."""
     opd = eval_split(out / "data", "opd", n_opd, world)
@@ -80,12 +98,12 @@ def demo(out: str | Path = "runs/demo", *, model_dir: str | Path | None = None, 
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    world = WorldConfig()
     if do_pretrain or (model_dir is None and not (ASSET_MODEL / "config.json").exists()):
         print(f"[demo] pre-training the tiny model into {out / 'pretrain'}")
         pretrain(out / "pretrain", pretrain_cfg or PretrainConfig(), progress=progress)
         model_dir = out / "pretrain" / "model"
     model_dir = Path(model_dir or ASSET_MODEL)
+    world = world_of(model_dir)
     curve_file = model_dir / "pretrain_curve.json"
     pre = json.loads(curve_file.read_text()) if curve_file.exists() else {"curve": []}
     opd, held = prepare_data(out, world, n_opd, n_eval)
@@ -93,7 +111,8 @@ def demo(out: str | Path = "runs/demo", *, model_dir: str | Path | None = None, 
     model, processor = load_demo_model(model_dir)
     before = evaluate_views(model, processor, held, _views(), progress=progress)
     print(f"[demo] before: full {before['full']:.3f}  crop {before['crop']:.3f}  gap {before['crop'] - before['full']:+.3f}")
-    cfg = ArmConfig(arm="opd", steps=steps, eval_every=eval_every, seed=seed, lr=lr, teacher=teacher, loss=loss, world=world)
+    cfg = ArmConfig(arm="opd", steps=steps, eval_every=eval_every, seed=seed, lr=lr, teacher=teacher, loss=loss, world=world,
+                    easy_share=easy_share_of(model_dir))
     res = run_arm(cfg, model_dir, opd, held, views=_views(), progress=progress, eval_first=before)
     after = res["after"]
     seconds = time.perf_counter() - t0

@@ -55,6 +55,7 @@ class ArmConfig:
     temperature: float = 1.0
     eval_every: int = 50
     seed: int = 0
+    easy_share: float = PretrainConfig().easy_share  # the `continue` arms' labelled mix (the checkpoint's own)
     crop_source: str = "box"  # the teacher's crop: "box" (the true evidence box) or a proposer's name (no boxes used)
     world: WorldConfig = field(default_factory=WorldConfig)
 
@@ -144,7 +145,7 @@ def run_arm(cfg: ArmConfig, model_dir: str | Path, opd_records: list[Record], ev
     stream = PromptStream(len(opd_records), cfg.seed)
     n_items = cfg.prompts * cfg.samples
     # labelled streams: a fresh seed per arm seed, disjoint from the pre-training run's own stream (seed 0)
-    labelled = labelled_stream(1000 + cfg.seed, cfg.world, views, PretrainConfig().easy_share)
+    labelled = labelled_stream(1000 + cfg.seed, cfg.world, views, cfg.easy_share)
     hard_labelled = labelled_stream(2000 + cfg.seed, cfg.world, views, 0.0, hard_full=True)
     before = eval_first or evaluate_views(model, processor, eval_records, views)
     curve = [{"step": 0, "full": before["full"], "crop": before["crop"], "seconds": 0.0}]

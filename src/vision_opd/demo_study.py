@@ -12,7 +12,9 @@ Arms (all from the same pre-trained checkpoint, same steps and items per step, d
   opd+continue   (c2) Vision-OPD and continued pre-training, one step of each per step
   opd-ema, opd-live               (d) teacher weights (frozen is `opd`)
   opd-rkl, opd-fkl, opd-topk, opd-sampled   (e) divergences (JSD 0.5 is `opd`)
-Writes study.json (every run) and study.md (mean +- std over seeds) into --out.
+  opd-confidence, opd-attention   no boxes at all: the teacher's crop is the model's own proposal
+                                  (proposers/, computed once by the initial model and cached in --out)
+Writes study.json (every run, with per-question-type accuracies) and study.md (mean +- std over seeds) into --out.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from .data.synthetic import WorldConfig
-from .demo import ASSET_MODEL, prepare_data
+from .demo import ASSET_MODEL, easy_share_of, prepare_data, world_of
 from .demo_arms import ArmConfig, run_arm
 from .pretrain import evaluate_views, load_demo_model
 
@@ -39,7 +40,10 @@ STUDY_ARMS = {
     "opd-fkl": dict(arm="opd", loss="fkl"),
     "opd-topk": dict(arm="opd", loss="topk"),
     "opd-sampled": dict(arm="opd", loss="sampled"),
+    "opd-confidence": dict(arm="opd", crop_source="confidence"),
+    "opd-attention": dict(arm="opd", crop_source="attention"),
 }
+DEFAULT_ARMS = [n for n in STUDY_ARMS if n != "opd-attention"]  # attention is at chance on this world (docs/demo.md)
 # seconds per training step on 2 busy shared cores (docs/demo.md M7, M8; unloaded about half), for the estimate
 SECONDS_PER_STEP = {"opd": 1.0, "continue": 0.7, "offpolicy": 0.9, "supervised": 0.7, "opd+continue": 1.7}
 SECONDS_PER_EVAL = 15.0
@@ -54,14 +58,15 @@ def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 1
           split: str = "test", progress: bool = True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = arms.split(",") if arms else list(STUDY_ARMS)
+    names = arms.split(",") if arms else list(DEFAULT_ARMS)
     bad = [n for n in names if n not in STUDY_ARMS]
     assert not bad, f"unknown study arms {bad}; choose from {list(STUDY_ARMS)}"
     model_dir = Path(model_dir or ASSET_MODEL)
     n_evals = steps // eval_every + 1
     est = sum(seeds * (steps * SECONDS_PER_STEP[STUDY_ARMS[n]["arm"]] + n_evals * SECONDS_PER_EVAL) for n in names)
     print(f"[study] {len(names)} arms x {seeds} seeds x {steps} steps: expected about {est / 60:.0f} min on 2 CPU cores")
-    opd, held = prepare_data(out, WorldConfig(), n_opd, n_eval, eval_split_name=split)
+    world = world_of(model_dir)
+    opd, held = prepare_data(out, world, n_opd, n_eval, eval_split_name=split)
     model, processor = load_demo_model(model_dir)
     before = evaluate_views(model, processor, held, _views())
     print(f"[study] before ({split}): full {before['full']:.3f} crop {before['crop']:.3f}")
@@ -73,10 +78,15 @@ def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 1
         for seed in range(seeds):
             if (name, seed, steps, split) in done:
                 continue
-            cfg = ArmConfig(seed=seed, steps=steps, eval_every=eval_every, **STUDY_ARMS[name])
-            r = run_arm(cfg, model_dir, opd, held, views=_views(), progress=progress, eval_first=before)
+            cfg = ArmConfig(seed=seed, steps=steps, eval_every=eval_every, world=world, easy_share=easy_share_of(model_dir),
+                            **STUDY_ARMS[name])
+            r = run_arm(cfg, model_dir, opd, held, views=_views(), progress=progress, eval_first=before,
+                        proposal_cache=out / f"proposals_{cfg.crop_source}.jsonl")
             row = {"name": name, "seed": seed, "steps": steps, "split": split, "full_before": before["full"],
                    "crop_before": before["crop"], "full_after": r["after"]["full"], "crop_after": r["after"]["crop"],
+                   "per_type_before": {"full": before["full_per_category"], "crop": before["crop_per_category"]},
+                   "per_type_after": {"full": r["after"]["full_per_category"], "crop": r["after"]["crop_per_category"]},
+                   "proposals": r["proposals"], "n_eval": len(held),
                    "curve": r["curve"], "train_seconds": r["train_seconds"], "seconds": r["seconds"]}
             runs.append(row)
             print(f"[study] {name} seed {seed}: full {row['full_before']:.3f} -> {row['full_after']:.3f}, "
