@@ -17,7 +17,7 @@ from PIL import Image
 
 from vision_opd.cli import main
 from vision_opd.data.records import read_records, write_records
-from vision_opd.data.synthetic import write_synthetic
+from vision_opd.data.synthetic import QUESTION_TYPES, write_synthetic
 from vision_opd.eval.benchmarks.common import format_prompt
 from vision_opd.eval.run import (
     EvalError,
@@ -71,7 +71,7 @@ def test_eval_cli_writes_samples_and_results(tmp_path, data6):
                                "response_tokens", "seconds"}
     r = json.loads((out / "results.json").read_text())
     assert 0.0 <= r["accuracy"] <= 1.0 and r["n"] == 6
-    assert set(r["per_category"]) == {"colour", "digit", "shape"}
+    assert set(r["per_category"]) == set(QUESTION_TYPES)
     lo, hi = r["accuracy_ci95"]
     assert lo <= r["accuracy"] <= hi
     assert set(r["response_tokens"]) >= {"mean", "p95", "truncation_rate"}
@@ -103,7 +103,7 @@ def test_gap_cli_views_pairs_and_skips(tmp_path):
     d = r["differences"]["crop-full"]
     assert d["n"] == 5 and d["ci95"][0] <= d["difference"] <= d["ci95"][1]
     assert r["differences"]["redbox-full"]["n"] == 4
-    assert set(d["per_category"]) <= {"colour", "digit", "shape"} and d["per_category"]
+    assert set(d["per_category"]) <= set(QUESTION_TYPES) and d["per_category"]
     assert not r["view_errors"]
     png = (out / "gap.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

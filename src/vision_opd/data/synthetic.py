@@ -5,10 +5,12 @@ carries a black frame (the marker). The question asks about the framed object; i
 frame. Distractors are drawn from the same distribution as the target (same sizes, colours, shapes,
 digits): the ONLY thing that singles the target out in a full image is the frame.
 
-Question types (`question_types`), four options each (A-D), the answer's option always among them:
-  colour  "Colour of the framed object?"  (6 colour names)
-  digit   "Digit on the framed object?"   (`digits`, default 0 1 4 7)
-  shape   "Shape of the framed object?"   (circle, square, triangle, diamond)
+Question types (`question_types`, default colour, dot, digit), four options each (A-D), the answer's option
+always among them:
+  colour  "Colour of the framed object?"            (6 colour names)
+  dot     "Colour of the dot on the framed object?" (every object carries a centred disc of a second colour)
+  digit   "Digit on the framed object?"             (`digits`, default 0 1 4 7)
+  shape   "Shape of the framed object?"             (circle, square, triangle, diamond; not in the default mix)
 (Short questions: the tiny model's 384-token BPE spends a token on every few characters.)
 
 Regimes (the world is built so that a model pre-trained on the labelled part keeps a large gap):
@@ -33,6 +35,11 @@ Why the defaults (docs/demo.md has the measurements):
   distractors 10: chance of guessing the right object is 1/11, so a model that ignores the frame sits near
       chance on the full image while the crop is easy: a gap of several tens of points.
   digits "0147": four glyphs with clearly different outlines at 20 px (chosen by eye, not measured).
+  question types colour, dot, digit: each is readable in the FULL image by the pre-trained tiny model when the
+      object is alone (easy full images: 1.00 / 1.00 / 1.00 on 600 val items, docs/demo.md M21), so the gap that
+      remains on hard images is the focus failure alone. Shape was replaced: the earlier mix (colour, digit, shape)
+      pre-trained with 30% easy images never learned to read shape or digit in a full image (easy full 0.24 /
+      0.26, M15), which capped what any method could close at 0.40 of the gap.
 Splits are made by seed (`SPLIT_SEEDS`): item ids carry the seed, images are drawn from disjoint RNG
 streams, and tests check that no two splits share an image.
 
@@ -58,8 +65,8 @@ COLOURS = {
     "orange": (245, 130, 30),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
-QUESTION_TYPES = ("colour", "digit", "shape")
-ALL_QUESTION_TYPES = ("colour", "digit", "shape", "dot")
+QUESTION_TYPES = ("colour", "dot", "digit")  # the default world's question types (why: module docstring)
+ALL_QUESTION_TYPES = ("colour", "dot", "digit", "shape")
 QUESTIONS = {
     "colour": "Colour of the framed object?",
     "digit": "Digit on the framed object?",
