@@ -475,3 +475,49 @@ def test_confidence_proposer_on_a_tiny_model_reads_the_full_prompt(tiny_models, 
     assert made.expand_ratio == 0.1 and made.min_side == 40
     with pytest.raises(ValueError, match="unknown proposer"):
         make_proposer("nope")
+
+
+# ---------------------------------------------------------------- rarity
+def test_rarity_map_peaks_at_the_token_without_look_alikes():
+    from vision_opd.proposers import rarity_map
+
+    g = torch.Generator().manual_seed(0)
+    protos = torch.randn(4, 16, generator=g)
+    feats = protos[torch.arange(24) % 4] + 0.01 * torch.randn(24, 16, generator=g)  # 4 kinds, 6 look-alikes each
+    feats[17] = torch.randn(16, generator=g)  # one token unlike any other
+    r = rarity_map(feats, (4, 6), k=3)
+    assert r.shape == (4, 6) and np.unravel_index(r.argmax(), r.shape) == (17 // 6, 17 % 6)
+    assert r[17 // 6, 17 % 6] > 5 * np.delete(r.ravel(), 17).max()
+    assert np.allclose(rarity_map(torch.ones(6, 3), (2, 3)), 0.0, atol=1e-6)  # all alike: nothing is rare
+
+
+def test_rarity_proposer_finds_the_odd_one_out_with_one_vision_forward(tiny_models, monkeypatch):
+    from vision_opd.proposers import RarityProposer
+    from vision_opd.proposers import rarity as rarity_mod
+
+    model, processor = tiny_models["qwen2_5_vl"]
+    calls = []
+    real = model.model.get_image_features
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(model.model, "get_image_features", counted)
+    img = photo()
+    p = RarityProposer()(model, processor, img, "ignored: rarity does not read the question")
+    assert len(calls) == 1 == p.forward_passes
+    x1, y1, x2, y2 = p.box
+    assert 0 <= x1 < x2 <= img.width and 0 <= y1 < y2 <= img.height
+    from vision_opd.data.views import View, encode_views
+
+    grid = encode_views(processor, [View([img], "x")])["image_grid_thw"][0]
+    assert p.relevance.shape == (int(grid[1]) // 2, int(grid[2]) // 2)
+    # with features that single out one merged cell, the proposal is that cell's pixels
+    h, w = p.relevance.shape
+    feats = torch.ones(h * w, 8)
+    feats[w + 1] = torch.tensor([1.0, -1, 1, -1, 1, -1, 1, -1])
+    monkeypatch.setattr(rarity_mod, "image_token_features", lambda m, pr, im: (feats, (h, w)))
+    q = RarityProposer(window=WindowConfig(fractions=(1 / max(h, w),), refine=False))(model, processor, img, "q")
+    cw, ch = img.width / w, img.height / h
+    assert not q.fallback and iou(q.box, (cw, ch, 2 * cw, 2 * ch)) > 0.5

@@ -212,7 +212,7 @@ def _add_eval_parsers(sub) -> None:
         if name == "gap":
             e.add_argument("--views", default="full,crop,redbox,full+crop",
                            help="comma-separated views among full, crop, redbox, full+crop (the first difference base is full)")
-            e.add_argument("--proposer", default=None, choices=["attention", "grounding", "confidence"],
+            e.add_argument("--proposer", default=None, choices=["attention", "grounding", "confidence", "rarity"],
                            help="label-free: the model proposes each item's evidence box; adds the view 'proposed' and "
                                 "uses items without boxes too (hf backend)")
         e.add_argument("--no-progress", action="store_true", help="no progress bars")

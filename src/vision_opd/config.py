@@ -78,6 +78,7 @@ class TeacherConfig:
     ema_rate: float = 0.05  # theta_T <- (1 - r) * theta_T + r * theta_S after every optimizer step
     proposer: str = "attention"  # views.teacher_source=proposer: attention (ViCrop-style, 2 forwards) | grounding (the
     # model's own box) | confidence (the window whose crop the model answers most confidently; one forward per window)
+    # | rarity (the region least like any other in the model's image features; one vision-tower forward)
     keep_fallback: bool = False  # proposer: keep records whose proposal fell back to the full image (no crop signal)
     device: str | None = None  # "cpu": keep a full frozen/EMA teacher on the CPU and run its forward there
                                # (saves accelerator memory, costs time); None = the student's device
@@ -158,8 +159,8 @@ class Config:
              "teacher.device applies to a frozen or EMA teacher (a live teacher is the student)")
         need(self.views.teacher_source in ("box", "given", "full", "proposer"),
              f"views.teacher_source={self.views.teacher_source!r}: choose box, given, proposer or full")
-        need(self.teacher.proposer in ("attention", "grounding", "confidence"),
-             f"teacher.proposer={self.teacher.proposer!r}: choose attention, grounding or confidence")
+        need(self.teacher.proposer in ("attention", "grounding", "confidence", "rarity"),
+             f"teacher.proposer={self.teacher.proposer!r}: choose attention, grounding, confidence or rarity")
         return self
 
 

@@ -42,6 +42,7 @@ STUDY_ARMS = {
     "opd-sampled": dict(arm="opd", loss="sampled"),
     "opd-confidence": dict(arm="opd", crop_source="confidence"),
     "opd-attention": dict(arm="opd", crop_source="attention"),
+    "opd-rarity": dict(arm="opd", crop_source="rarity"),
 }
 DEFAULT_ARMS = [n for n in STUDY_ARMS if n != "opd-attention"]  # attention is at chance on this world (docs/demo.md)
 # seconds per training step on 2 busy shared cores (docs/demo.md M7, M8; unloaded about half), for the estimate

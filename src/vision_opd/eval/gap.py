@@ -58,7 +58,7 @@ def gap_probe(generator, benchmark: str, data: str | Path, out: str | Path, *, v
               progress: bool = True, proposer: str | None = None) -> dict[str, Any]:
     """Run every view on the items that have evidence; write samples.jsonl, results.json and gap.png to `out`.
 
-    proposer (attention | grounding | confidence): no boxes needed. The model proposes each item's evidence box
+    proposer (attention | grounding | confidence | rarity): no boxes needed. The model proposes each item's evidence box
     (cached in out/proposals_NAME.jsonl) and the view "proposed" (the crop of that box) is added; every answered
     item is used, the box-based views only where a box exists, and the proposals are scored against the true
     boxes where there are any (results["proposals"]). Needs the hf backend (the proposer reads the model)."""

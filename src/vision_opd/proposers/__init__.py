@@ -10,16 +10,20 @@ map over the image-token grid. Proposers fall back to the full image when they a
   tokens, Qwen2.5-VL pixel JSON, Qwen3-VL/3.5 0-1000 JSON and broken variants. One forward per token.
 - ConfidenceProposer (confidence.py): the sliding window whose crop the model answers most confidently
   (the model's own confidence as the signal; no attention, no grounding). One forward per window.
+- RarityProposer (rarity.py): the region least like any other in the model's own image-token features (kNN
+  rarity), searched with the same windows; question-agnostic, one vision-tower forward.
 - ProposalCache / propose_records / evaluate_proposals (cache.py): compute once per record, score by IoU.
 """
 
 from .attention import GENERIC_PROMPT, AttentionProposer, relative_attention
 from .confidence import ConfidenceProposer, sliding_windows
+from .rarity import RarityProposer, rarity_map
 from .cache import ProposalCache, evaluate_proposals, propose_records
 from .grounding import GROUNDING_PROMPT, GroundingProposer, parse_box
 from .window import Proposal, WindowConfig, best_window, iou, window_proposal
 
-PROPOSERS = {"attention": AttentionProposer, "grounding": GroundingProposer, "confidence": ConfidenceProposer}
+PROPOSERS = {"attention": AttentionProposer, "grounding": GroundingProposer, "confidence": ConfidenceProposer,
+             "rarity": RarityProposer}
 
 
 
@@ -34,7 +38,7 @@ def make_proposer(name: str, views=None):
 
 __all__ = [
     "GENERIC_PROMPT", "GROUNDING_PROMPT", "PROPOSERS", "AttentionProposer", "ConfidenceProposer", "GroundingProposer",
-    "Proposal", "make_proposer", "sliding_windows",
+    "Proposal", "RarityProposer", "make_proposer", "rarity_map", "sliding_windows",
     "ProposalCache", "WindowConfig", "best_window", "evaluate_proposals", "iou", "parse_box", "propose_records",
     "relative_attention", "window_proposal",
 ]
