@@ -51,3 +51,21 @@ def test_shipped_checkpoint_is_small():
         pytest.skip("no shipped checkpoint")
     size = sum(p.stat().st_size for p in ASSET_MODEL.rglob("*") if p.is_file())
     assert size < 5 * 1024 * 1024, f"{ASSET_MODEL} is {size / 1e6:.1f} MB"
+
+
+def test_shortened_study_with_proposed_crops(pretrained, tmp_path):
+    """The study runs its arms (here Vision-OPD with true boxes, with rarity-proposed crops, and continued
+    pre-training), resumes without redoing finished runs, and records per-type accuracies and proposal scores."""
+    out = tmp_path / "study"
+    args = ["demo", "--study", "--out", str(out), "--model", str(pretrained / "model"), "--steps", "1", "--seeds", "1",
+            "--n-eval", "6", "--n-opd", "8", "--arms", "opd,opd-rarity,continue", "--split", "val", "--no-progress"]
+    assert main(args) == 0
+    runs = json.loads((out / "study.json").read_text())["runs"]
+    assert [r["name"] for r in runs] == ["opd", "opd-rarity", "continue"]
+    rar = runs[1]
+    assert rar["proposals"]["proposer"] == "rarity" and 0 <= rar["proposals"]["recall@0.5"] <= 1
+    assert rar["proposals"]["mean_forward_passes"] == 1.0 and (out / "proposals_rarity.jsonl").exists()
+    assert runs[0]["proposals"] is None and set(runs[0]["per_type_after"]["full"]) <= {"colour", "dot", "digit"}
+    assert "opd-rarity" in (out / "study.md").read_text()
+    assert main(args) == 0  # all done: nothing is rerun
+    assert len(json.loads((out / "study.json").read_text())["runs"]) == 3

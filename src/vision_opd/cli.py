@@ -114,8 +114,8 @@ def cmd_demo(args) -> int:
     if args.study:
         from .demo_study import study
 
-        study(args.out, seeds=args.seeds, steps=args.steps, model_dir=args.model, n_eval=args.n_eval, arms=args.arms,
-              split=args.split, progress=not args.no_progress)
+        study(args.out, seeds=args.seeds, steps=args.steps, model_dir=args.model, n_eval=args.n_eval, n_opd=args.n_opd,
+              arms=args.arms, split=args.split, eval_every=args.eval_every, progress=not args.no_progress)
         return 0
     demo(args.out, model_dir=args.model, do_pretrain=args.pretrain, steps=args.steps, eval_every=args.eval_every,
          n_eval=args.n_eval, n_opd=args.n_opd, seed=args.seed, lr=args.lr, teacher=args.teacher, loss=args.loss,

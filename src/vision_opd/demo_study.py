@@ -44,10 +44,10 @@ STUDY_ARMS = {
     "opd-attention": dict(arm="opd", crop_source="attention"),
     "opd-rarity": dict(arm="opd", crop_source="rarity"),
 }
-DEFAULT_ARMS = [n for n in STUDY_ARMS if n != "opd-attention"]  # attention is at chance on this world (docs/demo.md)
+DEFAULT_ARMS = list(STUDY_ARMS)
 # seconds per training step on 2 busy shared cores (docs/demo.md M7, M8; unloaded about half), for the estimate
 SECONDS_PER_STEP = {"opd": 1.0, "continue": 0.7, "offpolicy": 0.9, "supervised": 0.7, "opd+continue": 1.7}
-SECONDS_PER_EVAL = 15.0
+SECONDS_PER_EVAL = 15.0  # per 300 held-out items (both views)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -64,7 +64,7 @@ def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 1
     assert not bad, f"unknown study arms {bad}; choose from {list(STUDY_ARMS)}"
     model_dir = Path(model_dir or ASSET_MODEL)
     n_evals = steps // eval_every + 1
-    est = sum(seeds * (steps * SECONDS_PER_STEP[STUDY_ARMS[n]["arm"]] + n_evals * SECONDS_PER_EVAL) for n in names)
+    est = sum(seeds * (steps * SECONDS_PER_STEP[STUDY_ARMS[n]["arm"]] + n_evals * SECONDS_PER_EVAL * n_eval / 300) for n in names)
     print(f"[study] {len(names)} arms x {seeds} seeds x {steps} steps: expected about {est / 60:.0f} min on 2 CPU cores")
     world = world_of(model_dir)
     opd, held = prepare_data(out, world, n_opd, n_eval, eval_split_name=split)
@@ -73,11 +73,11 @@ def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 1
     print(f"[study] before ({split}): full {before['full']:.3f} crop {before['crop']:.3f}")
     results_path = out / "study.json"
     runs = json.loads(results_path.read_text())["runs"] if results_path.exists() else []
-    done = {(r["name"], r["seed"], r["steps"], r["split"]) for r in runs}
+    done = {(r["name"], r["seed"], r["steps"], r["split"], r.get("n_eval")) for r in runs}
     t0 = time.perf_counter()
     for name in names:
         for seed in range(seeds):
-            if (name, seed, steps, split) in done:
+            if (name, seed, steps, split, len(held)) in done:
                 continue
             cfg = ArmConfig(seed=seed, steps=steps, eval_every=eval_every, world=world, easy_share=easy_share_of(model_dir),
                             **STUDY_ARMS[name])
@@ -93,9 +93,10 @@ def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 1
             print(f"[study] {name} seed {seed}: full {row['full_before']:.3f} -> {row['full_after']:.3f}, "
                   f"crop {row['crop_before']:.3f} -> {row['crop_after']:.3f} ({r['seconds']:.0f} s)")
             results_path.write_text(json.dumps({"runs": runs}, indent=1))
-    table = study_table([r for r in runs if r["steps"] == steps and r["split"] == split], names)
+    table = study_table([r for r in runs if r["steps"] == steps and r["split"] == split and r.get("n_eval") == len(held)], names)
     print(table)
-    (out / "study.md").write_text(f"# Vision-OPD demo study ({split} split, {steps} steps, {seeds} seeds)\n\n{table}\n")
+    (out / "study.md").write_text(f"# Vision-OPD demo study ({split} split, {len(held)} items, {steps} steps, {seeds} seeds)\n\n"
+                                  f"before: full {before['full']:.3f}, crop {before['crop']:.3f}\n\n{table}\n")
     print(f"[study] {time.perf_counter() - t0:.0f} s; wrote {results_path} and {out / 'study.md'}")
     return {"runs": runs, "table": table}
 
