@@ -1,5 +1,8 @@
 """Pre-train the demo's tiny VLM on several synthetic-world variants in parallel and read each one per question type.
 
+Used once on the lent GPU machine (docs/demo.md M21): 16 processes sharing one GPU ran only ~1.4 steps/s each, too
+slow to reach the plateau in the time lent; on a many-core CPU machine run it with --device cpu.
+
     python scripts/world_sweep.py --out runs/sweep --budget 240 --device cpu --workers 2      # here (slow)
     python scripts/world_sweep.py --out $OUT --budget 240 --device cuda --workers 16          # a GPU machine
 
@@ -52,8 +55,6 @@ def run_one(job: dict) -> dict:
         cfg = PretrainConfig(world=world, easy_share=job["easy"], seed=job["seed"], time_budget_s=job["budget"],
                              max_steps=100_000, eval_every=job["eval_every"], patience=10_000, n_val=96, device=job["device"])
         s = pretrain(out, cfg, progress=False)
-        import torch as _t
-
         from vision_opd.pretrain import load_demo_model
 
         model, proc = load_demo_model(out / "model")
@@ -67,7 +68,6 @@ def run_one(job: dict) -> dict:
             a = accuracy(model, proc, recs, fn, max_new_tokens=8)
             row[name] = a["accuracy"]
             row[name + "_per_type"] = a["per_category"]
-        del _t
         row["curve"] = s["curve"]
         return {**{k: job[k] for k in ("name", "types", "easy", "target", "seed")}, **row, "seconds": round(time.time() - t0, 1)}
     except Exception:  # noqa: BLE001 - a failed variant is reported, the sweep goes on

@@ -15,7 +15,6 @@ steps. Vision-OPD never reads `Record.answer` (it goes through `train.vision_opd
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
