@@ -44,6 +44,17 @@ def test_shortened_demo(pretrained, tmp_path):
     assert "Vision-OPD" in (out / "report.md").read_text()
 
 
+def test_shortened_demo_without_boxes(pretrained, tmp_path):
+    out = tmp_path / "demo_nobox"
+    rc = main(["demo", "--out", str(out), "--model", str(pretrained / "model"), "--steps", "1", "--eval-every", "1",
+               "--n-eval", "6", "--n-opd", "8", "--crop-source", "rarity", "--no-progress"])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["crop_source"] == "rarity" and s["proposals"]["n"] == 8 and s["proposals"]["mean_forward_passes"] == 1.0
+    assert "rarity proposer (no boxes read)" in (out / "report.md").read_text()
+    assert (out / "proposals_rarity.jsonl").exists()
+
+
 def test_shipped_checkpoint_is_small():
     from vision_opd.demo import ASSET_MODEL
 

@@ -119,6 +119,7 @@ def cmd_demo(args) -> int:
         return 0
     demo(args.out, model_dir=args.model, do_pretrain=args.pretrain, steps=args.steps, eval_every=args.eval_every,
          n_eval=args.n_eval, n_opd=args.n_opd, seed=args.seed, lr=args.lr, teacher=args.teacher, loss=args.loss,
+         crop_source=args.crop_source,
          progress=not args.no_progress)
     return 0
 
@@ -299,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate of Vision-OPD")
     d.add_argument("--teacher", default="frozen", choices=["frozen", "ema", "live"], help="teacher weights")
     d.add_argument("--loss", default="jsd", choices=["jsd", "rkl", "fkl", "topk", "sampled"], help="divergence")
+    d.add_argument("--crop-source", default="box", choices=["box", "rarity", "attention", "confidence", "grounding"],
+                   help="the teacher's crop: the true evidence box, or a label-free proposer's box (no boxes read)")
     d.add_argument("--study", action="store_true", help="run the controls and ablations over several seeds instead")
     d.add_argument("--seeds", type=int, default=3, help="--study: seeds per arm")
     d.add_argument("--arms", default=None, help="--study: comma-separated arm names (default: all; see docs/demo.md)")

@@ -90,7 +90,8 @@ def _plot(path: Path, pre_curve: list[dict], runs: dict[str, list[dict]], title:
 
 def demo(out: str | Path = "runs/demo", *, model_dir: str | Path | None = None, do_pretrain: bool = False,
          steps: int = 150, eval_every: int = 50, n_eval: int = 300, n_opd: int = 1200, seed: int = 0,
-         lr: float = 3e-4, teacher: str = "frozen", loss: str = "jsd", pretrain_cfg: PretrainConfig | None = None,
+         lr: float = 3e-4, teacher: str = "frozen", loss: str = "jsd", crop_source: str = "box",
+         pretrain_cfg: PretrainConfig | None = None,
          progress: bool = True) -> dict:
     """Run the demo; returns the summary (also written to out/summary.json)."""
     from .demo_arms import ArmConfig, run_arm
@@ -112,8 +113,14 @@ def demo(out: str | Path = "runs/demo", *, model_dir: str | Path | None = None, 
     before = evaluate_views(model, processor, held, _views(), progress=progress)
     print(f"[demo] before: full {before['full']:.3f}  crop {before['crop']:.3f}  gap {before['crop'] - before['full']:+.3f}")
     cfg = ArmConfig(arm="opd", steps=steps, eval_every=eval_every, seed=seed, lr=lr, teacher=teacher, loss=loss, world=world,
+                    crop_source=crop_source,
                     easy_share=easy_share_of(model_dir))
-    res = run_arm(cfg, model_dir, opd, held, views=_views(), progress=progress, eval_first=before)
+    res = run_arm(cfg, model_dir, opd, held, views=_views(), progress=progress, eval_first=before,
+                  proposal_cache=out / f"proposals_{crop_source}.jsonl")
+    if res["proposals"]:
+        p = res["proposals"]
+        print(f"[demo] no boxes: {crop_source} proposals, recall@0.5 {p['recall@0.5']:.3f} (scored against the true boxes, "
+              f"which training never reads), {p['kept']} of {p['n']} kept")
     after = res["after"]
     seconds = time.perf_counter() - t0
     summary = {
@@ -124,7 +131,8 @@ def demo(out: str | Path = "runs/demo", *, model_dir: str | Path | None = None, 
         "per_category_after": {"full": after["full_per_category"], "crop": after["crop_per_category"]},
         "curve": res["curve"], "train_seconds": res["train_seconds"], "seconds": round(seconds, 1),
         "model_dir": str(model_dir), "arm": res["config"], "n_eval": len(held), "n_opd": len(opd),
-        "world": world.to_dict(), "pretrain_steps": pre.get("steps"),
+        "world": world.to_dict(), "pretrain_steps": pre.get("steps"), "crop_source": crop_source,
+        "proposals": res["proposals"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     with open(out / "metrics.jsonl", "w") as f:
@@ -165,6 +173,7 @@ def _report(s: dict, table: str) -> str:
 Held-out split: {s['n_eval']} hard full images (target among {s['world']['distractors']} look-alike distractors) and
 their evidence crops; greedy decoding, answers read with `vision_opd.eval.scoring.extract_choice`.
 Vision-OPD: {a['steps']} steps x {a['prompts']} unlabelled prompts x {a['samples']} rollouts, loss {a['loss']},
+teacher crops from {'the true evidence boxes' if s['crop_source'] == 'box' else 'the ' + s['crop_source'] + ' proposer (no boxes read)'},
 {a['teacher']} teacher, lr {a['lr']}, seed {a['seed']}; no labels are read.
 
 {table}
