@@ -110,3 +110,13 @@ def test_other_question_types_keep_their_images_when_dot_is_added():
     rng = random.Random(5)
     got = [hashlib.md5(make_item(rng, WorldConfig(), t)[0].tobytes()).hexdigest()[:6] for t in ("colour", "digit", "shape")]
     assert got[0] == "b5bf84" and got[2] == "7b0b51"  # (the digit image depends on the installed font: not pinned)
+
+
+def test_cached_eval_split_is_regenerated_when_the_world_changes(tmp_path):
+    from vision_opd.pretrain import eval_split
+
+    a = eval_split(tmp_path, "val", 4, WorldConfig(question_types=("colour",)))
+    again = eval_split(tmp_path, "val", 4, WorldConfig(question_types=("colour",)))
+    assert [r.id for r in again] == [r.id for r in a] and {r.category for r in a} == {"colour"}
+    b = eval_split(tmp_path, "val", 4, WorldConfig(question_types=("dot",)))  # same folder, same n, other world
+    assert {r.category for r in b} == {"dot"}
