@@ -521,3 +521,17 @@ def test_rarity_proposer_finds_the_odd_one_out_with_one_vision_forward(tiny_mode
     q = RarityProposer(window=WindowConfig(fractions=(1 / max(h, w),), refine=False))(model, processor, img, "q")
     cw, ch = img.width / w, img.height / h
     assert not q.fallback and iou(q.box, (cw, ch, 2 * cw, 2 * ch)) > 0.5
+
+
+def test_apply_proposals_keeps_the_crop_signal_and_can_leave_the_records_alone():
+    from vision_opd.data.records import Record
+    from vision_opd.proposers import apply_proposals
+
+    recs = [Record("a", "a.png", "q", box=(0, 0, 10, 10)), Record("b", "b.png", "q")]
+    props = {"a": Proposal((1, 2, 3, 4), 0.8, 2), "b": Proposal((0, 0, 50, 50), 0.1, 2, fallback=True)}
+    copies = apply_proposals(recs, props, copy=True)
+    assert [r.id for r in copies] == ["a"] and copies[0].meta["proposed_box"] == [1, 2, 3, 4]
+    assert all("proposed_box" not in r.meta for r in recs) and copies[0].box == (0, 0, 10, 10)  # originals untouched
+    kept = apply_proposals(recs, props, keep_fallback=True)
+    assert [r.id for r in kept] == ["a", "b"] and recs[1].meta["proposed_box"] == [0, 0, 50, 50]
+    assert recs[1].meta["proposal_fallback"] is True and recs[0].meta["proposal_confidence"] == 0.8

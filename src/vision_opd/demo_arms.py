@@ -94,19 +94,10 @@ def proposed_records(model, processor, records: list[Record], name: str, views: 
                      progress: bool = True) -> tuple[list[Record], dict]:
     """Copies of `records` whose teacher crop is the proposer's box (meta["proposed_box"]), fallbacks dropped,
     and the proposals' scores against the true boxes (which the proposer never reads)."""
-    import copy
+    from .proposers import apply_proposals, evaluate_proposals, propose_with
 
-    from .proposers import ProposalCache, evaluate_proposals, make_proposer, propose_records
-
-    cache = ProposalCache(cache_path) if cache_path else None
-    props = propose_records(model, processor, records, make_proposer(name, views), cache, progress=progress)
-    kept = []
-    for r in records:
-        p = props[r.id]
-        if not p.fallback:
-            r2 = copy.copy(r)
-            r2.meta = {**r.meta, "proposed_box": list(p.box)}
-            kept.append(r2)
+    props = propose_with(model, processor, records, name, views, cache_path, progress=progress)
+    kept = apply_proposals(records, props, copy=True)  # the same records serve the study's other arms
     return kept, {"proposer": name, **evaluate_proposals(records, props), "kept": len(kept)}
 
 

@@ -152,20 +152,14 @@ def attach_proposals(cfg: Config, model, processor, records: list[Record], run_d
     Each record gets meta["proposed_box"]; its true box (if any) is left alone for evaluation. Records whose
     proposal fell back to the full image carry no crop signal and are dropped unless teacher.keep_fallback.
     """
-    from .proposers import ProposalCache, make_proposer, propose_records
+    from .proposers import apply_proposals, propose_with
 
-    proposer = make_proposer(cfg.teacher.proposer, cfg.views)
-    cache = ProposalCache(run_dir / f"proposals_{cfg.teacher.proposer}.jsonl")
-    proposals = propose_records(unwrap(model), processor, records, proposer, cache, progress=cfg.train.progress and is_main,
-                                max_image_pixels=cfg.views.max_image_pixels)
-    kept = []
-    for r in records:
-        p = proposals[r.id]
-        r.meta.update(proposed_box=list(p.box), proposal_confidence=p.confidence, proposal_fallback=p.fallback)
-        if not p.fallback or cfg.teacher.keep_fallback:
-            kept.append(r)
+    proposals = propose_with(unwrap(model), processor, records, cfg.teacher.proposer, cfg.views,
+                             run_dir / f"proposals_{cfg.teacher.proposer}.jsonl", progress=cfg.train.progress and is_main)
+    kept = apply_proposals(records, proposals, keep_fallback=cfg.teacher.keep_fallback)
     if is_main:
-        print(f"[vision-opd] proposer {cfg.teacher.proposer}: {len(records) - len(kept)} of {len(records)} proposals fell "
+        n_fallback = sum(proposals[r.id].fallback for r in records)
+        print(f"[vision-opd] proposer {cfg.teacher.proposer}: {n_fallback} of {len(records)} proposals fell "
               f"back to the full image{' (kept)' if cfg.teacher.keep_fallback else ' (dropped)'}")
     if not kept:
         raise ValueError("every proposal fell back to the full image: nothing to distil (teacher.keep_fallback=true keeps them)")

@@ -122,24 +122,17 @@ def gap_probe(generator, benchmark: str, data: str | Path, out: str | Path, *, v
 
 
 def _attach_proposals(generator, records, name: str, view_cfg: ViewConfig, out: Path, progress: bool) -> dict[str, Any]:
-    """meta["proposed_box"] for every record whose proposal did not fall back; the proposals' scores."""
-    from ..proposers import ProposalCache, evaluate_proposals, make_proposer, propose_records
+    """meta["proposed_box"] for every record whose proposal did not fall back; the proposals' scores (IoU and recall
+    over the records that have a true box)."""
+    from ..proposers import apply_proposals, evaluate_proposals, propose_with
 
     if not (hasattr(generator, "model") and hasattr(generator, "processor")):
         raise EvalError("--proposer needs the hf backend: the proposer reads the model's own attention/confidence")
     out.mkdir(parents=True, exist_ok=True)
-    props = propose_records(generator.model, generator.processor, records, make_proposer(name, view_cfg),
-                            ProposalCache(out / f"proposals_{name}.jsonl"), progress=progress,
-                            max_image_pixels=view_cfg.max_image_pixels)
-    for r in records:
-        if not props[r.id].fallback:
-            r.meta["proposed_box"] = list(props[r.id].box)
-    boxed = [r for r in records if r.box is not None]
-    scores = {"proposer": name, "n": len(records), "fallback_rate": sum(p.fallback for p in props.values()) / max(1, len(props)),
-              "mean_forward_passes": sum(p.forward_passes for p in props.values()) / max(1, len(props))}
-    if boxed:
-        scores.update({k: v for k, v in evaluate_proposals(boxed, props).items() if k in ("mean_iou", "recall@0.5", "n_with_box")})
-    return scores
+    props = propose_with(generator.model, generator.processor, records, name, view_cfg, out / f"proposals_{name}.jsonl",
+                         progress=progress)
+    apply_proposals(records, props)
+    return {"proposer": name, **evaluate_proposals(records, props)}
 
 
 def plot_gap(results: dict[str, Any], path: Path, title: str = "") -> Path:

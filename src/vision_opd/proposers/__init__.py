@@ -18,7 +18,7 @@ map over the image-token grid. Proposers fall back to the full image when they a
 from .attention import GENERIC_PROMPT, AttentionProposer, relative_attention
 from .confidence import ConfidenceProposer, sliding_windows
 from .rarity import RarityProposer, rarity_map
-from .cache import ProposalCache, evaluate_proposals, propose_records
+from .cache import ProposalCache, apply_proposals, evaluate_proposals, propose_records, propose_with
 from .grounding import GROUNDING_PROMPT, GroundingProposer, parse_box
 from .window import Proposal, WindowConfig, best_window, iou, window_proposal
 
@@ -39,6 +39,6 @@ def make_proposer(name: str, views=None):
 __all__ = [
     "GENERIC_PROMPT", "GROUNDING_PROMPT", "PROPOSERS", "AttentionProposer", "ConfidenceProposer", "GroundingProposer",
     "Proposal", "RarityProposer", "make_proposer", "rarity_map", "sliding_windows",
-    "ProposalCache", "WindowConfig", "best_window", "evaluate_proposals", "iou", "parse_box", "propose_records",
+    "ProposalCache", "WindowConfig", "apply_proposals", "propose_with", "best_window", "evaluate_proposals", "iou", "parse_box", "propose_records",
     "relative_attention", "window_proposal",
 ]

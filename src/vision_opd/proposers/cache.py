@@ -141,6 +141,38 @@ def propose_records(model, processor, records: Sequence[Record], proposer: Calla
     return out
 
 
+def propose_with(model, processor, records: Sequence[Record], name: str, views=None, cache_path: str | Path | None = None,
+                 *, progress: bool = True) -> dict[str, Proposal]:
+    """`propose_records` with the proposer called `name` (`make_proposer`: its crops follow `views`), the image
+    decoding of `views` and, when given, a cache file: the one way training, the gap probe and the demo propose."""
+    from . import make_proposer
+
+    kw = {} if views is None else {"max_image_pixels": views.max_image_pixels}
+    cache = ProposalCache(cache_path) if cache_path else None
+    return propose_records(model, processor, records, make_proposer(name, views), cache, progress=progress, **kw)
+
+
+def apply_proposals(records: Sequence[Record], proposals: dict[str, Proposal], *, keep_fallback: bool = False,
+                    copy: bool = False) -> list[Record]:
+    """The records that keep a crop signal, each with meta["proposed_box"] (what `teacher_source=proposer` and the
+    gap probe's `proposed` view crop), "proposal_confidence" and "proposal_fallback". A proposal that fell back to
+    the full image carries no crop signal: its record is left out (and untouched) unless keep_fallback.
+    copy=True annotates shallow copies and leaves `records` as they were."""
+    import copy as _copy
+
+    kept = []
+    for r in records:
+        p = proposals[r.id]
+        if p.fallback and not keep_fallback:
+            continue
+        if copy:
+            r = _copy.copy(r)
+            r.meta = dict(r.meta)
+        r.meta.update(proposed_box=list(p.box), proposal_confidence=p.confidence, proposal_fallback=p.fallback)
+        kept.append(r)
+    return kept
+
+
 def evaluate_proposals(records: Sequence[Record], proposals: dict[str, Proposal]) -> dict[str, float]:
     """IoU / recall@0.5 against the records' known boxes, plus the cost and the fallback rate.
 
