@@ -7,7 +7,7 @@ slow to reach the plateau in the time lent; on a many-core CPU machine run it wi
     python scripts/world_sweep.py --out $OUT --budget 240 --device cuda --workers 16          # a GPU machine
 
 Each variant = (question types, easy_share, target size, seed). After `--budget` seconds of pre-training
-(`vision_opd.pretrain.pretrain`, patience off) every checkpoint is read on `--n-eval` fresh VAL items of its
+(`vision_opd.demo.pretrain.pretrain`, patience off) every checkpoint is read on `--n-eval` fresh VAL items of its
 world (never test), per question type, in three regimes: hard full image, evidence crop, easy full image (the
 labelled full-image regime). The question the sweep answers: in which world does the labelled data teach the
 model to read every question type in a full image (easy full high) while the hard full image keeps a gap?
@@ -43,10 +43,10 @@ def run_one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from vision_opd.data.synthetic import WorldConfig
+    from vision_opd.demo.world import WorldConfig
     from vision_opd.data.views import ViewConfig, student_view, teacher_view
-    from vision_opd.eval.accuracy import accuracy
-    from vision_opd.pretrain import PretrainConfig, eval_split, pretrain
+    from vision_opd.demo.accuracy import accuracy
+    from vision_opd.demo.pretrain import PretrainConfig, eval_split, pretrain
 
     out = Path(job["out"])
     t0 = time.time()
@@ -55,7 +55,7 @@ def run_one(job: dict) -> dict:
         cfg = PretrainConfig(world=world, easy_share=job["easy"], seed=job["seed"], time_budget_s=job["budget"],
                              max_steps=100_000, eval_every=job["eval_every"], patience=10_000, n_val=96, device=job["device"])
         s = pretrain(out, cfg, progress=False)
-        from vision_opd.pretrain import load_demo_model
+        from vision_opd.demo.pretrain import load_demo_model
 
         model, proc = load_demo_model(out / "model")
         model.to(job["device"])

@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
-    from vision_opd.data.synthetic import write_synthetic
+    from vision_opd.demo.world import write_synthetic
 
     d = tmp_path_factory.mktemp("synth")
     write_synthetic(d, 12, seed=0, name="train.jsonl")
@@ -21,6 +21,6 @@ def synth_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synth_records(synth_dir):
-    from vision_opd.data.records import read_records
+    from vision_opd.data.validate import read_records
 
     return read_records(synth_dir / "train.jsonl")

@@ -20,8 +20,8 @@ from vision_opd.data.images import open_image
 from vision_opd.data.records import Record, write_records
 from vision_opd.eval.benchmarks import BENCHMARKS, aggregate, format_prompt, get_benchmark, load_benchmark
 from vision_opd.eval.benchmarks.common import split_options
-from vision_opd.eval.benchmarks.files import BenchmarkError, iter_json_items
-from vision_opd.eval.scoring import EXTRACTION_RULE
+from vision_opd.data.files import DataFileError, iter_json_items
+from vision_opd.eval.answers import EXTRACTION_RULE
 
 SUFFIX = "Answer with the option's letter from the given choices directly."
 
@@ -117,7 +117,7 @@ def test_iter_json_items_streams_arrays_and_jsonl(tmp_path):
     assert [o for _, o in iter_json_items(lines)] == items
     bad = tmp_path / "bad.json"
     bad.write_text('[{"a": 1}, {"a": ')
-    with pytest.raises(BenchmarkError, match=r"bad.json: item 2"):
+    with pytest.raises(DataFileError, match=r"bad.json: item 2"):
         list(iter_json_items(bad, chunk_chars=4))
 
 
@@ -125,7 +125,7 @@ def test_parquet_without_pyarrow_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     (tmp_path / "hr_bench_4k.parquet").write_bytes(b"PAR1")
-    with pytest.raises(BenchmarkError, match=r"hr_bench_4k.parquet: reading this needs the 'pyarrow' package"):
+    with pytest.raises(DataFileError, match=r"hr_bench_4k.parquet: reading this needs the 'pyarrow' package"):
         load_benchmark("hrbench_4k", tmp_path)
 
 
@@ -215,12 +215,12 @@ def test_vstar_errors(tmp_path):
         )
         + "\n"
     )
-    with pytest.raises(BenchmarkError, match=r"test_questions.jsonl: line 1.*not found"):
+    with pytest.raises(DataFileError, match=r"test_questions.jsonl: line 1.*not found"):
         load_benchmark("vstar", tmp_path)
     make_vstar(tmp_path / "v")
     path = tmp_path / "v" / "test_questions.jsonl"
     path.write_text(path.read_text().replace('"label": "B"', '"label": "C"'))
-    with pytest.raises(BenchmarkError, match=r"line 1: answer 'C' is not one of the option letters A-B"):
+    with pytest.raises(DataFileError, match=r"line 1: answer 'C' is not one of the option letters A-B"):
         load_benchmark("vstar", path)
 
 
@@ -290,7 +290,7 @@ def test_hrbench_tsv(tmp_path):
     assert r.image == recs[0].image  # the image referenced by index, stored once
     assert recs[1].image == recs[3].image  # identical bytes, one file (content hash)
     assert opens(r.image) == (40, 30)
-    with pytest.raises(BenchmarkError, match="hr_bench_8k"):
+    with pytest.raises(DataFileError, match="hr_bench_8k"):
         load_benchmark("hrbench_8k", tmp_path)
 
 
@@ -298,7 +298,7 @@ def test_hrbench_bad_row(tmp_path):
     rows = hr_rows()
     rows[1][6] = "E"
     write_tsv(tmp_path / "hr_bench_4k.tsv", HR_HEADER, rows)
-    with pytest.raises(BenchmarkError, match=r"hr_bench_4k.tsv: row 2 \(line 3\): answer 'E'"):
+    with pytest.raises(DataFileError, match=r"hr_bench_4k.tsv: row 2 \(line 3\): answer 'E'"):
         load_benchmark("hrbench_4k", tmp_path / "hr_bench_4k.tsv", cache_dir=tmp_path / "c")
 
 
@@ -374,7 +374,7 @@ def test_mme_realworld_raw_json(tmp_path):
     assert opens(r.image) == (40, 30)
     items[1]["Image"] = "monitoring_images/missing.jpg"
     (tmp_path / "MME_RealWorld.json").write_text(json.dumps(items))
-    with pytest.raises(BenchmarkError, match=r"MME_RealWorld.json: item 2.*missing.jpg.*not found"):
+    with pytest.raises(DataFileError, match=r"MME_RealWorld.json: item 2.*missing.jpg.*not found"):
         load_benchmark("mme_realworld", tmp_path)
 
 
@@ -581,7 +581,7 @@ def test_treebench_tsv(tmp_path):
     rows[1][10] = "[[5, 5, 2, 9]]"
     write_tsv(tmp_path / "TreeBench.tsv", header, rows)
     with pytest.raises(
-        BenchmarkError, match=r"TreeBench.tsv: row 2 \(line \d+\): target_instances\[0\].*zero or negative"
+        DataFileError, match=r"TreeBench.tsv: row 2 \(line \d+\): target_instances\[0\].*zero or negative"
     ):
         load_benchmark("treebench", tmp_path, cache_dir=tmp_path / "c")
 
@@ -696,5 +696,5 @@ def test_score_then_aggregate_end_to_end(tmp_path):
     assert res[1]["unextracted"] and not res[1]["correct"]
     json.dumps(res)  # per-item results are JSON-serialisable
     assert aggregate("vstar", res)["per_category"] == {"direct_attributes": 1.0, "relative_position": 0.0}
-    with pytest.raises(BenchmarkError, match="'correct' must be a bool"):
+    with pytest.raises(DataFileError, match="'correct' must be a bool"):
         aggregate("vstar", [{"category": "x"}])

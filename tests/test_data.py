@@ -9,7 +9,8 @@ from PIL import Image
 
 from vision_opd.data.crops import clamp_box, crop_image, crop_region, draw_red_box, expand_box, grow_to_min_side, resize_to_pixels
 from vision_opd.data.images import ImageError, open_image
-from vision_opd.data.records import Record, RecordError, read_records, write_records
+from vision_opd.data.records import Record, RecordError, write_records
+from vision_opd.data.validate import read_records
 from vision_opd.data.views import HINT, ViewConfig, encode_views, prompt_text, student_view, teacher_view
 
 

@@ -56,10 +56,9 @@ def test_shortened_demo_without_boxes(pretrained, tmp_path):
 
 
 def test_shipped_checkpoint_is_small():
-    from vision_opd.demo import ASSET_MODEL
+    from vision_opd.demo.run import ASSET_MODEL
 
-    if not (ASSET_MODEL / "config.json").exists():
-        pytest.skip("no shipped checkpoint")
+    assert (ASSET_MODEL / "config.json").is_file(), f"the shipped demo checkpoint is missing from {ASSET_MODEL}"
     size = sum(p.stat().st_size for p in ASSET_MODEL.rglob("*") if p.is_file())
     assert size < 5 * 1024 * 1024, f"{ASSET_MODEL} is {size / 1e6:.1f} MB"
 

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from vision_opd.cli import main
-from vision_opd.data.records import read_records, write_records
-from vision_opd.data.synthetic import QUESTION_TYPES, write_synthetic
+from vision_opd.data.records import write_records
+from vision_opd.data.validate import read_records
+from vision_opd.demo.world import QUESTION_TYPES, write_synthetic
 from vision_opd.eval.benchmarks.common import format_prompt
 from vision_opd.eval.run import (
     EvalError,
@@ -27,7 +28,7 @@ from vision_opd.eval.run import (
     read_samples,
     view_of,
 )
-from vision_opd.eval.scoring import EXTRACTION_RULE
+from vision_opd.eval.answers import EXTRACTION_RULE
 
 
 @pytest.fixture(scope="module")

@@ -21,16 +21,18 @@ def _cfg(tmp_path, synth_dir, *extra):
 
 def _setup(cfg):
     from vision_opd import train as T
+    from vision_opd.data.sources import load_train_records
+    from vision_opd.models.loading import load_model
     from vision_opd.models.lora import apply_lora
 
     T.seed_everything(0)
-    model, proc = T.load_model(cfg, torch.device("cpu"))
+    model, proc = load_model(cfg.model, seed=0, device=torch.device("cpu"))
     model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha)
     with torch.no_grad():  # peft initialises B = 0 (adapter = identity); start from a non-trivial adapter
         for n, p in adapter_params(model).items():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    records, _ = T.load_train_records(cfg)
+    records, _ = load_train_records(cfg.data, cfg.views)
     teacher = T.Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))

@@ -11,16 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from vision_opd import losses_chunked
-from vision_opd.losses import (
-    DivergenceSpec,
+from vision_opd.divergence import (
     generalized_jsd,
-    generalized_jsd_plain,
-    masked_token_mean,
     sampled_token_loss,
     token_divergence,
     token_divergence_from_hidden,
     topk_tail_jsd,
 )
+from vision_opd.losses import DivergenceSpec, generalized_jsd_plain, masked_token_mean
 
 ALPHAS = (0.0, 0.25, 0.5, 1.0)
 KINDS = ("jsd", "topk", "sampled")
@@ -44,7 +42,7 @@ def _call(kind, zs, zt, ids, alpha, temperature=1.0, chunk_size=4, top_k=5):
 
 
 def _np_gjsd(logits_s, logits_t, a):
-    """METHOD.md section 2, written independently in float64 numpy."""
+    """docs/method.md, written independently in float64 numpy."""
     def softmax(z):
         z = np.asarray(z, dtype=np.float64)
         e = np.exp(z - z.max(-1, keepdims=True))

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from vision_opd.data.views import ViewConfig, encode_views, student_view, teacher_view
-from vision_opd.forward import response_logits, select_prompts
-from vision_opd.models.loading import has_torchvision, load_model_and_processor, vision_token_ids
+from vision_opd.scoring import response_logits, select_prompts
+from vision_opd.models.loading import load_model_and_processor, vision_token_ids
+from vision_opd.models.processors import has_torchvision
 from vision_opd.models.tiny import FAMILIES, build_tiny, save_tiny
 from vision_opd.rollout import response_mask, sample
 
@@ -33,11 +34,11 @@ def test_tiny_round_trip(family, tmp_path, synth_records):
 def test_processor_falls_back_when_autoprocessor_returns_a_tokenizer(tmp_path, monkeypatch):
     """With torchvision installed the stock AutoProcessor is used; for a checkpoint without a video-processor config
     it returns the bare tokenizer (seen on a GPU machine with torchvision): the loader must build the processor."""
-    from vision_opd.models import loading
+    from vision_opd.models import processors
 
     save_tiny(tmp_path, family="qwen2_vl")
-    monkeypatch.setattr(loading, "has_torchvision", lambda: True)
-    proc = loading.load_processor(str(tmp_path))
+    monkeypatch.setattr(processors, "has_torchvision", lambda: True)
+    proc = processors.load_processor(str(tmp_path))
     assert hasattr(proc, "image_processor") and proc.tokenizer.padding_side == "left"
 
 
@@ -117,7 +118,7 @@ def test_teacher_view_with_more_image_tokens_is_read_at_the_same_response_tokens
 def test_pixel_budget_from_the_loader(tmp_path):
     from PIL import Image
 
-    from vision_opd.models.loading import load_processor
+    from vision_opd.models.processors import load_processor
 
     save_tiny(tmp_path, family="qwen2_5_vl")
     grid = lambda p: p.image_processor(images=[Image.new("RGB", (300, 300))], return_tensors="pt")["image_grid_thw"].tolist()  # noqa: E731

@@ -17,6 +17,7 @@ from PIL import Image
 from vision_opd.config import load_config
 from vision_opd.data.images import open_image
 from vision_opd.data.validate import validate_file
+from vision_opd.guards import TrainingStopped
 
 
 def _good(i, **kw):
@@ -221,7 +222,7 @@ def test_consecutive_non_finite_steps_stop_the_run_with_a_checkpoint(tmp_path, s
     real = T.token_divergence_from_hidden
     monkeypatch.setattr(T, "token_divergence_from_hidden", lambda *a, **kw: (lambda r: (r[0] * float("inf"), r[1]))(real(*a, **kw)))
     cfg = load_config(None, _cli(tmp_path / "run", synth_dir, "train.steps=10", "train.max_consecutive_skips=2")[4:])
-    with pytest.raises(T.TrainingStopped, match="2 consecutive non-finite"):
+    with pytest.raises(TrainingStopped, match="2 consecutive non-finite"):
         T.train(cfg)
     assert (tmp_path / "run" / "checkpoints" / "step_000002" / "COMPLETE").is_file()
 
@@ -232,7 +233,7 @@ def test_collapse_signal_logged_and_can_stop(tmp_path, synth_dir):
     # a random-weight model never emits EOS: truncation rate 1.0 is a collapse signal
     cfg = load_config(None, _cli(tmp_path / "run", synth_dir, "train.steps=5", "train.stop_on_collapse=true",
                                  "train.collapse_patience=2")[4:])
-    with pytest.raises(T.TrainingStopped, match="truncation_rate"):
+    with pytest.raises(TrainingStopped, match="truncation_rate"):
         T.train(cfg)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all("truncation_rate" in m["collapse"] for m in lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vision_opd.eval.scoring import (
+from vision_opd.eval.answers import (
     EXTRACTION_RULE,
     bootstrap_ci,
     extract_choice,

@@ -10,7 +10,7 @@ from PIL import Image
 from vision_opd.data.crops import draw_red_box
 from vision_opd.data.records import Record, RecordError, write_records
 from vision_opd.data.sources import detect_format, load_source, load_source_checked, split_problem
-from vision_opd.logging_utils import MetricsLogger
+from vision_opd.run_log import MetricsLogger
 
 HINT = "Only focus on the objects inside the red bounding box in the image to answer this question."
 INSTRUCTION = "Answer with the option's letter from the given choices."

@@ -6,8 +6,9 @@ import hashlib
 
 import pytest
 
-from vision_opd.data.records import LETTERS, read_records
-from vision_opd.data.synthetic import QUESTION_TYPES, SPLIT_SEEDS, WorldConfig, generate, write_synthetic
+from vision_opd.data.records import LETTERS
+from vision_opd.data.validate import read_records
+from vision_opd.demo.world import QUESTION_TYPES, SPLIT_SEEDS, WorldConfig, generate, write_synthetic
 
 
 def _digest(img) -> str:
@@ -48,7 +49,7 @@ def test_question_types_options_and_answers():
 @pytest.mark.parametrize("distractors", [0, 10])
 def test_box_contains_the_target_and_only_it(distractors):
     """The evidence box is the frame: black outline pixels on its border, the target's colour inside."""
-    from vision_opd.data.synthetic import COLOURS
+    from vision_opd.demo.world import COLOURS
 
     cfg = WorldConfig(distractors=distractors, question_types=("colour",))  # framed, also with 0 distractors
     for r, img in generate(9, seed=1, cfg=cfg):
@@ -86,7 +87,7 @@ def test_easy_regime_has_no_frame_by_default():
 
 
 def test_dot_question_reads_the_dot_of_the_framed_object():
-    from vision_opd.data.synthetic import COLOURS
+    from vision_opd.demo.world import COLOURS
 
     cfg = WorldConfig(question_types=("dot",))
     for r, img in generate(8, seed=2, cfg=cfg):
@@ -105,7 +106,7 @@ def test_other_question_types_keep_their_images_when_dot_is_added():
     RNG stream as before it existed (golden digests recorded from the code before the dot type)."""
     import random
 
-    from vision_opd.data.synthetic import make_item
+    from vision_opd.demo.world import make_item
 
     rng = random.Random(5)
     got = [hashlib.md5(make_item(rng, WorldConfig(), t)[0].tobytes()).hexdigest()[:6] for t in ("colour", "digit", "shape")]
@@ -113,7 +114,7 @@ def test_other_question_types_keep_their_images_when_dot_is_added():
 
 
 def test_cached_eval_split_is_regenerated_when_the_world_changes(tmp_path):
-    from vision_opd.pretrain import eval_split
+    from vision_opd.demo.pretrain import eval_split
 
     a = eval_split(tmp_path, "val", 4, WorldConfig(question_types=("colour",)))
     again = eval_split(tmp_path, "val", 4, WorldConfig(question_types=("colour",)))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vision_opd.config import load_config
-from vision_opd.forward import unwrap
+from vision_opd.models.parts import unwrap
 from vision_opd.models.tiny import FAMILIES
 
 
@@ -29,15 +29,18 @@ def _snapshot(model):
 def _run_steps(cfg, steps):
     """Build what train() builds and run `steps` steps; return (initial, student, teacher, metrics)."""
     from vision_opd import train as T
+    from vision_opd.data.sources import load_train_records
+    from vision_opd.models.loading import load_model
+    from vision_opd.stream import PromptStream
 
     T.seed_everything(cfg.train.seed)
     device = torch.device("cpu")
-    model, proc = T.load_model(cfg, device)
-    records, _ = T.load_train_records(cfg)
+    model, proc = load_model(cfg.model, seed=cfg.train.seed, device=device)
+    records, _ = load_train_records(cfg.data, cfg.views)
     teacher = T.Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate, device=cfg.teacher.device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))
-    stream = T.PromptStream(len(records), 0)
+    stream = PromptStream(len(records), 0)
     suppress = T.vision_token_ids(model, proc)
     initial = _snapshot(model)
     history = []

@@ -133,3 +133,25 @@ def load_teacher_state(ckpt: Path) -> dict | None:
 
     p = Path(ckpt) / "teacher" / "model.safetensors"
     return load_file(str(p)) if p.is_file() else None
+
+
+def load_student_weights(model, path: Path) -> None:
+    """Copy the weights of a saved checkpoint into `model` (strict: every key must match).
+
+    Goes through from_pretrained because transformers may save keys under other names than it uses in memory;
+    a LoRA student loads its adapter only.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    from .models.parts import strip_wrappers, unwrap
+
+    if hasattr(strip_wrappers(model), "peft_config"):
+        from .models.lora import load_adapter_weights
+
+        load_adapter_weights(strip_wrappers(model), path)
+        return
+    target = unwrap(model)
+    saved = AutoModelForImageTextToText.from_pretrained(path, dtype=next(target.parameters()).dtype)
+    target.load_state_dict(saved.state_dict(), strict=True)
+    del saved
+

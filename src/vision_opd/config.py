@@ -42,7 +42,7 @@ class ModelConfig:
 class DataConfig:
     train_file: str = "data/synth/train.jsonl"  # Records JSONL; relative paths are relative to the working directory
     eval_file: str | None = None  # optional held-out Records JSONL evaluated every train.eval_every steps
-    synth_if_missing: bool = True  # generate synthetic data at train_file when it does not exist
+    synth_if_missing: bool = False  # `vision-opd train` writes synth_n synthetic records at train_file when it is missing (the tiny config)
     synth_n: int = 256
     synth_seed: int = 0
     shuffle: bool = True
@@ -114,7 +114,7 @@ class TrainConfig:
     mixed_precision: str = "fp32"  # fp32 (no autocast) | bf16: bf16 autocast over the model's (fp32 master) weights
     keep_last: int = 3  # checkpoints kept
     max_consecutive_skips: int = 5  # stop after this many consecutive non-finite steps
-    # collapse signals (METHOD.md 5.6): logged as `collapse` in metrics.jsonl; stop_on_collapse ends the run
+    # collapse signals (docs/method.md): logged as `collapse` in metrics.jsonl; stop_on_collapse ends the run
     collapse_truncation_rate: float = 0.5  # truncation rate above this ...
     collapse_kl: float = 10.0  # ... or mean KL above this ...
     collapse_length_ratio: float = 4.0  # ... or mean response length above this times the first steps' mean ...

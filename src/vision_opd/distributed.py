@@ -12,11 +12,12 @@ positions), since sharded weights cannot be used outside it, and generation runs
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 
-from .forward import unwrap
+from .models.parts import unwrap
 
 
 def make_accelerator(cpu: bool):
@@ -85,3 +86,21 @@ def load_full_optimizer_state(model, optimizer, state: dict) -> None:
 
     set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+
+
+def grad_sync(model, accelerator, enabled: bool):
+    """Gradient synchronisation across ranks on (last micro-batch) or off (the others): DDP's no_sync, FSDP2's switch."""
+    if enabled or accelerator is None:
+        return contextlib.nullcontext()
+    if is_fsdp(model):
+        @contextlib.contextmanager
+        def off():
+            model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
+
+        return off()
+    return accelerator.no_sync(model)
+

@@ -39,53 +39,17 @@ plain reference.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # pragma: no cover
-    from vision_opd.losses import DivergenceSpec
+from .losses import DivergenceSpec, gjsd_from_logprobs, with_tail_bucket
+
 
 # Row-block size for the element-wise math on the CPU: a block's [rows, V] float32 temporaries
 # are about this many bytes each (17 rows at V = 151936). Chosen by measurement (see above).
 _CPU_BLOCK_BYTES = 10 << 20
 # Floor for the mixture probability before its log (see `_block_values`).
 _TINY = torch.finfo(torch.float32).tiny
-# The top-k mass is clamped to at most 1 - 1e-7 (float32 resolution) before log(1 - mass).
-_TAIL_LOG_MASS_MAX = math.log1p(-1e-7)
-
-
-# ---------------------------------------------------------------------------------------------
-# Small pure functions shared with the plain reference in losses.py.
-
-
-def gjsd_from_logprobs(logp_s: Tensor, logp_t: Tensor, alpha: float) -> Tensor:
-    """Generalized JSD over the last dim, from log-probabilities (plain autograd).
-
-    M = (1-a)*S + a*T; value = (1-a)*KL(S||M) + a*KL(T||M); a = 0 -> KL(T||S), a = 1 -> KL(S||T)
-    exactly (not through the mixture). The mixture's log is a logsumexp of log-probs plus log
-    weights, so nothing underflows.
-    """
-    if alpha == 0.0:
-        return (logp_t.exp() * (logp_t - logp_s)).sum(-1)
-    if alpha == 1.0:
-        return (logp_s.exp() * (logp_s - logp_t)).sum(-1)
-    logm = torch.logaddexp(logp_s + math.log1p(-alpha), logp_t + math.log(alpha))
-    kl_s = (logp_s.exp() * (logp_s - logm)).sum(-1)
-    kl_t = (logp_t.exp() * (logp_t - logm)).sum(-1)
-    return (1.0 - alpha) * kl_s + alpha * kl_t
-
-
-def with_tail_bucket(logp_K: Tensor) -> Tensor:
-    """[..., K] log-probs of the top-k ids -> [..., K+1] with log(1 - top-k mass) appended.
-
-    The mass is clamped to <= 1 - 1e-7 (float32 resolution), so the tail is never log(0),
-    also when K = V; the clamp stops the gradient only where it is active.
-    """
-    log_mass = torch.logsumexp(logp_K, dim=-1, keepdim=True).clamp(max=_TAIL_LOG_MASS_MAX)
-    log_tail = torch.log(-torch.expm1(log_mass))  # log(1 - mass), accurate when mass is near 0 or 1
-    return torch.cat([logp_K, log_tail], dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def sample(model, processor, inputs, *, samples_per_prompt: int, temperature: fl
 
     Returns a Rollout with B = P * G rows, ordered prompt-major (rows p*G .. p*G+G-1 answer prompt p).
     """
-    from .forward import strip_wrappers
+    from .models.parts import strip_wrappers
 
     model = strip_wrappers(model)  # generate runs on the plain module (DDP has no generate); FSDP2 modules stay
     if hasattr(model, "get_base_model"):

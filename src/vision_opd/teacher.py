@@ -1,4 +1,4 @@
-"""The teacher's weights: one explicit choice (METHOD.md section 3).
+"""The teacher's weights: one explicit choice (docs/method.md).
 
 frozen: the initial weights, never updated.
 ema:    initialised from the initial weights; after every optimizer step
@@ -19,7 +19,7 @@ import copy
 import torch
 
 from .distributed import full_tensor
-from .forward import strip_wrappers, unwrap
+from .models.parts import strip_wrappers, unwrap
 
 
 def is_peft(model) -> bool:
@@ -62,7 +62,7 @@ class Teacher:
 
     def lm_head_weight(self) -> torch.Tensor:
         """The teacher's output projection (LoRA never adapts the lm_head, so it is the student's there)."""
-        from .forward import backbone_and_head
+        from .models.parts import backbone_and_head
 
         owner = self._student if self.lora else self.module()
         return backbone_and_head(owner)[1].weight.detach()

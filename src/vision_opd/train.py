@@ -2,12 +2,13 @@
 
     vision-opd train --config configs/tiny_cpu.yaml train.steps=20
 
-One step: take P prompts; the student samples G responses each on the full image (on-policy);
-the teacher (frozen / ema / live weights) reads the same responses on the crop under no_grad; the student
-reads them on the full image with grad; the loss is a token-level divergence at the response tokens,
-summed per micro-batch and divided by the step's total response-token count (so micro-batching gives the
-same gradient as one big batch); backward, clip, AdamW, schedule, EMA update; log, save.
-No labels are read: `Record.answer` is never touched here.
+One step (`vision_opd_step`, numbered 1-6 below): take P prompts; the student samples G responses each on the
+full image (on-policy); the teacher (frozen / ema / live weights) reads the same responses on the crop under
+no_grad; the student reads them on the full image with grad; the loss is a token-level divergence at the
+response tokens, summed per micro-batch and divided by the step's total response-token count (so
+micro-batching gives the same gradient as one big batch); backward, clip, AdamW, schedule, EMA update.
+`train` loads everything, then loops {step, log, evaluate, save}; what may stop the loop is in guards.py.
+No labels are read: `Record.answer` is never touched here. docs/architecture.md maps the modules.
 """
 
 from __future__ import annotations
@@ -26,17 +27,22 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import Config, save_config, to_dict
-from .data.records import Record, read_records
-from .data.sources import load_source_checked
+from .data.records import Record
+from .data.sources import load_train_records
+from .data.validate import read_records
 from .data.views import encode_views, student_view, teacher_view
-from .distributed import (full_model_state, full_optimizer_state, is_fsdp, load_full_optimizer_state, make_accelerator,
-                          shard_fsdp)
-from .logging_utils import MetricsLogger
-from .forward import backbone_and_head, response_hidden, response_logits_forward, select_prompts, strip_wrappers, unwrap
-from .losses import DivergenceSpec, masked_token_mean, token_divergence, token_divergence_from_hidden
-from .models.loading import load_model_and_processor, vision_token_ids
+from .distributed import (full_model_state, full_optimizer_state, grad_sync, is_fsdp, load_full_optimizer_state,
+                          make_accelerator, shard_fsdp)
+from .divergence import token_divergence, token_divergence_from_hidden
+from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingStopped, wait_for_signal_test_hook
+from .losses import DivergenceSpec, masked_token_mean
+from .models.loading import load_model, set_trainable, vision_token_ids
+from .models.parts import backbone_and_head, strip_wrappers, unwrap
 from .rollout import sample
-from .teacher import Teacher, is_peft
+from .run_log import MetricsLogger, sample_rows
+from .scoring import response_hidden, response_logits_forward, select_prompts
+from .stream import PromptStream
+from .teacher import Teacher
 
 
 def resolve_device(name: str) -> torch.device:
@@ -51,64 +57,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_model(cfg: Config, device: torch.device):
-    """(model, processor) from a hub id / local directory, or tiny:FAMILY built in code."""
-    name = cfg.model.name_or_path
-    if name.startswith("tiny:"):
-        from .models.tiny import build_tiny
-
-        model, processor = build_tiny(name.split(":", 1)[1], seed=cfg.train.seed, image_size=cfg.model.tiny_image_size)
-        return model.to(device), processor
-    return load_model_and_processor(name, dtype=cfg.model.dtype, device=device, attn_implementation=cfg.model.attn_implementation,
-                                    min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,
-                                    trust_remote_code=cfg.model.trust_remote_code)
-
-
-def load_train_records(cfg: Config) -> tuple[list[Record], int]:
-    """The training records (any data.format, data/sources.py), validated as they load; bad ones stop the run
-    unless data.skip_bad."""
-    path = Path(cfg.data.train_file)
-    if not path.exists() and cfg.data.synth_if_missing and cfg.data.format in ("auto", "records") and path.suffix == ".jsonl":
-        from .data.synthetic import write_synthetic
-
-        print(f"[vision-opd] {path} not found: generating {cfg.data.synth_n} synthetic records there")
-        write_synthetic(path.parent, cfg.data.synth_n, cfg.data.synth_seed, name=path.name)
-    records, report = load_source_checked(cfg.data.train_file, cfg.data.format, split=cfg.data.split,
-                                          cache_dir=cfg.data.cache_dir, student_image=cfg.data.student_image,
-                                          skip_bad=cfg.data.skip_bad, check_images=cfg.data.validate_images,
-                                          allow_outside_root=cfg.data.allow_outside_root,
-                                          max_pixels=cfg.views.max_image_pixels, progress=cfg.train.progress)
-    if cfg.views.red_box and any(r.meta.get("red_box_drawn") for r in records):
-        raise ValueError(f"{path}: the student images already have the red box drawn (Vision-OPD-6K images); set "
-                         "views.red_box=false, or data.student_image=original to draw it on the clean image")
-    if report.problems:
-        print(f"[vision-opd] skipped {len(report.problems)} bad record(s) of {path}:\n" +
-              "\n".join(f"  {p.message}" for p in report.problems[:20]))
-    return records, len(report.problems)
-
-
-class PromptStream:
-    """Epoch-shuffled record indices with a resumable cursor (seed, position)."""
-
-    def __init__(self, n: int, seed: int, shuffle: bool = True, cursor: int = 0):
-        self.n, self.seed, self.shuffle, self.cursor = n, seed, shuffle, cursor
-
-    def _order(self, epoch: int) -> list[int]:
-        idx = list(range(self.n))
-        if self.shuffle:
-            random.Random(self.seed * 100_003 + epoch).shuffle(idx)
-        return idx
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        for _ in range(k):
-            epoch, pos = divmod(self.cursor, self.n)
-            out.append(self._order(epoch)[pos])
-            self.cursor += 1
-        return out
-
-
 def lr_lambda(cfg: Config):
+    """Linear warm-up over optim.warmup_steps (the first step at lr / warmup), then constant or cosine."""
     warm, total, sched = cfg.optim.warmup_steps, max(1, cfg.train.steps), cfg.optim.schedule
 
     def f(step: int) -> float:
@@ -122,66 +72,11 @@ def lr_lambda(cfg: Config):
     return f
 
 
-def grad_sync(model, accelerator, enabled: bool):
-    """Gradient synchronisation across ranks on (last micro-batch) or off (the others): DDP's no_sync, FSDP2's switch."""
-    if enabled or accelerator is None:
-        return contextlib.nullcontext()
-    if is_fsdp(model):
-        @contextlib.contextmanager
-        def off():
-            model.set_requires_gradient_sync(False)
-            try:
-                yield
-            finally:
-                model.set_requires_gradient_sync(True)
-
-        return off()
-    return accelerator.no_sync(model)
-
-
 def autocast(cfg: Config, device: torch.device):
     """bf16 compute over fp32 master weights when train.mixed_precision=bf16 (the divergence itself is float32)."""
     if cfg.train.mixed_precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-
-
-def attach_proposals(cfg: Config, model, processor, records: list[Record], run_dir: Path, is_main: bool) -> list[Record]:
-    """Label-free evidence boxes from the initial model (cached in RUN/proposals_NAME.jsonl, computed once).
-
-    Each record gets meta["proposed_box"]; its true box (if any) is left alone for evaluation. Records whose
-    proposal fell back to the full image carry no crop signal and are dropped unless teacher.keep_fallback.
-    """
-    from .proposers import apply_proposals, propose_with
-
-    proposals = propose_with(unwrap(model), processor, records, cfg.teacher.proposer, cfg.views,
-                             run_dir / f"proposals_{cfg.teacher.proposer}.jsonl", progress=cfg.train.progress and is_main)
-    kept = apply_proposals(records, proposals, keep_fallback=cfg.teacher.keep_fallback)
-    if is_main:
-        n_fallback = sum(proposals[r.id].fallback for r in records)
-        print(f"[vision-opd] proposer {cfg.teacher.proposer}: {n_fallback} of {len(records)} proposals fell "
-              f"back to the full image{' (kept)' if cfg.teacher.keep_fallback else ' (dropped)'}")
-    if not kept:
-        raise ValueError("every proposal fell back to the full image: nothing to distil (teacher.keep_fallback=true keeps them)")
-    return kept
-
-
-def load_student_weights(model, path: Path) -> None:
-    """Copy the weights of a saved checkpoint into `model` (strict: every key must match).
-
-    Goes through from_pretrained because transformers may save keys under other names than it uses in memory.
-    """
-    from transformers import AutoModelForImageTextToText
-
-    if is_peft(model):
-        from .models.lora import load_adapter_weights
-
-        load_adapter_weights(strip_wrappers(model), path)
-        return
-    target = unwrap(model)
-    saved = AutoModelForImageTextToText.from_pretrained(path, dtype=next(target.parameters()).dtype)
-    target.load_state_dict(saved.state_dict(), strict=True)
-    del saved
 
 
 @dataclass
@@ -306,34 +201,6 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     return StepResult(metrics, ro, token_kl)
 
 
-def _trainable(model, cfg: Config):
-    if cfg.model.freeze_vision:
-        m = unwrap(model)
-        vis = getattr(m.model, "visual", None)
-        if vis is None:
-            raise ValueError("model.freeze_vision: this model has no .model.visual tower")
-        for p in vis.parameters():
-            p.requires_grad_(False)
-    if cfg.model.gradient_checkpointing:
-        unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def _sample_rows(processor, records, result: StepResult, k: int = 4) -> list[dict]:
-    ro = result.rollout
-    rows = []
-    for b in range(min(k, ro.response_ids_B_T.shape[0])):
-        n = int(ro.response_mask_B_T[b].sum().item())
-        ids = ro.response_ids_B_T[b, :n].tolist()
-        rows.append({
-            "id": records[int(ro.prompt_index_B[b])].id,
-            "response": processor.tokenizer.decode(ids, skip_special_tokens=False),
-            "tokens": [processor.tokenizer.decode([t]) for t in ids],
-            "token_kl": [round(x, 5) for x in result.token_kl[b]],
-        })
-    return rows
-
-
 def train(cfg: Config, *, resume: bool = False) -> Path:
     """Run Vision-OPD as configured; returns the run directory."""
     accelerator = make_accelerator(cpu=cfg.train.device == "cpu")  # None in a single process
@@ -350,13 +217,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     device = accelerator.device if accelerator else resolve_device(cfg.train.device)
 
     # load: model, processor, data, teacher, optimizer
-    model, processor = load_model(cfg, device)
-    if is_main:
-        records, n_bad = load_train_records(cfg)  # may generate synthetic data first
-    if accelerator:
-        accelerator.wait_for_everyone()
-        if not is_main:
-            records, n_bad = load_train_records(cfg)
+    model, processor = load_model(cfg.model, seed=cfg.train.seed, device=device)
+    records, n_bad = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)
     if cfg.train.prompts_per_step < world:
         raise ValueError(f"train.prompts_per_step={cfg.train.prompts_per_step} is smaller than the {world} processes")
     suppress_ids = vision_token_ids(unwrap(model), processor)
@@ -365,17 +227,25 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
 
         model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, cfg.model.lora_target)
     if cfg.views.teacher_source == "proposer":  # the main process computes and caches; the others read the cache
+        from .proposers import attach_proposals
+
+        def propose(main: bool):
+            return attach_proposals(unwrap(model), processor, records, cfg.teacher.proposer, cfg.views,
+                                    run_dir / f"proposals_{cfg.teacher.proposer}.jsonl",
+                                    keep_fallback=cfg.teacher.keep_fallback, verbose=main,
+                                    progress=cfg.train.progress and main)
+
         if is_main:
-            records = attach_proposals(cfg, model, processor, records, run_dir, is_main)
+            records = propose(True)
         if accelerator:
             accelerator.wait_for_everyone()
             if not is_main:
-                records = attach_proposals(cfg, model, processor, records, run_dir, is_main)
+                records = propose(False)
     teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate, device=cfg.teacher.device)  # the *initial* weights
-    _trainable(model, cfg)
+    set_trainable(model, freeze_vision=cfg.model.freeze_vision, gradient_checkpointing=cfg.model.gradient_checkpointing)
     fsdp = accelerator is not None and cfg.train.distributed == "fsdp"
     if last := (ckpt.latest_checkpoint(run_dir) if resume else None):
-        load_student_weights(model, last)  # before sharding: the checkpoint holds whole tensors
+        ckpt.load_student_weights(model, last)  # before sharding: the checkpoint holds whole tensors
     if fsdp:
         model = shard_fsdp(model, mixed_precision=cfg.train.mixed_precision == "bf16")  # params become shards
         with torch.no_grad():  # FSDP2 initialises from a root forward before generate may call the vision tower alone
@@ -434,9 +304,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         return out
 
     # loop: rollout, score, loss, step, log, save (a SIGINT/SIGTERM saves a checkpoint, then the run exits)
-    stop = _StopFlag()
-    watch = CollapseWatch(cfg)
-    skips = 0
+    stop, watch, skips = StopFlag(), CollapseWatch(cfg.train), SkipGuard(cfg.train.max_consecutive_skips)
     log = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb=cfg.train.wandb,
                         wandb_project=cfg.train.wandb_project, config=to_dict(cfg), enabled=is_main)
     bar = tqdm(range(start_step, cfg.train.steps), desc="vision-opd", disable=not (cfg.train.progress and is_main),
@@ -447,23 +315,17 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
             result = vision_opd_step(cfg, model, teacher, processor, batch, optimizer, scheduler, suppress_ids, device,
                                      accelerator)
             m = {"step": step + 1, **result.metrics, "bad_records": n_bad}
-            skips = skips + 1 if m["skipped"] else 0
             m["collapse"] = watch.update(m)
-            if eval_records and (step + 1) % cfg.train.eval_every == 0 or eval_records and step + 1 == cfg.train.steps:
+            if eval_records and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps):
                 m.update(evaluate(step + 1))
             if cfg.train.log_every and (step + 1) % cfg.train.log_every == 0 or m["skipped"] or m["collapse"]:
                 log.log(step + 1, m)
             bar.set_postfix(loss=f"{m['loss']:.4f}", kl=f"{m['kl']:.4f}", len=f"{m['response_len']:.1f}")
             if is_main and cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
-                log.log_samples(step + 1, _sample_rows(processor, batch, result))
-            if m["skipped"]:
-                print(f"[vision-opd] step {step + 1}: non-finite loss or gradient, step skipped ({skips} in a row)")
-                if skips >= cfg.train.max_consecutive_skips:
-                    raise TrainingStopped(f"{skips} consecutive non-finite steps (train.max_consecutive_skips): "
-                                          "lower optim.lr, check the data, or use float32")
-            if m["collapse"] and cfg.train.stop_on_collapse and watch.stop:
-                raise TrainingStopped(f"collapse signal at step {step + 1}: {m['collapse']} (train.stop_on_collapse)")
-            _test_wait_for_signal(step + 1, stop)
+                log.log_samples(step + 1, sample_rows(processor, batch, result.rollout, result.token_kl))
+            skips.update(m["skipped"], step + 1)
+            watch.check(m["collapse"], step + 1)
+            wait_for_signal_test_hook(step + 1, stop)
             if stop.requested(accelerator):
                 path = save(step + 1)
                 print(f"[vision-opd] received {stop.signal}: saved {path}; resume with --resume")
@@ -481,80 +343,3 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     if is_main:
         print(f"[vision-opd] done: {cfg.train.steps} steps; checkpoint {final}" + (f"; {n_bad} bad record(s) skipped" if n_bad else ""))
     return run_dir
-
-
-def _test_wait_for_signal(step: int, stop: "_StopFlag") -> None:
-    """Fault-injection hook for the tests: VISION_OPD_TEST_WAIT_SIGNAL_AT=N waits after step N (logged, not yet
-    saved) until a SIGINT/SIGTERM arrives (at most VISION_OPD_TEST_PAUSE_SECONDS), so that a test's signal lands
-    mid-run however fast the machine is. Unset: does nothing."""
-    import os
-    import time
-
-    if os.environ.get("VISION_OPD_TEST_WAIT_SIGNAL_AT") != str(step):
-        return
-    t_end = time.time() + float(os.environ.get("VISION_OPD_TEST_PAUSE_SECONDS", "60"))
-    while stop.signal is None and time.time() < t_end:
-        time.sleep(0.05)
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped on purpose (non-finite steps, collapse); a checkpoint was saved first."""
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the current step and exits."""
-
-    def __init__(self):
-        import signal
-        import threading
-
-        self.signal = None
-        self._old = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        import signal
-
-        if self.signal is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-
-    def requested(self, accelerator=None) -> bool:
-        """Whether any rank got a signal (a collective: every rank stops after the same step)."""
-        flag = torch.tensor([1.0 if self.signal is not None else 0.0])
-        if accelerator is not None:
-            flag = accelerator.reduce(flag.to(accelerator.device), reduction="sum").cpu()
-        return bool(flag.item() > 0)
-
-    def restore(self):
-        import signal
-
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-class CollapseWatch:
-    """Collapse signals (METHOD.md 5.6): truncation rate, KL, response length against the first steps' mean."""
-
-    def __init__(self, cfg: Config):
-        self.t = cfg.train
-        self.base_len: list[float] = []
-        self.streak = 0
-        self.stop = False
-
-    def update(self, m: dict) -> str:
-        if len(self.base_len) < 5:
-            self.base_len.append(m["response_len"])
-        base = sum(self.base_len) / len(self.base_len)
-        flags = []
-        if m["truncation_rate"] > self.t.collapse_truncation_rate:
-            flags.append(f"truncation_rate {m['truncation_rate']:.2f} > {self.t.collapse_truncation_rate}")
-        if m["kl"] > self.t.collapse_kl:
-            flags.append(f"kl {m['kl']:.3g} > {self.t.collapse_kl}")
-        if len(self.base_len) >= 5 and m["response_len"] > self.t.collapse_length_ratio * base:
-            flags.append(f"response_len {m['response_len']:.1f} > {self.t.collapse_length_ratio} x {base:.1f}")
-        self.streak = self.streak + 1 if flags else 0
-        self.stop = self.streak >= self.t.collapse_patience
-        return "; ".join(flags)

@@ -1,6 +1,6 @@
 """Box geometry and overlays, pure PIL. Boxes are [x1, y1, x2, y2] in pixels of the EXIF-transposed image.
 
-The teacher's crop is built as the reference recipe does (METHOD.md section 4): expand the evidence box
+The teacher's crop is built as the reference recipe does (docs/method.md): expand the evidence box
 by `expand_ratio` of its width/height on each side, clamp it to the image, grow it to `min_side`
 pixels (centred, still clamped), crop, and resize so the crop has about `target_pixels` pixels.
 """

@@ -1,4 +1,5 @@
-"""The Record: one image, one question, its evidence box; read from JSONL with paths relative to the file.
+"""The Record: one image, one question, its evidence box; its JSONL schema (paths relative to the file).
+Reading a file with every check is `data/validate.read_records`.
 
 JSONL schema, one object a line (keys in brackets are optional):
     {"id": str, "image": path, "question": str, ["options": [str, ...]], ["answer": str],
@@ -111,17 +112,6 @@ def record_from_dict(obj: Any, base: Path, *, where: str = "") -> Record:
 
 
 _KNOWN = {"id", "image", "question", "problem", "options", "answer", "box", "bbox", "teacher_image", "category"}
-
-
-def read_records(path: str | Path, *, check_images: bool = False, skip_bad: bool = False) -> list[Record]:
-    """Read and validate a Records JSONL file; a bad record raises RecordError naming file, line and id.
-
-    Images are decoded and boxes checked against them only with check_images=True (see data/validate.py).
-    """
-    from .validate import load_records_checked
-
-    records, _ = load_records_checked(path, skip_bad=skip_bad, check_images=check_images, allow_outside_root=True)
-    return records
 
 
 def write_records(records: list[Record], path: str | Path) -> None:

@@ -10,7 +10,7 @@ Formats (`fmt`): auto | records | vision_opd_6k | parquet | hub. `auto` picks by
 parquet files, a `.parquet` file, an `owner/name` that is not a local path) and, for JSON Lines, by the
 first row's keys (`teacher_images` + `problem` + `bbox` = Vision-OPD-6K, otherwise Records).
 
-Vision-OPD-6K rows (docs/BENCHMARKS.md section 7) have no id: the id is `row{line}`. The question is
+Vision-OPD-6K rows (docs/benchmarks.md) have no id: the id is `row{line}`. The question is
 `extra_info.question` (or `problem`) with `<image>`, the red-box hint sentence, the lettered options and the
 answer instruction removed; the options come from the `A. ...` lines. `images[0]` already has the red box
 drawn (`meta["red_box_drawn"] = True`); `student_image="original"` uses the clean `original_images[0]`.
@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from PIL import Image
 
+from .files import ImageCache, default_cache_dir, image_to_path, is_hub_id, iter_hub, iter_parquet
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError
 from .records import LETTERS, Record, RecordError, parse_box, record_from_dict
 from .validate import Problem, ValidationReport, check_record, load_records_checked, raise_if_bad
@@ -88,8 +89,6 @@ def load_source_checked(path_or_id: str | Path, fmt: str = "auto", *, split: str
         convert = _sixk_converter(local_path, student_image)
         report = _check_rows(path, rows, convert, base, allow_outside_root=allow_outside_root, progress=progress, **kw)
     else:  # parquet, hub
-        from vision_opd.eval.benchmarks.files import ImageCache, default_cache_dir, image_to_path, iter_hub, iter_parquet
-
         if fmt == "parquet":
             files = parquet_files(path_or_id, split)
             base = files[0].parent
@@ -111,8 +110,6 @@ def load_source_checked(path_or_id: str | Path, fmt: str = "auto", *, split: str
 
 def detect_format(path_or_id: str | Path) -> str:
     """records | vision_opd_6k | parquet | hub, from the path and, for JSON Lines, the first row's keys."""
-    from vision_opd.eval.benchmarks.files import is_hub_id
-
     p = Path(path_or_id)
     if not p.exists():
         if is_hub_id(path_or_id) and p.suffix not in (".jsonl", ".json", ".parquet"):  # data/x.jsonl is a typo, not a hub id
@@ -333,3 +330,21 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             if not isinstance(obj, dict):
                 obj = Problem(n, None, f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
             yield n, obj
+
+
+def load_train_records(data_cfg, views_cfg, *, progress: bool = False) -> tuple[list[Record], int]:
+    """The training records of a config (any data.format), validated as they load; bad ones stop the run unless
+    data.skip_bad. Returns (records, number skipped)."""
+    records, report = load_source_checked(data_cfg.train_file, data_cfg.format, split=data_cfg.split,
+                                          cache_dir=data_cfg.cache_dir, student_image=data_cfg.student_image,
+                                          skip_bad=data_cfg.skip_bad, check_images=data_cfg.validate_images,
+                                          allow_outside_root=data_cfg.allow_outside_root,
+                                          max_pixels=views_cfg.max_image_pixels, progress=progress)
+    if views_cfg.red_box and any(r.meta.get("red_box_drawn") for r in records):
+        raise RecordError(f"{data_cfg.train_file}: the student images already have the red box drawn (Vision-OPD-6K "
+                          "images); set views.red_box=false, or data.student_image=original to draw it on the clean image")
+    if report.problems:
+        print(f"[vision-opd] skipped {len(report.problems)} bad record(s) of {data_cfg.train_file}:\n" +
+              "\n".join(f"  {p.message}" for p in report.problems[:20]))
+    return records, len(report.problems)
+

@@ -148,3 +148,12 @@ def load_records_checked(path: str | Path, *, skip_bad: bool = False, **kw) -> t
     report = validate_file(path, **kw)
     raise_if_bad(report, path, skip_bad)
     return report.records, report
+
+
+def read_records(path: str | Path, *, check_images: bool = False, skip_bad: bool = False) -> list[Record]:
+    """Read and validate a Records JSONL file; a bad record raises RecordError naming file, line and id.
+
+    Images are decoded and boxes checked against them only with check_images=True.
+    """
+    records, _ = load_records_checked(path, skip_bad=skip_bad, check_images=check_images, allow_outside_root=True)
+    return records

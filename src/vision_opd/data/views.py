@@ -1,7 +1,7 @@
 """The two views of a Record, and the one preprocessing path they share.
 
 student_view(record): the full image (optionally with the red box and the hint sentence, the reference
-recipe's training input, off by default because benchmarks never have it: METHOD.md section 5.5).
+recipe's training input, off by default because benchmarks never have it: docs/method.md).
 teacher_view(record): the evidence crop (box expanded, clamped, grown to a minimum side, resized to a
 pixel budget) or the record's own teacher image. Both return a View (PIL images + text); `encode_views`
 turns a list of Views into model inputs through the same processor call, so the two views can differ

@@ -30,7 +30,7 @@ from ..data.views import View, ViewConfig, student_view, teacher_view
 from ..data.crops import draw_red_box
 from .benchmarks import get_benchmark
 from .benchmarks.common import MC_SUFFIX, SHORT_SUFFIX, format_prompt, micro_summary, score_record
-from .scoring import EXTRACTION_RULE, bootstrap_ci
+from .answers import EXTRACTION_RULE, bootstrap_ci
 
 VIEWS = ("full", "crop", "redbox", "full+crop", "proposed")
 SAMPLES = "samples.jsonl"
@@ -101,7 +101,7 @@ class HFGenerator:
 
     def __init__(self, model, processor, *, max_new_tokens: int = 32, min_pixels: int | None = None,
                  max_pixels: int | None = None, enable_thinking: bool | None = None, name: str = ""):
-        from ..forward import unwrap
+        from ..models.parts import unwrap
         from ..models.loading import vision_token_ids
 
         self.model, self.processor, self.name = model, processor, name

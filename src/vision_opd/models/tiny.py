@@ -95,7 +95,7 @@ def build_processor(family: str = "qwen2_5_vl", *, image_size: int = 112, tokeni
     """
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from .loading import processor_class_for
+    from .processors import processor_class_for
 
     _check_family(family)
     tokenizer = tokenizer or build_tokenizer()

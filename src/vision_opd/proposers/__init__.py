@@ -1,4 +1,4 @@
-"""Label-free crop proposers: where is the evidence, when the record has no box (METHOD.md section 8).
+"""Label-free crop proposers: where is the evidence, when the record has no box (docs/method.md).
 
 A proposer is a callable (model, processor, image: PIL.Image, question: str) -> Proposal, with the box in
 pixels of the image, a confidence in [0, 1], the forward passes it spent and (attention) the relevance
@@ -18,7 +18,7 @@ map over the image-token grid. Proposers fall back to the full image when they a
 from .attention import GENERIC_PROMPT, AttentionProposer, relative_attention
 from .confidence import ConfidenceProposer, sliding_windows
 from .rarity import RarityProposer, rarity_map
-from .cache import ProposalCache, apply_proposals, evaluate_proposals, propose_records, propose_with
+from .cache import ProposalCache, apply_proposals, attach_proposals, evaluate_proposals, propose_records, propose_with
 from .grounding import GROUNDING_PROMPT, GroundingProposer, parse_box
 from .window import Proposal, WindowConfig, best_window, iou, window_proposal
 

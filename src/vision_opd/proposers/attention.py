@@ -1,4 +1,4 @@
-"""Attention-based crop proposer (ViCrop-style relative attention, METHOD.md section 8).
+"""Attention-based crop proposer (ViCrop-style relative attention, docs/method.md).
 
 relevance[i] = mean over heads of A(last token -> image token i | question prompt)
              / (mean over heads of A(last token -> image token i | generic prompt) + eps * mean_i(...))
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..data.views import View, encode_views
-from ..forward import backbone_and_head, unwrap
+from ..models.parts import backbone_and_head, unwrap
 from .window import Proposal, WindowConfig, window_proposal
 
 GENERIC_PROMPT = "Write a general description of the image."

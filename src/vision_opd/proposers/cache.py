@@ -52,7 +52,7 @@ def proposer_settings(proposer: Callable) -> dict[str, Any]:
 def settings_hash(proposer: Callable, model=None) -> str:
     settings = proposer_settings(proposer)
     if model is not None:
-        from ..forward import unwrap
+        from ..models.parts import unwrap
 
         cfg = unwrap(model).config
         settings = {"proposer": settings, "model": [getattr(cfg, "_name_or_path", ""), cfg.model_type]}
@@ -193,3 +193,22 @@ def evaluate_proposals(records: Sequence[Record], proposals: dict[str, Proposal]
         "fallback_rate": float(np.mean([p.fallback for p in ps])) if n else float("nan"),
         "mean_confidence": float(np.mean([p.confidence for p in ps])) if n else float("nan"),
     }
+
+
+def attach_proposals(model, processor, records: Sequence[Record], name: str, views, cache_path: str | Path, *,
+                     keep_fallback: bool = False, verbose: bool = True, progress: bool = True) -> list[Record]:
+    """Label-free evidence boxes from `model` for `views.teacher_source=proposer` (cached in `cache_path`).
+
+    Each kept record gets meta["proposed_box"]; its true box (if any) is left alone for evaluation. Records whose
+    proposal fell back to the full image carry no crop signal and are dropped unless keep_fallback.
+    """
+    proposals = propose_with(model, processor, records, name, views, cache_path, progress=progress)
+    kept = apply_proposals(records, proposals, keep_fallback=keep_fallback)
+    if verbose:
+        n_fallback = sum(proposals[r.id].fallback for r in records)
+        print(f"[vision-opd] proposer {name}: {n_fallback} of {len(records)} proposals fell back to the full image"
+              f"{' (kept)' if keep_fallback else ' (dropped)'}")
+    if not kept:
+        raise ValueError("every proposal fell back to the full image: nothing to distil (teacher.keep_fallback=true keeps them)")
+    return kept
+

@@ -30,7 +30,7 @@ import torch
 
 from ..data.crops import crop_image
 from ..data.views import View, encode_views
-from ..forward import unwrap
+from ..models.parts import unwrap
 from .window import Box, Proposal, full_image_box
 
 

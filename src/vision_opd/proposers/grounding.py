@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.views import View, encode_views
-from ..forward import unwrap
+from ..models.parts import unwrap
 from .window import Box, Proposal, full_image_box
 
 GROUNDING_PROMPT = "Locate the region needed to answer: {question} Output its bounding box as JSON."

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..data.views import View, encode_views
-from ..forward import unwrap
+from ..models.parts import unwrap
 from .window import Proposal, WindowConfig, window_proposal
 
 

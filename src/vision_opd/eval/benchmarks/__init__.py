@@ -17,7 +17,7 @@ from typing import Any
 from vision_opd.data.records import Record
 from vision_opd.eval.benchmarks import hrbench, jsonl, mme_realworld, pope, treebench, vstar, zoombench
 from vision_opd.eval.benchmarks.common import Benchmark, format_prompt, score_record
-from vision_opd.eval.benchmarks.files import BenchmarkError
+from vision_opd.data.files import DataFileError
 
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
@@ -71,7 +71,7 @@ def aggregate(name: str, results: list[dict[str, Any]]) -> dict[str, Any]:
 __all__ = [
     "BENCHMARKS",
     "Benchmark",
-    "BenchmarkError",
+    "DataFileError",
     "aggregate",
     "format_prompt",
     "get_benchmark",

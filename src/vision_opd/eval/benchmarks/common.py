@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from vision_opd.data.records import LETTERS, Record
-from vision_opd.eval.benchmarks.files import BenchmarkError, ImageCache, Row, default_cache_dir
-from vision_opd.eval.scoring import EXTRACTION_RULE, bootstrap_ci, score_choice, score_open, score_yes_no
+from vision_opd.data.files import DataFileError, ImageCache, Row, default_cache_dir
+from vision_opd.eval.answers import EXTRACTION_RULE, bootstrap_ci, score_choice, score_open, score_yes_no
 
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
 SHORT_SUFFIX = "Answer the question using a single word or phrase."
@@ -38,7 +38,7 @@ def format_prompt(record: Record) -> str:
 def score_record(record: Record, response: str) -> dict[str, Any]:
     """Score one response: option letter for multiple choice, yes/no, else a normalised short answer."""
     if record.answer is None:
-        raise BenchmarkError(f"record {record.id!r} has no answer, so it cannot be scored")
+        raise DataFileError(f"record {record.id!r} has no answer, so it cannot be scored")
     if record.options:
         scored = score_choice(response, record.options, record.answer)
     elif record.answer.strip().lower() in ("yes", "no"):
@@ -146,7 +146,7 @@ def strip_option_prefix(option: str, letter: str, where: str) -> str:
         return option.strip()
     got = m.group(1) or m.group(2)
     if got != letter:
-        raise BenchmarkError(f"{where}: option {option!r} is labelled {got!r} but is in position {letter!r}")
+        raise DataFileError(f"{where}: option {option!r} is labelled {got!r} but is in position {letter!r}")
     return option[m.end() :].strip()
 
 
@@ -173,7 +173,7 @@ def normalise_letter(value: Any, options: list[str], where: str) -> str:
     if letter is None and s in options:
         letter = LETTERS[options.index(s)]
     if letter is None or letter not in LETTERS[: len(options)]:
-        raise BenchmarkError(
+        raise DataFileError(
             f"{where}: answer {s!r} is not one of the option letters "
             f"{LETTERS[0]}-{LETTERS[len(options) - 1]} ({len(options)} options)"
         )
@@ -201,7 +201,7 @@ def unique_ids(records: list[Record], fallback: Callable[[Record], str], what: s
     seen: set[str] = set()
     for r in records:
         if r.id in seen:
-            raise BenchmarkError(f"{what}: duplicate id {r.id!r} even after qualifying ids; the file has repeated rows")
+            raise DataFileError(f"{what}: duplicate id {r.id!r} even after qualifying ids; the file has repeated rows")
         seen.add(r.id)
     return records
 
@@ -228,7 +228,7 @@ def correctness(results: list[dict[str, Any]]) -> list[float]:
     for n, r in enumerate(results):
         c = r.get("correct")
         if not isinstance(c, (bool, int, float)) or isinstance(c, float) and c != c:
-            raise BenchmarkError(f"result {n} (id {r.get('id')!r}): 'correct' must be a bool, got {c!r}")
+            raise DataFileError(f"result {n} (id {r.get('id')!r}): 'correct' must be a bool, got {c!r}")
         out.append(float(bool(c)))
     return out
 
@@ -248,7 +248,7 @@ def accuracy_by(results: list[dict[str, Any]], key: Callable[[dict[str, Any]], A
 def micro_summary(name: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Overall accuracy (micro mean over items, with a 95% bootstrap CI) and accuracy per category."""
     if not results:
-        raise BenchmarkError(f"{name}: no per-item results to aggregate")
+        raise DataFileError(f"{name}: no per-item results to aggregate")
     values = correctness(results)
     per_category, counts = accuracy_by(results, lambda r: result_field(r, "category"))
     return {

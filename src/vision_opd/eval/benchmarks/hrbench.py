@@ -1,6 +1,6 @@
 """HR-Bench 4K and 8K (`DreamMr/HR-Bench`): 200 questions x 4 cycles = 800 rows per version.
 
-Files (BENCHMARKS.md section 2): `hr_bench_4k.parquet` / `hr_bench_4k.tsv` (8k alike), same columns in
+Files (docs/benchmarks.md): `hr_bench_4k.parquet` / `hr_bench_4k.tsv` (8k alike), same columns in
 both: index, question, A-D, answer (letter), category ("single" = FSP, "cross" = FCP), cycle_category,
 image (a base64 string). The cycle_category value strings and whether `index` repeats across cycles are
 unconfirmed: any strings are accepted, and if an index repeats, ids become "<index>/<cycle_category>".
@@ -29,8 +29,8 @@ from vision_opd.eval.benchmarks.common import (
     text_of,
     unique_ids,
 )
-from vision_opd.eval.benchmarks.files import (
-    BenchmarkError,
+from vision_opd.data.files import (
+    DataFileError,
     RowImages,
     find_data_files,
     first_key,
@@ -47,7 +47,7 @@ def _records(rows, images: RowImages, name: str, limit: int | None) -> list[Reco
     for n, (where, row) in enumerate(take(rows, limit)):
         options = letter_columns(row)
         if len(options) < 2:
-            raise BenchmarkError(f"{where}: needs option columns A, B, ... (found {len(options)} non-empty)")
+            raise DataFileError(f"{where}: needs option columns A, B, ... (found {len(options)} non-empty)")
         index = text_of(row["index"]) if first_key(row, ("index",)) else str(n)
         image = images.path(need(row, "image", where), index, where)
         cycle = row.get("cycle_category")
@@ -87,7 +87,7 @@ def load(
     else:
         p = Path(path_or_id)
         if not p.exists():
-            raise BenchmarkError(f"{p}: not found (and not a hub id such as 'DreamMr/HR-Bench')")
+            raise DataFileError(f"{p}: not found (and not a hub id such as 'DreamMr/HR-Bench')")
         files = [p]
         if p.is_dir():
             stem = f"hr_bench_{version}"
@@ -100,7 +100,7 @@ def load(
         elif f.suffix.lower() == ".tsv":
             rows = iter_tsv(f)
         else:
-            raise BenchmarkError(f"{f}: unsupported HR-Bench file (expected .parquet or .tsv)")
+            raise DataFileError(f"{f}: unsupported HR-Bench file (expected .parquet or .tsv)")
         records = _records(rows, RowImages(cache, f.parent), name, limit)
     return unique_ids(records, lambda r: f"{r.meta['index']}/{r.meta['cycle_category']}", str(path_or_id))
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vision_opd.data.records import Record, read_records
+from vision_opd.data.records import Record
+from vision_opd.data.validate import read_records
 from vision_opd.eval.benchmarks.common import Benchmark, micro_summary
-from vision_opd.eval.benchmarks.files import BenchmarkError
+from vision_opd.data.files import DataFileError
 
 
 def _jsonl_file(path: str | Path) -> Path:
@@ -20,13 +21,13 @@ def _jsonl_file(path: str | Path) -> Path:
     if p.is_dir():
         files = sorted(f for f in p.glob("*.jsonl") if f.is_file())
         if len(files) != 1:
-            raise BenchmarkError(
+            raise DataFileError(
                 f"{p}: expected exactly one *.jsonl file in the folder, found {len(files)} "
                 f"({', '.join(f.name for f in files) or 'none'}); pass the file itself"
             )
         return files[0]
     if not p.is_file():
-        raise BenchmarkError(f"{p}: Records JSONL file not found")
+        raise DataFileError(f"{p}: Records JSONL file not found")
     return p
 
 

@@ -1,6 +1,6 @@
 """MME-RealWorld (EN ~23.6k, CN 5,917, Lite ~1.9k), five options A-E.
 
-Layouts accepted (BENCHMARKS.md section 3), for each of EN / CN / Lite:
+Layouts accepted (docs/benchmarks.md), for each of EN / CN / Lite:
 - raw `yifanzhang114/MME-RealWorld`: `MME_RealWorld.json` / `MME_RealWorld_CN.json` (a JSON list with
   Question_id, Image (a path relative to the folder the archives were extracted into; `image_root`),
   Text, "Answer choices" ["(A) ...", ...], "Ground truth", Task, Subtask, Category);
@@ -37,8 +37,8 @@ from vision_opd.eval.benchmarks.common import (
     text_of,
     unique_ids,
 )
-from vision_opd.eval.benchmarks.files import (
-    BenchmarkError,
+from vision_opd.data.files import (
+    DataFileError,
     RowImages,
     find_data_files,
     first_key,
@@ -72,7 +72,7 @@ def _options(value: Any, where: str) -> list[str]:
     if hasattr(value, "tolist"):
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or len(value) < 2:
-        raise BenchmarkError(
+        raise DataFileError(
             f"{where}: 'multi-choice options' must be a list of at least 2 '(A) ...' strings, got {value!r:.200}"
         )
     return [strip_option_prefix(str(o), LETTERS[i], where) for i, o in enumerate(value)]
@@ -114,10 +114,10 @@ def _flat_record(row: dict[str, Any], where: str, images: RowImages, variant: st
     else:
         options = letter_columns(row)
         if len(options) < 2:
-            raise BenchmarkError(f"{where}: missing column 'multi-choice options' (or option columns A-E)")
+            raise DataFileError(f"{where}: missing column 'multi-choice options' (or option columns A-E)")
     image_key = first_key(row, ("bytes", "image"))
     if image_key is None:
-        raise BenchmarkError(f"{where}: missing the image column ('bytes' in the lmms-eval parquet, else 'image')")
+        raise DataFileError(f"{where}: missing the image column ('bytes' in the lmms-eval parquet, else 'image')")
     index = text_of(row["index"]) if first_key(row, ("index",)) else str(n)
     category = text_of(need(row, "category", where))
     task, subtask = _split_category(category)
@@ -145,7 +145,7 @@ def _records(rows, images: RowImages, variant: str, limit: int | None) -> list[R
     out = []
     for n, (where, row) in enumerate(take(rows, limit)):
         if not isinstance(row, dict):
-            raise BenchmarkError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            raise DataFileError(f"{where}: expected a JSON object, got {type(row).__name__}")
         raw = "Question_id" in row or "Answer choices" in row
         out.append(_raw_record(row, where, images, variant) if raw else _flat_record(row, where, images, variant, n))
     images.finish()
@@ -180,7 +180,7 @@ def load(
         return unique_ids(records, lambda r: r.id, str(path_or_id))
     p = Path(path_or_id)
     if not p.exists():
-        raise BenchmarkError(f"{p}: not found (and not a hub id such as 'yifanzhang114/MME-RealWorld-Lmms-eval')")
+        raise DataFileError(f"{p}: not found (and not a hub id such as 'yifanzhang114/MME-RealWorld-Lmms-eval')")
     files = _files_in(p, variant) if p.is_dir() else [p]
     images = RowImages(cache, Path(image_root) if image_root else files[0].parent)
     kind = files[0].suffix.lower()
@@ -191,7 +191,7 @@ def load(
     elif kind in (".json", ".jsonl"):
         rows = (item for f in files for item in iter_json_items(f))
     else:
-        raise BenchmarkError(f"{files[0]}: unsupported MME-RealWorld file (expected .json, .parquet or .tsv)")
+        raise DataFileError(f"{files[0]}: unsupported MME-RealWorld file (expected .json, .parquet or .tsv)")
     records = _records(rows, images, variant, limit)
     return unique_ids(records, lambda r: f"{r.category}/{r.id}", str(p))
 
@@ -208,7 +208,7 @@ def aggregate(results: list[dict[str, Any]], *, name: str = "mme_realworld") -> 
     summary = micro_summary(name, results)
     for r in results:
         if result_field(r, "task") is None or result_field(r, "subtask") is None:
-            raise BenchmarkError(f"{name}: result {r.get('id')!r} lacks 'task'/'subtask' (pass the Record's meta)")
+            raise DataFileError(f"{name}: result {r.get('id')!r} lacks 'task'/'subtask' (pass the Record's meta)")
     per_task, task_counts = accuracy_by(results, lambda r: result_field(r, "task"))
     per_subtask, subtask_counts = accuracy_by(
         results, lambda r: f"{result_field(r, 'task')}/{result_field(r, 'subtask')}"

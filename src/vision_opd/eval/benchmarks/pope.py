@@ -1,6 +1,6 @@
 """POPE (`lmms-lab/POPE`): 9,000 yes/no object-presence questions on 500 COCO images, 3 categories.
 
-Files (BENCHMARKS.md section 6): `data/test-0000k-of-00003.parquet` (config default) and `Full/...` (config
+Files (docs/benchmarks.md): `data/test-0000k-of-00003.parquet` (config default) and `Full/...` (config
 Full, splits adversarial / popular / random; the file names inside are unconfirmed, so any
 `Full/**/*.parquet` is accepted and `subset=` picks files whose path names it). Columns: id, question_id,
 question, answer ("yes"/"no"), image_source, image (struct), category. The answer is "yes"/"no" text,
@@ -28,8 +28,8 @@ from vision_opd.eval.benchmarks.common import (
     text_of,
     unique_ids,
 )
-from vision_opd.eval.benchmarks.files import (
-    BenchmarkError,
+from vision_opd.data.files import (
+    DataFileError,
     ImageCache,
     find_data_files,
     first_key,
@@ -47,7 +47,7 @@ SUBSETS = ("adversarial", "popular", "random")
 def _record(row: dict[str, Any], where: str, n: int, cache: ImageCache, base: Path, subset: str | None) -> Record:
     answer = str(need(row, "answer", where)).strip().lower()
     if answer not in ("yes", "no"):
-        raise BenchmarkError(f"{where}: answer must be 'yes' or 'no', got {row['answer']!r}")
+        raise DataFileError(f"{where}: answer must be 'yes' or 'no', got {row['answer']!r}")
     id_key = first_key(row, ("id", "question_id"))
     category = text_of(row["category"]) if first_key(row, ("category",)) else subset
     return Record(
@@ -89,7 +89,7 @@ def load(
         return unique_ids(records, lambda r: f"{r.category}/{r.id}", str(path_or_id))
     p = Path(path_or_id)
     if not p.exists():
-        raise BenchmarkError(f"{p}: not found (and not a hub id such as 'lmms-lab/POPE')")
+        raise DataFileError(f"{p}: not found (and not a hub id such as 'lmms-lab/POPE')")
     if p.is_dir():
         if subset:
             files = [
@@ -98,7 +98,7 @@ def load(
                 if _subset_of(f.relative_to(p)) == subset
             ]
             if not files:
-                raise BenchmarkError(f"{p}: no parquet file under Full/ names the subset {subset!r}")
+                raise DataFileError(f"{p}: no parquet file under Full/ names the subset {subset!r}")
         else:
             files = find_data_files(p, ["data/*.parquet", "*.parquet", "Full/**/*.parquet"], "POPE parquet files")
     else:
@@ -118,7 +118,7 @@ def _metrics(results: list[dict[str, Any]]) -> dict[str, float]:
     gold = [str(result_field(r, "gold")).lower() for r in results]
     pred = [str(result_field(r, "extracted") or "").lower() for r in results]
     if any(g not in ("yes", "no") for g in gold):
-        raise BenchmarkError("pope: every result needs 'gold' = 'yes'/'no' and 'extracted' (as score_record writes)")
+        raise DataFileError("pope: every result needs 'gold' = 'yes'/'no' and 'extracted' (as score_record writes)")
     tp = sum(g == "yes" and p == "yes" for g, p in zip(gold, pred, strict=True))
     fp = sum(g == "no" and p == "yes" for g, p in zip(gold, pred, strict=True))
     fn = sum(g == "yes" and p != "yes" for g, p in zip(gold, pred, strict=True))

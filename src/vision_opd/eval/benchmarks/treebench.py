@@ -1,6 +1,6 @@
 """TreeBench (`HaochenWang/TreeBench`): 405 multiple-choice questions on SA-1B images, 10 sub-categories.
 
-File (BENCHMARKS.md section 5): `TreeBench.tsv` with index, image (base64), question, option columns
+File (docs/benchmarks.md): `TreeBench.tsv` with index, image (base64), question, option columns
 A, B, ... [I], "multi-choice options" (a pre-rendered block, format [U]), answer (letter), category
 ("Perception/<sub>" or "Reasoning/<sub>"), target_instances (a list literal of [x1, y1, x2, y2] boxes in
 pixels of the image), optional l2-category [U]. Options come from the letter columns; where those are
@@ -35,8 +35,8 @@ from vision_opd.eval.benchmarks.common import (
     text_of,
     unique_ids,
 )
-from vision_opd.eval.benchmarks.files import (
-    BenchmarkError,
+from vision_opd.data.files import (
+    DataFileError,
     RowImages,
     find_data_files,
     first_key,
@@ -77,7 +77,7 @@ def _boxes(value: Any, where: str) -> list[list[float]]:
             try:
                 value = json.loads(value)
             except json.JSONDecodeError:
-                raise BenchmarkError(
+                raise DataFileError(
                     f"{where}: target_instances {value[:80]!r} is not a list of [x1, y1, x2, y2] boxes"
                 ) from None
     if isinstance(value, (list, tuple)) and len(value) == 4 and all(isinstance(v, (int, float)) for v in value):
@@ -87,7 +87,7 @@ def _boxes(value: Any, where: str) -> list[list[float]]:
         try:
             out.append(list(parse_box(b)))
         except ValueError as e:
-            raise BenchmarkError(f"{where}: target_instances[{i}]: {e}") from None
+            raise DataFileError(f"{where}: target_instances[{i}]: {e}") from None
     return out
 
 
@@ -100,7 +100,7 @@ def _records(rows, images: RowImages, limit: int | None, skip_without_options: b
             if skip_without_options:
                 skipped.append(index)
                 continue
-            raise BenchmarkError(
+            raise DataFileError(
                 f"{where} (index {index}): no options (empty A, B, ... columns and 'multi-choice options')"
             )
         image = images.path(need(row, "image", where), index, where)
@@ -149,10 +149,10 @@ def load(
     else:
         p = Path(path_or_id)
         if not p.exists():
-            raise BenchmarkError(f"{p}: not found (and not a hub id such as 'HaochenWang/TreeBench')")
+            raise DataFileError(f"{p}: not found (and not a hub id such as 'HaochenWang/TreeBench')")
         f = find_data_files(p, ["TreeBench.tsv", "*.tsv"], "TreeBench.tsv")[0] if p.is_dir() else p
         if f.suffix.lower() != ".tsv":
-            raise BenchmarkError(f"{f}: unsupported TreeBench file (expected TreeBench.tsv)")
+            raise DataFileError(f"{f}: unsupported TreeBench file (expected TreeBench.tsv)")
         records = _records(iter_tsv(f), RowImages(cache, f.parent), limit, skip_without_options)
     return unique_ids(records, lambda r: r.id, str(path_or_id))
 

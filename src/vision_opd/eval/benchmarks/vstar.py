@@ -1,6 +1,6 @@
 """V* Bench: 191 questions in 2 categories (direct_attributes 115, relative_position 76).
 
-Layouts (BENCHMARKS.md section 1):
+Layouts (docs/benchmarks.md):
 - `craigwu/vstar_bench`: `test_questions.jsonl` (image, text with "(A) ..." lines, category, question_id,
   label) beside `direct_attributes/` and `relative_position/` with `sa_<id>.jpg` + `sa_<id>.json`
   (target_object, bbox as [x, y, w, h] pixels, question, options with options[0] correct). The boxes of
@@ -32,8 +32,8 @@ from vision_opd.eval.benchmarks.common import (
     text_of,
     unique_ids,
 )
-from vision_opd.eval.benchmarks.files import (
-    BenchmarkError,
+from vision_opd.data.files import (
+    DataFileError,
     ImageCache,
     find_data_files,
     first_key,
@@ -55,14 +55,14 @@ def _boxes_from_annotation(ann_path: Path) -> tuple[list[list[float]], dict[str,
     try:
         ann = json.loads(ann_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise BenchmarkError(f"{ann_path}: cannot read the per-image annotation ({e})") from None
+        raise DataFileError(f"{ann_path}: cannot read the per-image annotation ({e})") from None
     boxes = []
     for i, b in enumerate(ann.get("bbox") or []):
         if not isinstance(b, (list, tuple)) or len(b) != 4:
-            raise BenchmarkError(f"{ann_path}: bbox[{i}] must be [x, y, w, h], got {b!r}")
+            raise DataFileError(f"{ann_path}: bbox[{i}] must be [x, y, w, h], got {b!r}")
         x, y, w, h = (float(v) for v in b)
         if w <= 0 or h <= 0:
-            raise BenchmarkError(f"{ann_path}: bbox[{i}] {b!r} has zero or negative width/height")
+            raise DataFileError(f"{ann_path}: bbox[{i}] {b!r} has zero or negative width/height")
         boxes.append([x, y, x + w, y + h])
     return boxes, ann
 
@@ -91,10 +91,10 @@ def _mc_record(row: dict[str, Any], where: str, image: str, default_id: str) -> 
     else:
         question, options = str(need(row, "question", where)).strip(), letter_columns(row) or None
     if not options:
-        raise BenchmarkError(f"{where}: no options found (expected '(A) ...' lines in 'text' or columns A, B, ...)")
+        raise DataFileError(f"{where}: no options found (expected '(A) ...' lines in 'text' or columns A, B, ...)")
     answer_key = first_key(row, ("label", "answer"))
     if answer_key is None:
-        raise BenchmarkError(f"{where}: missing the answer column 'label' (or 'answer')")
+        raise DataFileError(f"{where}: missing the answer column 'label' (or 'answer')")
     id_key = first_key(row, ("question_id", "index", "id"))
     return Record(
         id=text_of(row[id_key]) if id_key else default_id,
@@ -114,7 +114,7 @@ def _from_questions_jsonl(path: Path, limit: int | None) -> list[Record]:
         image_rel = str(need(row, "image", where))
         image = root / image_rel
         if not image.is_file():
-            raise BenchmarkError(f"{where}: image {image_rel!r} not found under {root}")
+            raise DataFileError(f"{where}: image {image_rel!r} not found under {root}")
         rec = _mc_record(row, where, str(image.resolve()), default_id=image_rel)
         rec.meta["image_rel"] = image_rel
         out.append(_with_boxes(rec, image.with_suffix(".json")))
@@ -132,11 +132,11 @@ def _from_folders(root: Path, limit: int | None, shuffle_seed: int | None) -> li
                 continue
             ann_path = image.with_suffix(".json")
             if not ann_path.is_file():
-                raise BenchmarkError(f"{image}: no annotation {ann_path.name} beside the image")
+                raise DataFileError(f"{image}: no annotation {ann_path.name} beside the image")
             _, ann = _boxes_from_annotation(ann_path)
             options = ann.get("options")
             if not isinstance(options, list) or len(options) < 2 or not ann.get("question"):
-                raise BenchmarkError(f"{ann_path}: needs 'question' and a list of at least 2 'options'")
+                raise DataFileError(f"{ann_path}: needs 'question' and a list of at least 2 'options'")
             order = list(range(len(options)))
             if shuffle_seed is not None:
                 random.Random(f"{shuffle_seed}:{category}/{image.name}").shuffle(order)
@@ -153,7 +153,7 @@ def _from_folders(root: Path, limit: int | None, shuffle_seed: int | None) -> li
             if limit is not None and len(out) >= limit:
                 return out
     if not out:
-        raise BenchmarkError(f"{root}: no images in {' or '.join(CATEGORIES)}/")
+        raise DataFileError(f"{root}: no images in {' or '.join(CATEGORIES)}/")
     return out
 
 
@@ -181,7 +181,7 @@ def load(
         return unique_ids(records, lambda r: r.id, str(path_or_id))
     p = Path(path_or_id)
     if not p.exists():
-        raise BenchmarkError(f"{p}: not found (and not a hub id such as 'lmms-lab/vstar-bench')")
+        raise DataFileError(f"{p}: not found (and not a hub id such as 'lmms-lab/vstar-bench')")
     files = [p]
     if p.is_dir():
         if (p / "test_questions.jsonl").is_file():
@@ -201,7 +201,7 @@ def load(
     elif kind == ".tsv":
         records = _from_rows(iter_tsv(files[0]), cache, files[0].parent, limit)
     else:
-        raise BenchmarkError(f"{p}: unsupported V* file (expected a folder, .jsonl, .parquet or .tsv)")
+        raise DataFileError(f"{p}: unsupported V* file (expected a folder, .jsonl, .parquet or .tsv)")
     return unique_ids(records, lambda r: f"{r.category}/{r.id}", str(p))
 
 

@@ -1,6 +1,6 @@
 """ZoomBench (`inclusionAI/ZoomBench`): 845 items (about 621 multiple choice + 224 open), 6 dimensions.
 
-File (BENCHMARKS.md section 4): `data/test.parquet` with id, query (question with the options embedded as
+File (docs/benchmarks.md): `data/test.parquet` with id, query (question with the options embedded as
 "(A) ..." lines), response (a letter, or a number / short text for open questions), image (struct),
 crop_image (struct or null: the zoomed evidence region, the benchmark's own dual view). Unconfirmed
 variants accepted: the dataset-card schema prompt/answer instead of query/response; an optional
@@ -33,8 +33,8 @@ from vision_opd.eval.benchmarks.common import (
     text_of,
     unique_ids,
 )
-from vision_opd.eval.benchmarks.files import (
-    BenchmarkError,
+from vision_opd.data.files import (
+    DataFileError,
     ImageCache,
     find_data_files,
     first_key,
@@ -54,7 +54,7 @@ def _record(row: dict[str, Any], where: str, n: int, cache: ImageCache, base: Pa
     qkey = first_key(row, ("query", "prompt", "question"))
     akey = first_key(row, ("response", "answer"))
     if qkey is None or akey is None:
-        raise BenchmarkError(
+        raise DataFileError(
             f"{where}: needs a question ('query' or 'prompt') and an answer ('response' or 'answer'); "
             f"columns: {sorted(row)}"
         )
@@ -64,13 +64,13 @@ def _record(row: dict[str, Any], where: str, n: int, cache: ImageCache, base: Pa
     question, options = split_options(query)
     says_mcq = qtype is not None and qtype.lower().replace("-", "_") in _MCQ_TYPES
     if says_mcq and not options:
-        raise BenchmarkError(
+        raise DataFileError(
             f"{where} (id {rid!r}): question_type is {qtype!r} but no '(A) ...' option lines were found in {qkey!r}"
         )
     if options:
         try:
             answer = normalise_letter(answer, options, f"{where} (id {rid!r})")
-        except BenchmarkError:
+        except DataFileError:
             if says_mcq:
                 raise
             options = None  # lettered lines, but a free-text answer: an open question
@@ -86,7 +86,7 @@ def _record(row: dict[str, Any], where: str, n: int, cache: ImageCache, base: Pa
         try:
             box = parse_box(list(row["bbox"]))
         except (ValueError, TypeError) as e:
-            raise BenchmarkError(f"{where} (id {rid!r}): bad bbox: {e}") from None
+            raise DataFileError(f"{where} (id {rid!r}): bad bbox: {e}") from None
     ckey = first_key(row, _CATEGORY_KEYS)
     return Record(
         id=rid,
@@ -115,7 +115,7 @@ def load(
     else:
         p = Path(path_or_id)
         if not p.exists():
-            raise BenchmarkError(f"{p}: not found (and not a hub id such as 'inclusionAI/ZoomBench')")
+            raise DataFileError(f"{p}: not found (and not a hub id such as 'inclusionAI/ZoomBench')")
         files = (
             find_data_files(p, ["data/test*.parquet", "data/*.parquet", "*.parquet"], "ZoomBench parquet")
             if p.is_dir()
@@ -127,7 +127,7 @@ def load(
         elif files[0].suffix.lower() in (".json", ".jsonl"):
             rows = (item for f in files for item in iter_json_items(f))
         else:
-            raise BenchmarkError(f"{files[0]}: unsupported ZoomBench file (expected .parquet)")
+            raise DataFileError(f"{files[0]}: unsupported ZoomBench file (expected .parquet)")
     records = [_record(row, where, n, cache, base) for n, (where, row) in enumerate(take(rows, limit))]
     return unique_ids(records, lambda r: r.id, str(path_or_id))
 

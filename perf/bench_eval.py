@@ -9,7 +9,7 @@ batch runs first; each batch size is then timed --repeats times and the best tim
 batched rows must give the same answers as batch size 1 (checked; left padding).
 
 Run (the table in docs/eval.md came from exactly this):
-    python benchmarks/bench_eval.py --items 48 --batch-sizes 1 8 16 --max-new-tokens 16
+    python perf/bench_eval.py --items 48 --batch-sizes 1 8 16 --max-new-tokens 16
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from vision_opd.data.records import read_records
-    from vision_opd.data.synthetic import write_synthetic
+    from vision_opd.data.validate import read_records
+    from vision_opd.demo.world import write_synthetic
     from vision_opd.eval.run import HFGenerator, generate_samples
     from vision_opd.models.tiny import build_tiny
 

@@ -25,7 +25,7 @@ A plain case that does not fit is reported as such, and the ratios in its row th
 plain numbers of the largest size that fitted, scaled linearly in tokens (marked "~").
 
 Run (docs/performance.md lists the exact command of each of its tables):
-    python benchmarks/bench_divergence.py --tokens 1024 2048 4096 --repeats 2
+    python perf/bench_divergence.py --tokens 1024 2048 4096 --repeats 2
 Options: --chunk-size N (default: vision_opd.losses.DEFAULT_CHUNK_SIZE), --sweep 64 128 256 512
 (time the fused and chunked paths at several chunk sizes, no plain), --repeats, --alpha, --threads.
 """
@@ -60,7 +60,8 @@ def run_case(case: str, tokens: int, vocab: int, hidden: int, chunk_size: int, a
     """Runs inside the child process; returns the measurement as a dict."""
     import torch
 
-    from vision_opd.losses import DivergenceSpec, generalized_jsd, generalized_jsd_plain, token_divergence_from_hidden
+    from vision_opd.divergence import generalized_jsd, token_divergence_from_hidden
+    from vision_opd.losses import DivergenceSpec, generalized_jsd_plain
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ Regimes (the world is built so that a model pre-trained on the labelled part kee
                    "pick the framed one" is not. (With the frame kept in easy images, the grid world
                    transfers: hard full 0.52 vs easy 0.60 at step 800, docs/demo.md M5.)
   crop             the evidence crop of an item (what Vision-OPD's teacher sees): target large, alone.
-The labelled pre-training data (`vision_opd.pretrain`) is crops + easy full images; Vision-OPD trains on
+The labelled pre-training data (`vision_opd.demo.pretrain`) is crops + easy full images; Vision-OPD trains on
 unlabelled hard full images; held-out accuracy is measured on hard full images and their crops. The hard
 regime is learnable in principle: supervised training on hard full images WITH labels learns to use the
 frame in the grid world (docs/demo.md, control c).
@@ -54,7 +54,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .records import LETTERS, Record, write_records
+from ..data.records import LETTERS, Record, write_records
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -212,4 +212,26 @@ def write_synthetic(out_dir: str | Path, n: int, seed: int = 0, cfg: WorldConfig
         img.save(rec.image)
     path = out / name
     write_records([r for r, _ in items], path)
+    return path
+
+
+def synthesize_if_missing(data_cfg, *, rank: int = 0, timeout_s: float = 600.0) -> Path | None:
+    """For a config that asks for it (`data.synth_if_missing`, the tiny config): write `data.synth_n` synthetic
+    records at `data.train_file` when that file does not exist. Rank 0 writes (the records file last, atomically);
+    the other processes of a multi-process launch wait for it. Returns the path written, else None."""
+    import time
+
+    path = Path(data_cfg.train_file)
+    if not data_cfg.synth_if_missing or path.exists():
+        return None
+    if path.suffix != ".jsonl":
+        raise ValueError(f"data.synth_if_missing: data.train_file={path} must be a .jsonl path to write Records to")
+    if rank == 0:
+        print(f"[vision-opd] {path} not found: generating {data_cfg.synth_n} synthetic records there (data.synth_if_missing)")
+        return write_synthetic(path.parent, data_cfg.synth_n, data_cfg.synth_seed, name=path.name)
+    t_end = time.time() + timeout_s
+    while not path.exists():
+        if time.time() > t_end:
+            raise TimeoutError(f"rank {rank}: {path} did not appear within {timeout_s:.0f} s (rank 0 writes it)")
+        time.sleep(0.2)
     return path

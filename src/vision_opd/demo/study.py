@@ -4,7 +4,7 @@
     vision-opd demo --study --arms opd,continue --seeds 3    # a subset
     vision-opd demo --study --split val                      # design choices are made on val, never test
 
-Arms (all from the same pre-trained checkpoint, same steps and items per step, demo_arms.py):
+Arms (all from the same pre-trained checkpoint, same steps and items per step, demo/arms.py):
   opd            label-free Vision-OPD (JSD 0.5, frozen crop teacher): the demo
   continue       (a)  pre-training simply continued (labelled crops + easy full images)
   offpolicy      (b)  off-policy self-distillation: the frozen model's greedy crop answers as SFT targets
@@ -24,8 +24,8 @@ import statistics
 import time
 from pathlib import Path
 
-from .demo import ASSET_MODEL, easy_share_of, prepare_data, world_of
-from .demo_arms import ArmConfig, run_arm
+from .run import ASSET_MODEL, easy_share_of, prepare_data, world_of
+from .arms import ArmConfig, run_arm
 from .pretrain import evaluate_views, load_demo_model
 
 STUDY_ARMS = {
@@ -118,6 +118,6 @@ def study_table(runs: list[dict], names: list[str]) -> str:
 
 
 def _views():
-    from .data.views import ViewConfig
+    from ..data.views import ViewConfig
 
     return ViewConfig()

@@ -1,6 +1,6 @@
 """A full Vision-OPD training step against the sum of its primitives, measured side by side in one run.
 
-    python benchmarks/bench_step.py [--family qwen2_5_vl] [--prompts 4] [--samples 4] [--new-tokens 16] [--repeats 7]
+    python perf/bench_step.py [--family qwen2_5_vl] [--prompts 4] [--samples 4] [--new-tokens 16] [--repeats 7]
 
 Primitives, each timed alone on the same inputs (same seed, so the same sampled responses):
   views     encode both views of the P prompts (image decode, crop, processor)
@@ -27,9 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vision_opd import train as T  # noqa: E402
 from vision_opd.config import load_config  # noqa: E402
-from vision_opd.data.synthetic import write_synthetic  # noqa: E402
-from vision_opd.forward import backbone_and_head, response_hidden, select_prompts  # noqa: E402
-from vision_opd.losses import DivergenceSpec, masked_token_mean, token_divergence_from_hidden  # noqa: E402
+from vision_opd.demo.world import write_synthetic  # noqa: E402
+from vision_opd.data.sources import load_train_records  # noqa: E402
+from vision_opd.models.loading import load_model  # noqa: E402
+from vision_opd.models.parts import backbone_and_head  # noqa: E402
+from vision_opd.scoring import response_hidden, select_prompts  # noqa: E402
+from vision_opd.divergence import token_divergence_from_hidden  # noqa: E402
+from vision_opd.losses import DivergenceSpec, masked_token_mean  # noqa: E402
 from vision_opd.rollout import sample  # noqa: E402
 
 
@@ -52,8 +56,8 @@ def main() -> None:
                              f"rollout.max_new_tokens={args.new_tokens}", f"train.micro_batch_size={args.micro_batch}",
                              "views.teacher_pixels=12544", "teacher.mode=ema", "train.progress=false"])
     device = torch.device("cpu")
-    model, proc = T.load_model(cfg, device)
-    records, _ = T.load_train_records(cfg)
+    model, proc = load_model(cfg.model, seed=cfg.train.seed, device=device)
+    records, _ = load_train_records(cfg.data, cfg.views)
     teacher = T.Teacher(model, "ema", 0.05)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)

@@ -1,5 +1,5 @@
 """Metrics and sample rollouts of a run: `metrics.jsonl` / `samples.jsonl` always, TensorBoard and
-Weights & Biases when asked for (named logging_utils so that it never shadows the stdlib `logging`).
+Weights & Biases when asked for (named run_log: the logs of one run).
 
     with MetricsLogger(run_dir, tensorboard="auto", config=to_dict(cfg), enabled=is_main) as log:
         log.log(step, {"loss": 0.12, "kl": 0.3, "collapse": None})
@@ -138,3 +138,19 @@ def _is_number(v: Any) -> bool:
 def _code_block(text: str) -> str:
     """TensorBoard renders text as Markdown: indent by four spaces to keep it verbatim."""
     return "\n".join("    " + line for line in text.splitlines())
+
+
+def sample_rows(processor, records, rollout, token_kl: list, k: int = 4) -> list[dict[str, Any]]:
+    """The first `k` responses of a step's rollout, decoded, with their per-token KL (for samples.jsonl)."""
+    rows = []
+    for b in range(min(k, rollout.response_ids_B_T.shape[0])):
+        n = int(rollout.response_mask_B_T[b].sum().item())
+        ids = rollout.response_ids_B_T[b, :n].tolist()
+        rows.append({
+            "id": records[int(rollout.prompt_index_B[b])].id,
+            "response": processor.tokenizer.decode(ids, skip_special_tokens=False),
+            "tokens": [processor.tokenizer.decode([t]) for t in ids],
+            "token_kl": [round(x, 5) for x in token_kl[b]],
+        })
+    return rows
+

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The device check recorded in docs/performance.md: three real-size Vision-OPD runs on one GPU, random weights.
-#   bash benchmarks/gpu_check.sh [OUT_DIR]
+#   bash perf/gpu_check.sh [OUT_DIR]
 # Optional: wheels in .whl/ (e.g. the transformers/peft versions CI uses) are installed to /tmp/site first.
 set -u
 OUT=${1:-${OUT:-runs/gpu_check}}; mkdir -p "$OUT"
@@ -12,7 +12,7 @@ export PYTHONPATH=src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
 common="--steps 3 --new-tokens 256 --image-side 448"
-run() { name=$1; shift; echo "== $name: $*"; timeout 170 python3 benchmarks/gpu_check.py $common "$@" --json "$OUT/$name.json" 2>&1 \
+run() { name=$1; shift; echo "== $name: $*"; timeout 170 python3 perf/gpu_check.py $common "$@" --json "$OUT/$name.json" 2>&1 \
           | grep -v -i "warn" ; }
 run 3b_full_bf16 --size 3b --master bf16 --prompts 8 --samples 4 --micro-batch 8
 run 3b_full_bf16_ckpt --size 3b --master bf16 --prompts 8 --samples 4 --micro-batch 8 --grad-ckpt

@@ -6,7 +6,7 @@
     acc["accuracy"], acc["per_category"]["colour"]
 
 Decoding is greedy (no sampling), vision tokens suppressed, `max_new_tokens` tokens at most; the answer
-is read with `vision_opd.eval.scoring.extract_choice` (the final answer wins; an unreadable response
+is read with `vision_opd.eval.answers.extract_choice` (the final answer wins; an unreadable response
 counts as wrong, never as a guess). Records need `options` and a letter `answer`.
 """
 
@@ -23,7 +23,7 @@ from ..rollout import sample
 
 
 def _extract(response: str, options: list[str]) -> str | None:
-    from .scoring import extract_choice
+    from ..eval.answers import extract_choice
 
     return extract_choice(response, options)
 
@@ -33,7 +33,7 @@ def accuracy(model, processor, records: list[Record], view_fn: Callable[[Record]
              *, max_new_tokens: int = 4, progress: bool = False, desc: str = "eval") -> dict:
     """{"accuracy", "n", "unreadable", "per_category": {category: accuracy}, "correct": [bool per record]}."""
     from ..models.loading import vision_token_ids
-    from ..forward import unwrap
+    from ..models.parts import unwrap
 
     from tqdm.auto import tqdm
 

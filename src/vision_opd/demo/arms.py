@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import Config
-from .data.records import Record
-from .data.synthetic import WorldConfig
-from .data.views import ViewConfig, encode_views, student_view, teacher_view
+from ..config import Config
+from ..data.records import Record
+from .world import WorldConfig
+from ..data.views import ViewConfig, encode_views, student_view, teacher_view
 from .pretrain import PretrainConfig, evaluate_views, labelled_stream, load_demo_model, supervised_step
-from .rollout import sample
+from ..rollout import sample
 
 LOSSES = {  # name -> (loss.kind, loss.alpha)
     "jsd": ("jsd", 0.5),
@@ -78,7 +78,7 @@ class ArmConfig:
 
 def _greedy_answers(model, processor, records: list[Record], views_cfg: ViewConfig, suppress) -> list[str | None]:
     """The model's greedy answer on each record's crop, as the chosen option's text (None when unreadable)."""
-    from .eval.scoring import extract_choice
+    from ..eval.answers import extract_choice
 
     inputs = encode_views(processor, [teacher_view(r, views_cfg) for r in records])
     ro = sample(model, processor, inputs, samples_per_prompt=1, max_new_tokens=8, suppress_ids=suppress, do_sample=False)
@@ -94,7 +94,7 @@ def proposed_records(model, processor, records: list[Record], name: str, views: 
                      progress: bool = True) -> tuple[list[Record], dict]:
     """Copies of `records` whose teacher crop is the proposer's box (meta["proposed_box"]), fallbacks dropped,
     and the proposals' scores against the true boxes (which the proposer never reads)."""
-    from .proposers import apply_proposals, evaluate_proposals, propose_with
+    from ..proposers import apply_proposals, evaluate_proposals, propose_with
 
     props = propose_with(model, processor, records, name, views, cache_path, progress=progress)
     kept = apply_proposals(records, props, copy=True)  # the same records serve the study's other arms
@@ -109,10 +109,11 @@ def run_arm(cfg: ArmConfig, model_dir: str | Path, opd_records: list[Record], ev
     cfg.crop_source other than "box": the initial model proposes every Vision-OPD record's crop first (cached in
     `proposal_cache`), the teacher reads those crops, and records whose proposal fell back are left out. The
     held-out crop accuracy is always measured on the true boxes (the reference the gap is defined by)."""
-    from .forward import unwrap
-    from .models.loading import vision_token_ids
-    from .teacher import Teacher
-    from .train import PromptStream, lr_lambda, seed_everything, vision_opd_step
+    from ..models.parts import unwrap
+    from ..models.loading import vision_token_ids
+    from ..teacher import Teacher
+    from ..stream import PromptStream
+    from ..train import lr_lambda, seed_everything, vision_opd_step
 
     assert cfg.arm in ARMS, f"arm {cfg.arm!r}: choose one of {ARMS}"
     seed_everything(cfg.seed)

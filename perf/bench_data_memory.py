@@ -1,8 +1,8 @@
 """Peak host memory of a training run does not grow with the dataset: Records hold paths, images are
 decoded per batch by the views.
 
-    python benchmarks/bench_data_memory.py                 # 100 vs 10,000 records, validate_images false/true
-    python benchmarks/bench_data_memory.py --sizes 100 2000 --cache /tmp/vopd_mem
+    python perf/bench_data_memory.py                 # 100 vs 10,000 records, validate_images false/true
+    python perf/bench_data_memory.py --sizes 100 2000 --cache /tmp/vopd_mem
 
 For each dataset size and each data.validate_images setting, a fresh `python -m vision_opd.cli train`
 (tiny:qwen2_5_vl, 5 steps) runs as a child process. Its peak resident set size is read two ways:
@@ -38,7 +38,7 @@ def dataset(cache: Path, n: int, seed: int = 0) -> Path:
 
 
 def _generate(final: Path, n: int, seed: int) -> None:
-    from vision_opd.data.synthetic import WorldConfig, write_synthetic
+    from vision_opd.demo.world import WorldConfig, write_synthetic
 
     world = WorldConfig(canvas=112, target_size=14, distractors=4)  # small PNGs: 10,000 of them in under a minute
     final.parent.mkdir(parents=True, exist_ok=True)

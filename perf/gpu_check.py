@@ -1,9 +1,9 @@
 """Real-size GPU check: a Qwen2.5-VL-3B/7B-sized model with random weights runs Vision-OPD steps in bf16.
 
-    bash benchmarks/gpu_check.sh                         # the runs recorded in docs/performance.md (one 80 GB GPU)
-    python benchmarks/gpu_check.py --grad-ckpt           # on a GPU machine: 3B config, bf16 weights, 5 steps
-    python benchmarks/gpu_check.py --size 7b --lora 64 --grad-ckpt --prompts 4 --samples 8 --micro-batch 4
-    python benchmarks/gpu_check.py --size small --steps 2 --device cpu   # a shrunk config, to check the script here
+    bash perf/gpu_check.sh                         # the runs recorded in docs/performance.md (one 80 GB GPU)
+    python perf/gpu_check.py --grad-ckpt           # on a GPU machine: 3B config, bf16 weights, 5 steps
+    python perf/gpu_check.py --size 7b --lora 64 --grad-ckpt --prompts 4 --samples 8 --micro-batch 4
+    python perf/gpu_check.py --size small --steps 2 --device cpu   # a shrunk config, to check the script here
 
 No weights can be downloaded, so the model is the real architecture (Qwen2.5-VL-3B: 36 layers, hidden 2048,
 vocabulary 151,936, 32-layer vision tower) built from its config with random weights; the offline tokenizer of
@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vision_opd import train as T  # noqa: E402
 from vision_opd.config import load_config  # noqa: E402
-from vision_opd.data.synthetic import WorldConfig, write_synthetic  # noqa: E402
+from vision_opd.data.sources import load_train_records  # noqa: E402
+from vision_opd.demo.world import WorldConfig, write_synthetic  # noqa: E402
+from vision_opd.models.loading import set_trainable  # noqa: E402
 from vision_opd.models.tiny import SPECIAL_TOKENS, build_processor  # noqa: E402
 
 SIZES = {  # Qwen2.5-VL-3B/7B-Instruct's published configs; "small" for a CPU smoke run
@@ -100,14 +102,15 @@ def main() -> None:
     device = torch.device(args.device)
     model, proc = build(args.size, args.image_side, torch.float32 if args.master == "fp32" else torch.bfloat16, args.device)
     n_params = sum(p.numel() for p in model.parameters())
-    records, _ = T.load_train_records(cfg)
+    records, _ = load_train_records(cfg.data, cfg.views)
     suppress = T.vision_token_ids(model, proc)
     if args.lora:  # the same order as train(): adapter, teacher (initial weights), then trainable parameters
         from vision_opd.models.lora import apply_lora
 
         model = apply_lora(model, args.lora, 2 * args.lora)
     teacher = T.Teacher(model, args.teacher, 0.05)
-    params = T._trainable(model, cfg)
+    params = set_trainable(model, freeze_vision=cfg.model.freeze_vision,
+                           gradient_checkpointing=cfg.model.gradient_checkpointing)
     n_train = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))

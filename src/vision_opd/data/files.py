@@ -1,5 +1,6 @@
-"""Reading benchmark files row by row (TSV, parquet, JSON arrays, JSON Lines, the Hugging Face hub) and
-materialising embedded images once into a content-addressed cache folder.
+"""Reading data files row by row (TSV, parquet, JSON arrays, JSON Lines, the Hugging Face hub) and
+materialising embedded images once into a content-addressed cache folder: the machinery under both the
+training data sources (`data/sources.py`) and the benchmark loaders (`eval/benchmarks/`).
 
 Every row reader yields `(where, row)` where `where` names the file and the row ("x.tsv: row 3 (line 4)"),
 so that a loader's error can say exactly what is wrong and where. Nothing holds all rows at once:
@@ -23,11 +24,11 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from vision_opd.data.records import RecordError
+from .records import RecordError
 
 
-class BenchmarkError(RecordError):
-    """A benchmark file that cannot be read; the message names the file, the row and what is wrong."""
+class DataFileError(RecordError):
+    """A data or benchmark file that cannot be read; the message names the file, the row and what is wrong."""
 
 
 Row = dict[str, Any]
@@ -65,7 +66,7 @@ class ImageCache:
             with Image.open(io.BytesIO(data)) as img:
                 fmt = (img.format or "img").lower()
         except Exception as e:  # PIL raises several types for non-images
-            raise BenchmarkError(f"{where}: embedded image cannot be decoded ({type(e).__name__}: {e})") from None
+            raise DataFileError(f"{where}: embedded image cannot be decoded ({type(e).__name__}: {e})") from None
         ext = {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt)
         digest = hashlib.sha256(data).hexdigest()
         path = self.folder / digest[:2] / f"{digest}.{ext}"
@@ -89,7 +90,7 @@ def _decode_base64(s: str, where: str) -> bytes:
     try:
         return base64.b64decode(s + "=" * (-len(s) % 4), validate=False)
     except (binascii.Error, ValueError) as e:
-        raise BenchmarkError(f"{where}: image string is neither an existing file nor base64 ({e})") from None
+        raise DataFileError(f"{where}: image string is neither an existing file nor base64 ({e})") from None
 
 
 def image_to_path(value: Any, *, base_dir: Path, cache: ImageCache, where: str, column: str = "image") -> str:
@@ -100,13 +101,13 @@ def image_to_path(value: Any, *, base_dir: Path, cache: ImageCache, where: str, 
     to `cache`; a path is checked to exist.
     """
     if value is None:
-        raise BenchmarkError(f"{where}: column {column!r} is empty (no image)")
+        raise DataFileError(f"{where}: column {column!r} is empty (no image)")
     if isinstance(value, dict):
         if value.get("bytes") is not None:
             return image_to_path(value["bytes"], base_dir=base_dir, cache=cache, where=where, column=column)
         if value.get("path"):
             return image_to_path(str(value["path"]), base_dir=base_dir, cache=cache, where=where, column=column)
-        raise BenchmarkError(f"{where}: column {column!r} is an image struct with neither bytes nor path")
+        raise DataFileError(f"{where}: column {column!r} is an image struct with neither bytes nor path")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return cache.put_bytes(bytes(value), where=f"{where} column {column!r}")
     if isinstance(value, Image.Image):
@@ -117,12 +118,12 @@ def image_to_path(value: Any, *, base_dir: Path, cache: ImageCache, where: str, 
             if candidate.is_file():
                 return str(candidate.resolve())
             if len(value) <= 255:  # any real base64 image is longer
-                raise BenchmarkError(
+                raise DataFileError(
                     f"{where}: image file {value!r} not found (looked in {base_dir}); "
                     "extract the benchmark's image archives next to its annotation file"
                 )
         return cache.put_bytes(_decode_base64(value, where), where=f"{where} column {column!r}")
-    raise BenchmarkError(f"{where}: column {column!r} has an unsupported image value of type {type(value).__name__}")
+    raise DataFileError(f"{where}: column {column!r} has an unsupported image value of type {type(value).__name__}")
 
 
 # ----------------------------------------------------------------------------- row readers
@@ -134,11 +135,11 @@ def iter_tsv(path: Path) -> Iterator[tuple[str, Row]]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
         if not reader.fieldnames:
-            raise BenchmarkError(f"{path}: empty TSV (no header row)")
+            raise DataFileError(f"{path}: empty TSV (no header row)")
         for n, row in enumerate(reader, start=1):
             where = f"{path}: row {n} (line {reader.line_num})"
             if None in row or any(v is None for v in row.values()):
-                raise BenchmarkError(
+                raise DataFileError(
                     f"{where}: has a different number of cells than the header ({len(reader.fieldnames)} columns); "
                     "the file is truncated or not tab-separated"
                 )
@@ -148,22 +149,22 @@ def iter_tsv(path: Path) -> Iterator[tuple[str, Row]]:
 def iter_jsonl_rows(path: Path) -> Iterator[tuple[str, Row]]:
     """Objects of a JSON Lines file (blank lines skipped); a bad line raises an error naming it."""
     if not Path(path).is_file():
-        raise BenchmarkError(f"{path}: file not found")
+        raise DataFileError(f"{path}: file not found")
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             where = f"{path}: line {n}"
             try:
                 line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise BenchmarkError(f"{where}: not valid UTF-8 ({e})") from None
+                raise DataFileError(f"{where}: not valid UTF-8 ({e})") from None
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise BenchmarkError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+                raise DataFileError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
-                raise BenchmarkError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+                raise DataFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             yield where, obj
 
 
@@ -171,7 +172,7 @@ def _require(module: str, path: Any):
     try:
         return __import__(module, fromlist=["_"])
     except ImportError:
-        raise BenchmarkError(
+        raise DataFileError(
             f"{path}: reading this needs the '{module.split('.')[0]}' package, which is not installed; "
             "install it (pip install pyarrow, or pip install 'vision-opd[data]' for datasets + pyarrow)"
         ) from None
@@ -185,7 +186,7 @@ def iter_parquet(paths: list[Path], batch_size: int = 16) -> Iterator[tuple[str,
             # buffered column reads: a multi-GB row group of images is not loaded in one piece
             pf = pq.ParquetFile(path, buffer_size=8 << 20, pre_buffer=False)
         except Exception as e:
-            raise BenchmarkError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
+            raise DataFileError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
         n = 0
         for batch in pf.iter_batches(batch_size=batch_size):
             for row in batch.to_pylist():
@@ -218,7 +219,7 @@ def iter_json_items(path: Path, chunk_chars: int = 1 << 24) -> Iterator[tuple[st
         fill(chunk_chars)
         skip_ws()
         if pos >= len(buf):
-            raise BenchmarkError(f"{path}: empty file")
+            raise DataFileError(f"{path}: empty file")
         if buf[pos] != "[":
             yield from iter_jsonl_rows(path)
             return
@@ -227,12 +228,12 @@ def iter_json_items(path: Path, chunk_chars: int = 1 << 24) -> Iterator[tuple[st
         while True:
             skip_ws()
             if pos >= len(buf):
-                raise BenchmarkError(f"{path}: truncated JSON array after item {n}")
+                raise DataFileError(f"{path}: truncated JSON array after item {n}")
             if buf[pos] == "]":
                 return
             if n > 0:
                 if buf[pos] != ",":
-                    raise BenchmarkError(f"{path}: item {n + 1}: expected ',' or ']' between array items")
+                    raise DataFileError(f"{path}: item {n + 1}: expected ',' or ']' between array items")
                 pos += 1
                 skip_ws()
             while True:
@@ -241,12 +242,12 @@ def iter_json_items(path: Path, chunk_chars: int = 1 << 24) -> Iterator[tuple[st
                     break
                 except json.JSONDecodeError as e:
                     if eof:
-                        raise BenchmarkError(f"{path}: item {n + 1}: invalid JSON ({e.msg})") from None
+                        raise DataFileError(f"{path}: item {n + 1}: invalid JSON ({e.msg})") from None
                     fill(2 * len(buf))  # the item is not complete in the buffer yet: read more, doubling
             pos = end
             n += 1
             if not isinstance(obj, dict):
-                raise BenchmarkError(f"{path}: item {n}: expected a JSON object, got {type(obj).__name__}")
+                raise DataFileError(f"{path}: item {n}: expected a JSON object, got {type(obj).__name__}")
             yield f"{path}: item {n}", obj
 
 
@@ -271,16 +272,16 @@ def find_data_files(root: Path, patterns: list[str], what: str) -> list[Path]:
         hits = sorted(p for p in root.glob(pattern) if p.is_file() and not p.name.startswith("."))
         if hits:
             return hits
-    raise BenchmarkError(f"{root}: no {what} found (looked for {', '.join(patterns)})")
+    raise DataFileError(f"{root}: no {what} found (looked for {', '.join(patterns)})")
 
 
 def need(row: Row, key: str, where: str) -> Any:
-    """row[key], or a BenchmarkError naming the row and the columns it does have."""
+    """row[key], or a DataFileError naming the row and the columns it does have."""
     if key not in row:
-        raise BenchmarkError(f"{where}: missing column {key!r} (columns: {sorted(row)})")
+        raise DataFileError(f"{where}: missing column {key!r} (columns: {sorted(row)})")
     value = row[key]
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise BenchmarkError(f"{where}: column {key!r} is empty")
+        raise DataFileError(f"{where}: column {key!r} is empty")
     return value
 
 
@@ -331,7 +332,7 @@ class RowImages:
     def finish(self) -> None:
         for record, ref, where in self.pending:
             if ref not in self.by_index:
-                raise BenchmarkError(
+                raise DataFileError(
                     f"{where}: image cell {ref!r} is neither an image, an existing file, nor the index of another row"
                 )
             record.image = self.by_index[ref]

@@ -2,7 +2,7 @@
 
 The reference code reads a multiple-choice answer as "the first capital letter" when nothing else
 matches, so "Answer: B" scores as A and a chain of thought that lists the options locks onto the first
-one (METHOD.md section 5.2). The rule here, named by `EXTRACTION_RULE` and recorded in every result:
+one (docs/method.md). The rule here, named by `EXTRACTION_RULE` and recorded in every result:
 
 1. NFKC-normalise (full-width "（Ｃ）" and "：" become ASCII), drop markdown emphasis (`**B**`).
 2. Reasoning: keep only the text after the last `</think>`; a `<think>` that is never closed -> None.

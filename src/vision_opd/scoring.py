@@ -1,42 +1,17 @@
-"""Forward passes of one view on [prompt + sampled response], read at the response tokens only.
+"""Scoring: each view's forward pass on [its prompt + the sampled response], read at the response tokens only.
 
 The teacher and student prompts have different lengths (a crop and a full image give different numbers
 of image tokens), so positions are aligned on the *response*: with left-padded prompts of padded length
 Lp, the hidden state at position Lp - 1 + t predicts response token t, for both views. We return the
 backbone's hidden states at those T positions; the divergence applies the lm_head chunk by chunk
-(`losses.token_divergence_from_hidden`), so full [tokens x vocab] logits are never held for both views.
+(`divergence.token_divergence_from_hidden`), so full [tokens x vocab] logits are never held for both views.
 """
 
 from __future__ import annotations
 
 import torch
 
-
-def strip_wrappers(model):
-    """The model behind DDP/FSDP/accelerate wrappers (a peft model stays a peft model)."""
-    while hasattr(model, "module") and isinstance(model, torch.nn.Module) and type(model).__name__ in _WRAPPERS:
-        model = model.module
-    return model
-
-
-_WRAPPERS = {"DistributedDataParallel", "FullyShardedDataParallel", "DataParallel", "DeepSpeedEngine"}
-
-
-def unwrap(model):
-    """The underlying HF model behind DDP/FSDP/accelerate wrappers and peft."""
-    model = strip_wrappers(model)
-    if hasattr(model, "get_base_model"):  # peft
-        model = model.get_base_model()
-    return model
-
-
-def backbone_and_head(model):
-    """(callable returning last hidden states, lm_head module) of an image-text-to-text model."""
-    m = unwrap(model)
-    head = m.get_output_embeddings()
-    if not hasattr(m, "model") or head is None:
-        raise TypeError(f"{type(m).__name__}: expected a *ForConditionalGeneration model with .model and an lm_head")
-    return m.model, head
+from .models.parts import backbone_and_head, unwrap
 
 
 def select_prompts(inputs, rows: torch.Tensor, vision_start_id: int):

@@ -3,13 +3,13 @@
     vision-opd pretrain --out runs/pretrain                 # until validation accuracy plateaus
     vision-opd pretrain --out /tmp/p --max-steps 20 --n-val 24   # a smoke run
 
-The labelled data is what a model "has seen with labels" (data/synthetic.py explains the world):
+The labelled data is what a model "has seen with labels" (demo/world.py explains the world):
 evidence crops (the target alone, large) and a share `easy_share` of easy full images (the target is the
 only object). Hard full images (the target among look-alike distractors) are never labelled here: that is
 the regime Vision-OPD later learns without labels. Items are generated on the fly (a fresh stream, seed
 split "pretrain"), so pre-training cannot overfit a fixed set; the loss is next-token cross-entropy on
 the answer's text ("red", "4", "circle": a short answer, read back into an option letter by
-`eval.scoring.extract_choice`) and the end-of-turn token. Short answers rather than letters: a 2-layer
+`eval.answers.extract_choice`) and the end-of-turn token. Short answers rather than letters: a 2-layer
 model from scratch learns "colour -> word" in a few hundred steps, while "colour -> which of the shuffled
 options -> its letter" stayed at chance for 300 steps (docs/demo.md); they also give Vision-OPD several
 response tokens per sample to distil instead of one.
@@ -33,12 +33,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data.crops import crop_image
-from .data.records import Record, read_records
-from .data.synthetic import SPLIT_SEEDS, WorldConfig, make_item, write_synthetic
-from .data.views import View, ViewConfig, encode_views, prompt_text, student_view, teacher_view
-from .eval.accuracy import accuracy
-from .forward import response_logits
+from ..data.crops import crop_image
+from ..data.records import Record
+from ..data.validate import read_records
+from .world import SPLIT_SEEDS, WorldConfig, make_item, write_synthetic
+from ..data.views import View, ViewConfig, encode_views, prompt_text, student_view, teacher_view
+from .accuracy import accuracy
+from ..scoring import response_logits
 
 # The demo model: a Qwen2-VL shrunk to ~0.27M parameters (1.1 MB in float32); Qwen2-VL rather than 2.5-VL
 # because its vision tower has no window attention: ~25% faster on this CPU at the same accuracy budget.
@@ -67,7 +68,7 @@ class PretrainConfig:
 
 
 def build_demo_model(seed: int = 0):
-    from .models.tiny import build_tiny
+    from ..models.tiny import build_tiny
 
     kw = dict(DEMO_MODEL)
     return build_tiny(kw.pop("family"), seed=seed, **kw)
@@ -196,7 +197,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), *, vie
 
 def load_demo_model(model_dir: str | Path):
     """(model, processor) of a saved demo checkpoint (float32, eval mode)."""
-    from .models.loading import load_model_and_processor
+    from ..models.loading import load_model_and_processor
 
     model, processor = load_model_and_processor(str(model_dir), dtype="float32", device=torch.device("cpu"))
     return model.eval(), processor

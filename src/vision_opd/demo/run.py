@@ -5,8 +5,8 @@
     vision-opd demo --study               # + the controls over 3 seeds (prints its expected time first)
 
 1. Load the tiny pre-trained VLM (src/vision_opd/assets/demo_model, made by `vision-opd pretrain`): it was
-   trained with labels on evidence crops and easy full images only (data/synthetic.py).
-2. Measure held-out accuracy (greedy, `eval.accuracy`) on hard full images and on their crops: the gap.
+   trained with labels on evidence crops and easy full images only (demo/world.py).
+2. Measure held-out accuracy (greedy, `demo.accuracy`) on hard full images and on their crops: the gap.
 3. Vision-OPD with NO labels: the student samples answers on unlabelled hard full images, the frozen
    pre-trained model reads the same answers on the crops, the loss is the JSD between the two views'
    next-token distributions (`train.vision_opd_step`).
@@ -19,10 +19,10 @@ import json
 import time
 from pathlib import Path
 
-from .data.synthetic import WorldConfig
+from .world import WorldConfig
 from .pretrain import PretrainConfig, eval_split, evaluate_views, load_demo_model, pretrain
 
-ASSET_MODEL = Path(__file__).parent / "assets" / "demo_model"
+ASSET_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 REGENERATE = "vision-opd pretrain --out runs/pretrain --copy-to src/vision_opd/assets/demo_model"
 
 
@@ -94,7 +94,7 @@ def demo(out: str | Path = "runs/demo", *, model_dir: str | Path | None = None, 
          pretrain_cfg: PretrainConfig | None = None,
          progress: bool = True) -> dict:
     """Run the demo; returns the summary (also written to out/summary.json)."""
-    from .demo_arms import ArmConfig, run_arm
+    from .arms import ArmConfig, run_arm
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -147,7 +147,7 @@ def demo(out: str | Path = "runs/demo", *, model_dir: str | Path | None = None, 
 
 
 def _views():
-    from .data.views import ViewConfig
+    from ..data.views import ViewConfig
 
     return ViewConfig()
 
@@ -171,7 +171,7 @@ def _report(s: dict, table: str) -> str:
     return f"""# Vision-OPD demo report
 
 Held-out split: {s['n_eval']} hard full images (target among {s['world']['distractors']} look-alike distractors) and
-their evidence crops; greedy decoding, answers read with `vision_opd.eval.scoring.extract_choice`.
+their evidence crops; greedy decoding, answers read with `vision_opd.eval.answers.extract_choice`.
 Vision-OPD: {a['steps']} steps x {a['prompts']} unlabelled prompts x {a['samples']} rollouts, loss {a['loss']},
 teacher crops from {'the true evidence boxes' if s['crop_source'] == 'box' else 'the ' + s['crop_source'] + ' proposer (no boxes read)'},
 {a['teacher']} teacher, lr {a['lr']}, seed {a['seed']}; no labels are read.
