@@ -1,5 +1,7 @@
 """Data parallel (DDP) and sharded (FSDP) training on 2 CPU processes (gloo, launched with torchrun as a user
-would) give the same weights as one process on the same data."""
+would) give the same weights as one process on the same data. The two-process runs score each prompt once for its
+responses (`train.share_prompts`, the default, inside the wrapped module's forward); the one-process reference
+scores every row with its own prompt."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def _torchrun(args, *flags):
            "-m", "vision_opd.cli", "train", *args, *flags]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "train.share_prompts:" not in res.stdout  # the prompts were shared (no fallback to the per-row path)
     return res
 
 
@@ -45,7 +48,7 @@ def single(tmp_path_factory, synth_dir):
     from vision_opd.config import load_config
     from vision_opd.train import train
 
-    return train(load_config(None, _args(synth_dir, tmp_path_factory.mktemp("one") / "run")))
+    return train(load_config(None, _args(synth_dir, tmp_path_factory.mktemp("one") / "run", "train.share_prompts=false")))
 
 
 def _weights(ckpt):

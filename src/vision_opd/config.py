@@ -99,6 +99,7 @@ class TrainConfig:
     steps: int = 20
     prompts_per_step: int = 4  # P; one optimizer step per batch of P x G trajectories (fully on-policy)
     micro_batch_size: int = 8  # trajectories per forward/backward (gradient accumulation within a step)
+    share_prompts: bool = True  # score each prompt once for all its responses in a micro-batch (scoring_shared.py); false: per row
     seed: int = 0
     out_dir: str = "runs/tiny_cpu"
     device: str = "auto"  # auto | cpu | cuda

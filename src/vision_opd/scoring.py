@@ -5,6 +5,10 @@ of image tokens), so positions are aligned on the *response*: with left-padded p
 Lp, the hidden state at position Lp - 1 + t predicts response token t, for both views. We return the
 backbone's hidden states at those T positions; the divergence applies the lm_head chunk by chunk
 (`divergence.token_divergence_from_hidden`), so full [tokens x vocab] logits are never held for both views.
+
+The loop calls `score_responses`: with `train.share_prompts` each distinct prompt of a micro-batch runs once and
+its rows continue from its cache (`scoring_shared.py`, equal to the per-row path to fp32 rounding); otherwise, and
+for a model that cannot share, every row runs [its prompt + its response] here (the reference path).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .models.parts import backbone_and_head, unwrap
+from .scoring_shared import shared_response_hidden, shared_response_logits, sharing_blocker
 
 
 def select_prompts(inputs, rows: torch.Tensor, vision_start_id: int):
@@ -85,3 +90,38 @@ def response_logits(model, prompt_inputs: dict, response_ids_B_T: torch.Tensor, 
     """Logits [B, T, V] predicting each response token (materialised; for tests and small vocabularies)."""
     _, head = backbone_and_head(model)
     return head(response_hidden(model, prompt_inputs, response_ids_B_T, response_mask_B_T))
+
+
+_SAID: set[str] = set()  # reasons for not sharing already printed (once per process)
+
+
+def _can_share(model) -> bool:
+    why = sharing_blocker(model)
+    if why and why not in _SAID:
+        _SAID.add(why)
+        print(f"[vision-opd] train.share_prompts: {why}; scoring every response row with its own prompt instead")
+    return why is None
+
+
+def score_responses(model, inputs, prompt_index_B: torch.Tensor, response_ids_B_T: torch.Tensor,
+                    response_mask_B_T: torch.Tensor, *, vision_start_id: int, shared: bool, logits: bool = False,
+                    device: torch.device | None = None) -> torch.Tensor:
+    """What the loop calls: hidden states [B, T, H] (logits [B, T, V] with `logits`: the FSDP path) at the positions
+    that predict each response token; row b answers prompt `prompt_index_B[b]` of the processor batch `inputs`.
+
+    shared=True (`train.share_prompts`): each distinct prompt of the rows runs once (`scoring_shared`); shared=False,
+    or a model that cannot share (the reason is printed once): every row runs with its own prompt (the reference).
+    `device`: where to score (the teacher's device), the inputs are moved there.
+    """
+    shared = shared and _can_share(model)
+    if shared:
+        prompts_P, prompt_of_row_B = torch.unique(prompt_index_B, return_inverse=True)
+    selected = select_prompts(inputs, prompts_P if shared else prompt_index_B, vision_start_id)
+    if device is not None:
+        selected = {k: v.to(device) for k, v in selected.items()}
+        response_ids_B_T, response_mask_B_T = response_ids_B_T.to(device), response_mask_B_T.to(device)
+    if shared:
+        score = shared_response_logits if logits else shared_response_hidden
+        return score(model, selected, prompt_of_row_B.to(response_ids_B_T.device), response_ids_B_T, response_mask_B_T)
+    score = response_logits_forward if logits else response_hidden
+    return score(model, selected, response_ids_B_T, response_mask_B_T)

@@ -18,6 +18,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from .models.loading import load_model, set_trainable, vision_token_ids
 from .models.parts import backbone_and_head, strip_wrappers, unwrap
 from .rollout import sample
 from .run_log import MetricsLogger, sample_rows
-from .scoring import response_hidden, response_logits_forward, select_prompts
+from .scoring import score_responses
 from .stream import PromptStream
 from .teacher import Teacher
 
@@ -102,7 +103,9 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     G, mb = cfg.rollout.samples_per_prompt, cfg.train.micro_batch_size
     spec = DivergenceSpec(kind=cfg.loss.kind, alpha=cfg.loss.alpha, temperature=cfg.rollout.temperature,
                           top_k=cfg.loss.top_k, chunk_size=cfg.loss.chunk_size)
-    vstart = unwrap(model).config.vision_start_token_id
+    # each view's forward at the response positions: each prompt once for its rows (train.share_prompts) or per row
+    score = partial(score_responses, vision_start_id=unwrap(model).config.vision_start_token_id,
+                    shared=cfg.train.share_prompts)
     t0 = time.perf_counter()
     # 1. the two views, through one preprocessing path
     s_inputs = encode_views(processor, [student_view(r, cfg.views) for r in records]).to(device)
@@ -134,10 +137,8 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         prompts = ro.prompt_index_B[rows]
         # 3. teacher: crop view, no grad, read at the same response tokens
         ta = time.perf_counter()
-        with teacher.scoring() as t_model, autocast(cfg, t_device):
-            t_in = {k: v.to(t_device) for k, v in select_prompts(t_inputs, prompts, vstart).items()}
-            score = response_logits_forward if fsdp else response_hidden  # FSDP: logits through the forward
-            t_out = score(t_model, t_in, ids.to(t_device), mask.to(t_device)).to(device)
+        with teacher.scoring() as t_model, autocast(cfg, t_device):  # FSDP: logits through the forward
+            t_out = score(t_model, t_inputs, prompts, ids, mask, logits=fsdp, device=t_device).to(device)
         tb = time.perf_counter()
         # 4. student: full view, with grad; 5. divergence at response tokens only
         last = start + mb >= B
@@ -145,11 +146,11 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
             sel = mask.bool()
             if fsdp:
                 with autocast(cfg, device):
-                    s_logits = response_logits_forward(model, select_prompts(s_inputs, prompts, vstart), ids, mask)
+                    s_logits = score(model, s_inputs, prompts, ids, mask, logits=True)
                 per_tok, tok_metrics = token_divergence(s_logits[sel], t_out[sel].detach(), ids[sel], spec)
             else:
                 with autocast(cfg, device):
-                    s_hidden = response_hidden(model, select_prompts(s_inputs, prompts, vstart), ids, mask)
+                    s_hidden = score(model, s_inputs, prompts, ids, mask)
                 per_tok, tok_metrics = token_divergence_from_hidden(
                     s_hidden[sel], t_out[sel].detach(), s_head.weight, ids[sel], spec, teacher_lm_head_weight=t_weight)
             loss = masked_token_mean(per_tok, torch.ones_like(per_tok), num_tokens)
