@@ -1,12 +1,13 @@
 """A full Vision-OPD training step against the sum of its primitives, measured side by side in one run.
 
-    python perf/bench_step.py [--family qwen2_5_vl] [--prompts 4] [--samples 4] [--new-tokens 16] [--repeats 7]
+    python perf/bench_step.py [--family qwen2_5_vl] [--prompts 4] [--samples 4] [--new-tokens 16] [--repeats 7] [--per-row]
 
 Primitives, each timed alone on the same inputs (same seed, so the same sampled responses):
   views     encode both views of the P prompts (image decode, crop, processor)
   generate  the student's rollout: G samples per prompt with HF generate
   teacher   the teacher's forward on [crop prompt + responses], every micro-batch, no grad
   student   the student's forward + divergence + backward, every micro-batch
+            (both as the step scores: each prompt once for its rows, train.share_prompts=true by default)
   optimizer clip + AdamW step + EMA update
 The step is `train.vision_opd_step` (which also times its phases itself). Reported: medians over --repeats
 (after one warm-up), the sum of primitives, and step / sum (target <= 1.15).
@@ -19,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,7 +33,7 @@ from vision_opd.demo.world import write_synthetic  # noqa: E402
 from vision_opd.data.sources import load_train_records  # noqa: E402
 from vision_opd.models.loading import load_model  # noqa: E402
 from vision_opd.models.parts import backbone_and_head  # noqa: E402
-from vision_opd.scoring import response_hidden, select_prompts  # noqa: E402
+from vision_opd.scoring import score_responses  # noqa: E402
 from vision_opd.divergence import token_divergence_from_hidden  # noqa: E402
 from vision_opd.losses import DivergenceSpec, masked_token_mean  # noqa: E402
 from vision_opd.rollout import sample  # noqa: E402
@@ -45,6 +47,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--per-row", action="store_true", help="train.share_prompts=false: every row with its own prompt")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared 2-core machine)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,7 +57,8 @@ def main() -> None:
     cfg = load_config(None, [f"data.train_file={tmp / 'train.jsonl'}", f"model.name_or_path=tiny:{args.family}",
                              f"train.prompts_per_step={args.prompts}", f"rollout.samples_per_prompt={args.samples}",
                              f"rollout.max_new_tokens={args.new_tokens}", f"train.micro_batch_size={args.micro_batch}",
-                             "views.teacher_pixels=12544", "teacher.mode=ema", "train.progress=false"])
+                             "views.teacher_pixels=12544", "teacher.mode=ema", "train.progress=false",
+                             f"train.share_prompts={str(not args.per_row).lower()}"])
     device = torch.device("cpu")
     model, proc = load_model(cfg.model, seed=cfg.train.seed, device=device)
     records, _ = load_train_records(cfg.data, cfg.views)
@@ -64,7 +68,7 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))
     suppress = T.vision_token_ids(model, proc)
     spec = DivergenceSpec(kind=cfg.loss.kind, alpha=cfg.loss.alpha, chunk_size=cfg.loss.chunk_size)
-    vstart = model.config.vision_start_token_id
+    score = partial(score_responses, vision_start_id=model.config.vision_start_token_id, shared=cfg.train.share_prompts)
     mb = cfg.train.micro_batch_size
 
     def views():
@@ -90,7 +94,7 @@ def main() -> None:
 
     def teacher_fwd():
         with teacher.scoring() as tm:
-            return [response_hidden(tm, select_prompts(t_in, p, vstart), ids, m) for _, ids, m, p in chunks]
+            return [score(tm, t_in, p, ids, m) for _, ids, m, p in chunks]
 
     t_hidden = teacher_fwd()
 
@@ -98,7 +102,7 @@ def main() -> None:
         model.train()
         head = backbone_and_head(model)[1]
         for (_, ids, m, p), th in zip(chunks, t_hidden, strict=True):
-            h = response_hidden(model, select_prompts(s_in, p, vstart), ids, m)
+            h = score(model, s_in, p, ids, m)
             sel = m.bool()
             per_tok, _ = token_divergence_from_hidden(h[sel], th[sel], head.weight, ids[sel], spec,
                                                       teacher_lm_head_weight=teacher.lm_head_weight())
@@ -135,7 +139,7 @@ def main() -> None:
     full = timed(step)
     total = sum(prim.values())
     print(f"tiny {args.family}: P={args.prompts} G={args.samples} new_tokens={args.new_tokens} micro_batch={mb} "
-          f"({B} trajectories, {int(n_tok)} response tokens); torch threads {torch.get_num_threads()}; medians of {args.repeats}")
+          f"({B} trajectories, {int(n_tok)} response tokens); share_prompts={cfg.train.share_prompts}; torch threads {torch.get_num_threads()}; medians of {args.repeats}")
     print("| part | seconds |\n|---|---:|")
     for k, v in prim.items():
         print(f"| {k} | {v:.4f} |")
