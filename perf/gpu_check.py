@@ -1,14 +1,17 @@
 """Real-size GPU check: a Qwen2.5-VL-3B/7B-sized model with random weights runs Vision-OPD steps in bf16.
 
-    bash perf/gpu_check.sh                         # the runs recorded in docs/performance.md (one 80 GB GPU)
+    bash perf/gpu_check.sh                         # the runs of docs/performance.md (one 80 GB GPU)
     python perf/gpu_check.py --grad-ckpt           # on a GPU machine: 3B config, bf16 weights, 5 steps
     python perf/gpu_check.py --size 7b --lora 64 --grad-ckpt --prompts 4 --samples 8 --micro-batch 4
     python perf/gpu_check.py --size small --steps 2 --device cpu   # a shrunk config, to check the script here
+    python perf/gpu_check.py --grad-ckpt --prompts 2 --samples 8 --image-side 896 --share both   # shared vs per row
 
 No weights can be downloaded, so the model is the real architecture (Qwen2.5-VL-3B: 36 layers, hidden 2048,
 vocabulary 151,936, 32-layer vision tower) built from its config with random weights; the offline tokenizer of
 models/tiny.py drives it. A random model never emits EOS, so every response runs to --new-tokens (the worst case
 for memory). Prints seconds per step (and per phase), response tokens per second, and peak GPU memory.
+`--share both` runs the same steps twice, every response row with its own prompt and then each prompt once for
+its G responses (`train.share_prompts`), and prints both with their ratios (scoring = teacher + student seconds).
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ def main() -> None:
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
     ap.add_argument("--lora", type=int, default=0, help="LoRA rank (0 = full fine-tuning); the vision tower is then frozen")
     ap.add_argument("--teacher", choices=["ema", "frozen", "live"], default="ema")
+    ap.add_argument("--share", choices=["on", "off", "both"], default="on",
+                    help="train.share_prompts: on (the default), off (every row with its own prompt), both (side by side)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
@@ -114,28 +119,45 @@ def main() -> None:
     n_train = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    rows = []
-    for step in range(args.steps):
-        batch = records[step * args.prompts:(step + 1) * args.prompts]
-        t0 = time.perf_counter()
-        res = T.vision_opd_step(cfg, model, teacher, proc, batch, opt, sched, suppress, device)
+    info = {"size": args.size, "params": n_params, "trainable": n_train, "lora": args.lora, "teacher": args.teacher,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "master": args.master,
+            "grad_ckpt": args.grad_ckpt, "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens,
+            "image_tokens": (args.image_side // 28) ** 2}
+
+    def measure(share: bool) -> dict:
+        """--steps steps on the same prompts; the first is warm-up when there are more (CUDA kernels, allocator)."""
+        cfg.train.share_prompts = share
         if device.type == "cuda":
-            torch.cuda.synchronize()
-        m = res.metrics
-        m["wall"] = time.perf_counter() - t0
-        rows.append(m)
-        print(f"step {step + 1}: {m['wall']:.2f} s (rollout {m['sec_rollout']:.2f}, teacher {m['sec_teacher']:.2f}, student "
-              f"{m['sec_student']:.2f}, optim {m['sec_optim']:.2f}); {m['tokens']} response tokens; loss {m['loss']:.4g}")
-    steady = rows[1:] or rows
-    sec = sum(r["wall"] for r in steady) / len(steady)
-    tok = sum(r["tokens"] for r in steady) / len(steady)
-    out = {"size": args.size, "params": n_params, "trainable": n_train, "lora": args.lora, "teacher": args.teacher, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-           "master": args.master, "grad_ckpt": args.grad_ckpt, "prompts": args.prompts, "samples": args.samples,
-           "new_tokens": args.new_tokens, "image_tokens": (args.image_side // 28) ** 2, "sec_per_step": sec,
-           "response_tokens_per_sec": tok / sec,
-           "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        rows = []
+        for step in range(args.steps):
+            batch = records[step * args.prompts:(step + 1) * args.prompts]
+            torch.manual_seed(step)
+            t0 = time.perf_counter()
+            res = T.vision_opd_step(cfg, model, teacher, proc, batch, opt, sched, suppress, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            m = res.metrics
+            m["wall"] = time.perf_counter() - t0
+            rows.append(m)
+            print(f"share_prompts={share} step {step + 1}: {m['wall']:.2f} s (rollout {m['sec_rollout']:.2f}, teacher "
+                  f"{m['sec_teacher']:.2f}, student {m['sec_student']:.2f}, optim {m['sec_optim']:.2f}); {m['tokens']} "
+                  f"response tokens; loss {m['loss']:.4g}")
+        steady = rows[1:] or rows
+        mean = lambda key: sum(r[key] for r in steady) / len(steady)  # noqa: E731
+        return {"share_prompts": share, "sec_per_step": mean("wall"), "sec_scoring": mean("sec_teacher") + mean("sec_student"),
+                "sec_teacher": mean("sec_teacher"), "sec_student": mean("sec_student"),
+                "response_tokens_per_sec": mean("tokens") / mean("wall"),
+                "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+
+    if args.share == "both":
+        off, on = measure(False), measure(True)
+        out = {**info, "per_row": off, "shared": on,
+               "per_row_over_shared": {k: off[k] / on[k] for k in ("sec_per_step", "sec_scoring", "peak_gpu_gib")
+                                       if off[k] and on[k]}}
+    else:
+        out = {**info, **measure(args.share == "on")}
     print(json.dumps(out, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
