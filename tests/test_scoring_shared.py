@@ -227,3 +227,16 @@ def test_training_with_shared_prompts_ends_with_the_same_weights(family, tmp_pat
         diff = (w_s[k] - b).abs()
         off = diff > 1e-5 + 1e-4 * b.abs()
         assert off.sum().item() <= max(1, b.numel() // 1000) and diff.max().item() <= 1e-4, (k, off.sum().item(), diff.max().item())
+
+
+def test_right_padded_prompts_are_refused(synth_dir):
+    """Both paths read a prompt's last column as its last real token: a right-padded batch would be silently wrong."""
+    model, _ = build_tiny("qwen2_vl")
+    inputs = dict(_batch("qwen2_vl", synth_dir))
+    mask = inputs["attention_mask"]
+    inputs["attention_mask"] = torch.stack([m.roll(-int((m == 0).sum()), 0) for m in mask])  # padding moved right
+    ids, rmask = _responses(3, T=4)
+    for shared in (True, False):
+        with pytest.raises(ValueError, match="left-padded"):
+            score_responses(model, inputs, torch.tensor([0, 1, 2]), ids, rmask, shared=shared,
+                            vision_start_id=model.config.vision_start_token_id)

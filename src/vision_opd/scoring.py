@@ -111,8 +111,12 @@ def score_responses(model, inputs, prompt_index_B: torch.Tensor, response_ids_B_
 
     shared=True (`train.share_prompts`): each distinct prompt of the rows runs once (`scoring_shared`); shared=False,
     or a model that cannot share (the reason is printed once): every row runs with its own prompt (the reference).
-    `device`: where to score (the teacher's device), the inputs are moved there.
+    `device`: where to score (the teacher's device), the inputs are moved there. Both paths read a prompt's last
+    column as its last real token, so right-padded prompts are refused with a clear error.
     """
+    if not bool(inputs["attention_mask"][:, -1].all()):
+        raise ValueError("scoring: the prompts must be left-padded (the last column real in every row), as "
+                         "data.views.encode_views pads them; set processor.tokenizer.padding_side = 'left'")
     shared = shared and _can_share(model)
     if shared:
         prompts_P, prompt_of_row_B = torch.unique(prompt_index_B, return_inverse=True)
