@@ -21,7 +21,7 @@ from vision_opd.data.records import Record, write_records
 from vision_opd.eval.benchmarks import BENCHMARKS, aggregate, format_prompt, get_benchmark, load_benchmark
 from vision_opd.eval.benchmarks.common import split_options
 from vision_opd.data.files import DataFileError, iter_json_items
-from vision_opd.eval.answers import EXTRACTION_RULE
+from vision_opd.eval.extraction import EXTRACTION_RULE
 
 SUFFIX = "Answer with the option's letter from the given choices directly."
 

@@ -28,7 +28,7 @@ from vision_opd.eval.run import (
     read_samples,
     view_of,
 )
-from vision_opd.eval.answers import EXTRACTION_RULE
+from vision_opd.eval.extraction import EXTRACTION_RULE
 
 
 @pytest.fixture(scope="module")

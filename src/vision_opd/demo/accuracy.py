@@ -6,7 +6,7 @@
     acc["accuracy"], acc["per_category"]["colour"]
 
 Decoding is greedy (no sampling), vision tokens suppressed, `max_new_tokens` tokens at most; the answer
-is read with `vision_opd.eval.answers.extract_choice` (the final answer wins; an unreadable response
+is read with `vision_opd.eval.choice.extract_choice` (the final answer wins; an unreadable response
 counts as wrong, never as a guess). Records need `options` and a letter `answer`.
 """
 
@@ -23,7 +23,7 @@ from ..rollout import sample
 
 
 def _extract(response: str, options: list[str]) -> str | None:
-    from ..eval.answers import extract_choice
+    from ..eval.choice import extract_choice
 
     return extract_choice(response, options)
 

@@ -78,7 +78,7 @@ class ArmConfig:
 
 def _greedy_answers(model, processor, records: list[Record], views_cfg: ViewConfig, suppress) -> list[str | None]:
     """The model's greedy answer on each record's crop, as the chosen option's text (None when unreadable)."""
-    from ..eval.answers import extract_choice
+    from ..eval.choice import extract_choice
 
     inputs = encode_views(processor, [teacher_view(r, views_cfg) for r in records])
     ro = sample(model, processor, inputs, samples_per_prompt=1, max_new_tokens=8, suppress_ids=suppress, do_sample=False)

@@ -9,7 +9,7 @@ only object). Hard full images (the target among look-alike distractors) are nev
 the regime Vision-OPD later learns without labels. Items are generated on the fly (a fresh stream, seed
 split "pretrain"), so pre-training cannot overfit a fixed set; the loss is next-token cross-entropy on
 the answer's text ("red", "4", "circle": a short answer, read back into an option letter by
-`eval.answers.extract_choice`) and the end-of-turn token. Short answers rather than letters: a 2-layer
+`eval.choice.extract_choice`) and the end-of-turn token. Short answers rather than letters: a 2-layer
 model from scratch learns "colour -> word" in a few hundred steps, while "colour -> which of the shuffled
 options -> its letter" stayed at chance for 300 steps (docs/demo.md); they also give Vision-OPD several
 response tokens per sample to distil instead of one.

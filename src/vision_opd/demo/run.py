@@ -171,7 +171,7 @@ def _report(s: dict, table: str) -> str:
     return f"""# Vision-OPD demo report
 
 Held-out split: {s['n_eval']} hard full images (target among {s['world']['distractors']} look-alike distractors) and
-their evidence crops; greedy decoding, answers read with `vision_opd.eval.answers.extract_choice`.
+their evidence crops; greedy decoding, answers read with `vision_opd.eval.choice.extract_choice`.
 Vision-OPD: {a['steps']} steps x {a['prompts']} unlabelled prompts x {a['samples']} rollouts, loss {a['loss']},
 teacher crops from {'the true evidence boxes' if s['crop_source'] == 'box' else 'the ' + s['crop_source'] + ' proposer (no boxes read)'},
 {a['teacher']} teacher, lr {a['lr']}, seed {a['seed']}; no labels are read.

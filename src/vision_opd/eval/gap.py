@@ -27,7 +27,7 @@ import numpy as np
 from ..data.views import ViewConfig
 from .benchmarks import get_benchmark
 from .run import RESULTS, VIEWS, EvalError, generate_samples, run_settings, start_run, summarise, view_available
-from .answers import paired_bootstrap_ci
+from .statistics import paired_bootstrap_ci
 
 DEFAULT_VIEWS = ("full", "crop", "redbox", "full+crop")
 PLOT = "gap.png"

@@ -30,7 +30,8 @@ from ..data.views import View, ViewConfig, student_view, teacher_view
 from ..data.crops import draw_red_box
 from .benchmarks import get_benchmark
 from .benchmarks.common import MC_SUFFIX, SHORT_SUFFIX, format_prompt, micro_summary, score_record
-from .answers import EXTRACTION_RULE, bootstrap_ci
+from .extraction import EXTRACTION_RULE
+from .statistics import bootstrap_ci
 
 VIEWS = ("full", "crop", "redbox", "full+crop", "proposed")
 SAMPLES = "samples.jsonl"

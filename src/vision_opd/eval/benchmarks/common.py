@@ -17,7 +17,9 @@ from typing import Any, Callable, Iterable
 
 from vision_opd.data.records import LETTERS, Record
 from vision_opd.data.files import DataFileError, ImageCache, Row, default_cache_dir
-from vision_opd.eval.answers import EXTRACTION_RULE, bootstrap_ci, score_choice, score_open, score_yes_no
+from vision_opd.eval.extraction import EXTRACTION_RULE
+from vision_opd.eval.grading import score_choice, score_open, score_yes_no
+from vision_opd.eval.statistics import bootstrap_ci
 
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
 SHORT_SUFFIX = "Answer the question using a single word or phrase."
