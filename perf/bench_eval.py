@@ -1,6 +1,6 @@
 """Batched vs one-at-a-time greedy evaluation on the tiny model, side by side in one run (CPU).
 
-What it measures: the whole evaluation path `vision_opd.eval.run.generate_samples` (build the view,
+What it measures: the whole evaluation path `vision_opd.eval.samples.generate_samples` (build the view,
 chat template + processor, left-padded HF generate with vision tokens suppressed, decode, score) over
 the same --items synthetic items, once per --batch-sizes value, on a tiny random Qwen2.5-VL
 (`build_tiny`, 112 px pixel budget = 16 image tokens), greedy, --max-new-tokens tokens. A random model
@@ -35,7 +35,8 @@ def main() -> None:
 
     from vision_opd.data.validate import read_records
     from vision_opd.demo.world import write_synthetic
-    from vision_opd.eval.run import HFGenerator, generate_samples
+    from vision_opd.eval.hf_backend import HFGenerator
+    from vision_opd.eval.samples import generate_samples
     from vision_opd.models.tiny import build_tiny
 
     model, processor = build_tiny(args.family)

@@ -20,14 +20,10 @@ from vision_opd.data.records import write_records
 from vision_opd.data.validate import read_records
 from vision_opd.demo.world import QUESTION_TYPES, write_synthetic
 from vision_opd.eval.benchmarks.common import format_prompt
-from vision_opd.eval.run import (
-    EvalError,
-    HFGenerator,
-    evaluate,
-    evaluate_records,
-    read_samples,
-    view_of,
-)
+from vision_opd.eval.hf_backend import HFGenerator
+from vision_opd.eval.run import evaluate, evaluate_records
+from vision_opd.eval.samples import read_samples
+from vision_opd.eval.views import EvalError, view_of
 from vision_opd.eval.extraction import EXTRACTION_RULE
 
 
@@ -230,6 +226,14 @@ class _Stub(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(reply)
 
+    def do_GET(self):  # noqa: N802 - the model list
+        reply = json.dumps({"object": "list", "data": [{"id": "stub-vlm", "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
     def log_message(self, *args):  # keep the test output clean
         pass
 
@@ -261,6 +265,7 @@ def test_openai_backend_against_a_stub_server(tmp_path, data6, stub_server):
     by_text = {}
     for b in bodies:
         assert b["model"] == "stub-vlm" and b["temperature"] == 0 and b["max_tokens"] == 5
+        assert "extra_body" not in b  # the openai client merges extra_body into the request body
         assert b["mm_processor_kwargs"] == {"max_pixels": 50176}
         assert b["chat_template_kwargs"] == {"enable_thinking": False}
         image, text = b["messages"][0]["content"]

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _quiet_hf()
     args = build_parser().parse_args(argv)
+    args.command_line = ["vision-opd", *(sys.argv[1:] if argv is None else argv)]  # recorded by eval / gap
     from ..config import ConfigError
     from ..data.images import ImageError
     from ..data.records import RecordError

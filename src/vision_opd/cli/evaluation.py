@@ -5,51 +5,106 @@ from __future__ import annotations
 import argparse
 import sys
 
-def _eval_generator(args):
-    kw = dict(max_new_tokens=args.max_new_tokens, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+
+def _eval_generator(args, budget: dict):
+    kw = dict(max_new_tokens=budget["max_new_tokens"], min_pixels=args.min_pixels, max_pixels=args.max_pixels,
               enable_thinking=args.thinking)
     if args.backend == "openai":
         from ..eval.openai_backend import OpenAIGenerator
+        from ..eval.views import EvalError
 
         if not args.api_base:
-            from ..eval.run import EvalError
-
             raise EvalError("--backend openai needs --api-base (e.g. http://127.0.0.1:8000/v1)")
-        return OpenAIGenerator(args.api_base, args.api_model or args.model, concurrency=args.batch_size, **kw)
-    from ..eval.run import load_hf_generator
+        return OpenAIGenerator(args.api_base, args.api_model or args.model, concurrency=args.batch_size,
+                               timeout=args.request_timeout, retries=args.retries, api_key_env=args.api_key_env, **kw)
+    from ..eval.hf_backend import load_hf_generator
 
     return load_hf_generator(args.model, dtype=args.dtype, device=args.device, **kw)
 
 
+def _judge(args):
+    from ..eval.views import EvalError
+
+    if not (args.judge_api_base or args.judge_model):
+        return None
+    if not (args.judge_api_base and args.judge_model):
+        raise EvalError("the LLM judge needs both --judge-api-base and --judge-model")
+    from ..eval.judge import Judge
+
+    return Judge(args.judge_api_base, args.judge_model, api_key_env=args.judge_api_key_env,
+                 timeout=args.request_timeout, retries=args.retries, concurrency=args.batch_size)
+
+
+def _print_scores(name: str, s: dict) -> None:
+    lo, hi = s["accuracy_ci95"]
+    fails = ", ".join(f"{k} {v}" for k, v in s["failures"].items() if v) or "none"
+    print(f"{name}: accuracy {s['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}, n={s['n']}, failures count as wrong); "
+          f"answered {s['answered_share']:.3f}; failures: {fails}")
+    if "judged" in s:
+        j = s["judged"]
+        print(f"{'':>{len(name)}}  judged accuracy {j['accuracy']:.4f} (95% CI {j['accuracy_ci95'][0]:.3f}-"
+              f"{j['accuracy_ci95'][1]:.3f}); answered {j['answered_share']:.3f}")
+    if s["failures"]["request_failed"]:
+        print(f"{'':>{len(name)}}  {s['failures']['request_failed']} requests failed: rerun the same command to retry "
+              "only those")
+    if s["thinking"]["unfinished_rate"] > 0.2:
+        print(f"{'':>{len(name)}}  {s['thinking']['unfinished_rate']:.0%} of the responses end inside <think>: raise "
+              "--max-new-tokens, or pass --thinking (its own budget) or --no-thinking")
+
+
 def _run_eval_command(args, gap: bool) -> int:
     from ..data.files import DataFileError
-    from ..eval.run import EvalError
+    from ..eval.thinking import response_budget
+    from ..eval.views import EvalError
 
     try:
-        gen = _eval_generator(args)
+        try:
+            budget = response_budget(args.max_new_tokens, args.thinking)
+        except ValueError as e:
+            raise EvalError(str(e)) from None
+        judge = _judge(args)
+        gen = _eval_generator(args, budget)
+        common = dict(limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress, judge=judge,
+                      response_budget=budget, command_line=getattr(args, "command_line", None))
         if gap:
+            from ..eval.evidence_size import parse_edges
             from ..eval.gap import gap_probe
 
+            try:
+                edges = parse_edges(args.size_bins)
+            except ValueError as e:
+                raise EvalError(str(e)) from None
             views = [v.strip() for v in args.views.split(",") if v.strip()]
-            r = gap_probe(gen, args.benchmark, args.data, args.out, views=views, limit=args.limit,
-                          batch_size=args.batch_size, progress=not args.no_progress, proposer=args.proposer)
+            r = gap_probe(gen, args.benchmark, args.data, args.out, views=views, proposer=args.proposer,
+                          size_edges=edges, **common)
             if r.get("proposals"):
                 print("proposals: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                 for k, v in r["proposals"].items()))
-            for v, acc in r["accuracy"].items():
-                print(f"{v:>10}: accuracy {acc:.3f} (n={r['views'][v]['n']})")
+            c = r["common"]
+            print(f"on the {c['n']} items that every view has (micro accuracy):")
+            for v, acc in c["accuracy"].items():
+                print(f"{v:>10}: {acc:.3f}  95% CI [{c['ci95'][v][0]:.3f}, {c['ci95'][v][1]:.3f}]   "
+                      f"(all {r['views'][v]['n']} items of the view: {r['views'][v]['accuracy']:.3f})")
             for name, d in r["differences"].items():
                 if d["difference"] is not None:
-                    print(f"{name:>15}: {d['difference']:+.3f}  95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
-            print(f"without a box / teacher image: {r['skipped']['no_evidence']}; wrote {args.out}/results.json, gap.png")
+                    print(f"{name:>15}: {d['difference']:+.3f}  95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
+                          f"(paired, n={d['n']})")
+            for b in r["by_evidence_size"]["bins"]:
+                d = b["differences"].get("crop-full")
+                if d and d["difference"] is not None:
+                    print(f"  evidence {b['label']:>8}: crop-full {d['difference']:+.3f}  95% CI "
+                          f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (n={d['n']})")
+            for v, s in r["views"].items():
+                if any(s["failures"].values()):
+                    _print_scores(f"{v} view", s)
+            print(f"without a box / teacher image: {r['skipped']['no_evidence']}; wrote {args.out}/results.json, "
+                  "gap.png, gap_by_size.png")
         else:
             from ..eval.run import evaluate
 
-            r = evaluate(gen, args.benchmark, args.data, args.out, limit=args.limit, batch_size=args.batch_size,
-                         progress=not args.no_progress)
-            lo, hi = r["accuracy_ci95"]
-            print(f"{args.benchmark}: accuracy {r['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}, n={r['n']}); "
-                  f"wrote {args.out}/results.json")
+            r = evaluate(gen, args.benchmark, args.data, args.out, **common)
+            _print_scores(args.benchmark, r)
+            print(f"wrote {args.out}/results.json")
     except (EvalError, DataFileError, KeyError) as e:
         print(f"vision-opd: error: {e}", file=sys.stderr)
         return 2
@@ -75,7 +130,8 @@ def add_parsers(sub) -> None:
         e.add_argument("--data", required=True, help="the benchmark's local file or folder (or a hub id where supported)")
         e.add_argument("--out", required=True, help="output folder; rerunning with the same folder resumes")
         e.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (openai: concurrent requests)")
-        e.add_argument("--max-new-tokens", type=int, default=32, help="response token limit (raise it for --thinking)")
+        e.add_argument("--max-new-tokens", type=int, default=None, help="response token budget (default: 32 in answer "
+                       "mode, 8192 with --thinking)")
         e.add_argument("--min-pixels", type=int, default=None, help="pixel budget: lower bound per image (default: the processor's)")
         e.add_argument("--max-pixels", type=int, default=None, help="pixel budget: upper bound per image (default: the processor's)")
         e.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
@@ -85,6 +141,15 @@ def add_parsers(sub) -> None:
                        help="hf: the model in this process; openai: an OpenAI-compatible server you run (vLLM etc.)")
         e.add_argument("--api-base", default=None, help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
         e.add_argument("--api-model", default=None, help="openai backend: the served model name (default: --model)")
+        e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: the environment variable "
+                       "holding the API key (never written to outputs)")
+        e.add_argument("--judge-api-base", default=None, help="LLM judge for the responses no rule can read: an "
+                       "OpenAI-compatible URL (with --judge-model)")
+        e.add_argument("--judge-model", default=None, help="LLM judge: the model name at --judge-api-base")
+        e.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="LLM judge: the environment variable "
+                       "holding its API key (never written to outputs)")
+        e.add_argument("--request-timeout", type=float, default=600.0, help="openai backend and judge: seconds per request")
+        e.add_argument("--retries", type=int, default=2, help="openai backend and judge: retries with backoff per request")
         e.add_argument("--dtype", default=None, help="hf backend: float32, bfloat16 or float16 (default: bfloat16 on "
                        "cuda, float32 on cpu)")
         e.add_argument("--device", default=None, help="hf backend: cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -92,9 +157,10 @@ def add_parsers(sub) -> None:
             e.add_argument("--views", default="full,crop,redbox,full+crop",
                            help="comma-separated views among full, crop, redbox, full+crop (the first difference base is full)")
             e.add_argument("--proposer", default=None, choices=["attention", "grounding", "confidence", "rarity"],
-                           help="label-free: the model proposes each item's evidence box; adds the view 'proposed' and "
-                                "uses items without boxes too (hf backend)")
+                           help="label-free: the model proposes each item's evidence box; adds the view 'proposed' (the "
+                                "full image where it falls back) and uses items without boxes too (hf backend)")
+            e.add_argument("--size-bins", default="0.005,0.01,0.02,0.05",
+                           help="edges of the evidence-size bins, as shares of the image area (default: <0.5%%, "
+                                "0.5-1%%, 1-2%%, 2-5%%, >=5%%)")
         e.add_argument("--no-progress", action="store_true", help="no progress bars")
         e.set_defaults(func=cmd_gap if name == "gap" else cmd_eval)
-
-

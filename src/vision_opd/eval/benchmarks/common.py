@@ -66,6 +66,11 @@ class Benchmark:
     load: Callable[..., list[Record]]
     aggregate: Callable[[list[dict[str, Any]]], dict[str, Any]]
     description: str = ""
+    # The official overall accuracy as a statistic of per-item correctness, for its confidence interval: the mean
+    # over `stratum(record)` groups of each group's accuracy (None: the plain mean), resampling whole
+    # `cluster(record)` groups (None: items one by one).
+    stratum: Callable[[Record], Any] | None = None
+    cluster: Callable[[Record], Any] | None = None
 
     def __call__(self, path_or_id: str | Path, **kw: Any) -> list[Record]:
         return self.load(path_or_id, **kw)

@@ -7,7 +7,8 @@ unconfirmed: any strings are accepted, and if an index repeats, ids become "<ind
 A VLMEvalKit TSV may hold, in place of an image, the index of the row that has it; that is resolved.
 
 Official score (HR-Bench `HRBenchDataset.evaluate`, VLMEvalKit `report_acc_hrbench`): accuracy per
-cycle (all items and per category), then the UNWEIGHTED mean over cycles of each.
+cycle (all items and per category), then the UNWEIGHTED mean over cycles of each. Its confidence interval is of
+that same statistic (cycles as strata), resampling questions: the rows sharing an image and a question text.
 """
 
 from __future__ import annotations
@@ -131,15 +132,28 @@ def aggregate(results: list[dict[str, Any]], *, name: str = "hrbench") -> dict[s
     return summary
 
 
+def _cycle(record: Record) -> Any:
+    return record.meta.get("cycle_category")
+
+
+def _question(record: Record) -> Any:
+    """The rows of one question (its cycles share the image, cached once by content, and the question text)."""
+    return (record.image, record.question)
+
+
 BENCHMARK_4K = Benchmark(
     "hrbench_4k",
     partial(load, version="4k"),
     partial(aggregate, name="hrbench_4k"),
     "HR-Bench 4K (800 rows: 200 questions x 4 cycles)",
+    stratum=_cycle,
+    cluster=_question,
 )
 BENCHMARK_8K = Benchmark(
     "hrbench_8k",
     partial(load, version="8k"),
     partial(aggregate, name="hrbench_8k"),
     "HR-Bench 8K (800 rows: 200 questions x 4 cycles)",
+    stratum=_cycle,
+    cluster=_question,
 )

@@ -1,0 +1,115 @@
+"""The model in-process: batched greedy decoding with a Hugging Face model (left padding, vision tokens suppressed).
+
+    gen = load_hf_generator("tiny:qwen2_5_vl", max_new_tokens=16)
+    gen([view_of(record, "full")])   # -> [Generation(text, tokens, truncated, seconds)]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any, Sequence
+
+import torch
+
+from ..data.views import View
+from .samples import Generation
+from .thinking import as_thought, prompt_opens_think
+from .views import EvalError
+
+
+def chat_texts(processor, views: Sequence[View], enable_thinking: bool | None = None) -> list[str]:
+    kw = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    out = []
+    for v in views:
+        content = [{"type": "image"} for _ in v.images] + [{"type": "text", "text": v.text}]
+        out.append(processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                 tokenize=False, **kw))
+    return out
+
+
+class HFGenerator:
+    """Batched greedy decoding with a Hugging Face model: left padding, vision tokens suppressed.
+
+    `min_pixels` / `max_pixels` override the image processor's pixel budget for every image.
+    """
+
+    def __init__(self, model, processor, *, max_new_tokens: int = 32, min_pixels: int | None = None,
+                 max_pixels: int | None = None, enable_thinking: bool | None = None, name: str = ""):
+        from ..models.parts import unwrap
+        from ..models.loading import vision_token_ids
+
+        self.model, self.processor, self.name = model, processor, name
+        self.max_new_tokens, self.enable_thinking = max_new_tokens, enable_thinking
+        self.suppress = vision_token_ids(unwrap(model), processor)
+        size = getattr(processor.image_processor, "size", None) or {}
+        self.min_pixels = min_pixels or size.get("shortest_edge") or getattr(processor.image_processor, "min_pixels", None)
+        self.max_pixels = max_pixels or size.get("longest_edge") or getattr(processor.image_processor, "max_pixels", None)
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise EvalError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}; set both")
+        self.images_kwargs = {"size": {"shortest_edge": int(self.min_pixels), "longest_edge": int(self.max_pixels)}} \
+            if (min_pixels or max_pixels) else {}
+
+    def encode(self, views: Sequence[View], texts: Sequence[str] | None = None):
+        texts = list(texts) if texts is not None else chat_texts(self.processor, views, self.enable_thinking)
+        images = [img for v in views for img in v.images]
+        self.processor.tokenizer.padding_side = "left"  # generation appends on the right: pad on the left
+        kw = {"images_kwargs": self.images_kwargs} if self.images_kwargs and images else {}
+        return self.processor(text=texts, images=images or None, return_tensors="pt", padding=True, **kw)
+
+    @torch.no_grad()
+    def __call__(self, views: Sequence[View]) -> list[Generation]:
+        from ..rollout import eos_ids_of, sample
+
+        t0 = time.perf_counter()
+        chats = chat_texts(self.processor, views, self.enable_thinking)
+        inputs = self.encode(views, chats).to(next(self.model.parameters()).device)
+        ro = sample(self.model, self.processor, inputs, samples_per_prompt=1, max_new_tokens=self.max_new_tokens,
+                    suppress_ids=self.suppress, do_sample=False)
+        eos = set(eos_ids_of(self.model, self.processor))
+        texts = []
+        for ids_T, mask_T, chat in zip(ro.response_ids_B_T.tolist(), ro.response_mask_B_T.tolist(), chats, strict=True):
+            keep = [i for i, m in zip(ids_T, mask_T, strict=True) if m and i not in eos]
+            text = self.processor.tokenizer.decode(keep, skip_special_tokens=False)
+            texts.append(as_thought(text, bool(self.enable_thinking) or prompt_opens_think(chat)))
+        per_item = (time.perf_counter() - t0) / len(views)
+        return [Generation(t, int(n), bool(tr), per_item)
+                for t, n, tr in zip(texts, ro.lengths_B.tolist(), ro.truncated_B.tolist(), strict=True)]
+
+    def settings(self) -> dict[str, Any]:
+        m = self.model
+        template = getattr(self.processor, "chat_template", None) or getattr(self.processor.tokenizer, "chat_template", "")
+        return {
+            "backend": "hf",
+            "model": self.name or getattr(m, "name_or_path", type(m).__name__),
+            "model_type": m.config.model_type,
+            "dtype": str(next(m.parameters()).dtype).replace("torch.", ""),
+            "n_parameters": sum(p.numel() for p in m.parameters()),
+            "pixel_budget": {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels},
+            "decoding": {"greedy": True, "max_new_tokens": self.max_new_tokens, "suppressed_token_ids": self.suppress},
+            "chat_template_sha256": hashlib.sha256(str(template).encode()).hexdigest(),
+            "enable_thinking": self.enable_thinking,
+        }
+
+
+def load_hf_generator(model: str, *, dtype: str | None = None, device: str | None = None, max_new_tokens: int = 32,
+                      min_pixels: int | None = None, max_pixels: int | None = None,
+                      enable_thinking: bool | None = None) -> HFGenerator:
+    """An HFGenerator for a hub id, a local directory, or `tiny:FAMILY` (a random tiny model, for trying it out)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
+    if model.startswith("tiny:"):
+        from ..models.loading import resolve_dtype
+        from ..models.tiny import FAMILIES, build_tiny
+
+        family = model.split(":", 1)[1] or "qwen2_5_vl"
+        if family not in FAMILIES:
+            raise EvalError(f"--model {model}: unknown tiny family {family!r}; choose tiny:{', tiny:'.join(FAMILIES)}")
+        m, proc = build_tiny(family)
+        m = m.to(device=device, dtype=resolve_dtype(dtype))
+    else:
+        from ..models.loading import load_model_and_processor
+
+        m, proc = load_model_and_processor(model, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+    return HFGenerator(m.eval(), proc, max_new_tokens=max_new_tokens, min_pixels=min_pixels, max_pixels=max_pixels,
+                       enable_thinking=enable_thinking, name=model)
