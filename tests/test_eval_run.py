@@ -122,13 +122,12 @@ def test_gap_cli_with_a_proposer_needs_no_boxes(tmp_path):
     p = r["proposals"]
     assert p["proposer"] == "confidence" and p["n"] == 4 and p["n_with_box"] == 3 and 0 <= p["recall@0.5"] <= 1
     assert p["mean_forward_passes"] == 147  # 146 windows + the full image
-    n_prop = round(4 * (1 - p["fallback_rate"]))
-    assert r["skipped"]["per_view"] == {"full": 0, "crop": 1, "proposed": 4 - n_prop}
-    if n_prop:
-        assert r["differences"]["proposed-full"]["n"] == n_prop
+    # the proposed view covers every item (a fallback's proposed view is the full image)
+    assert r["skipped"]["per_view"] == {"full": 0, "crop": 1, "proposed": 0}
+    assert r["differences"]["proposed-full"]["n"] == 4 and r["common"]["n"] == 3
     assert (out / "proposals_confidence.jsonl").exists()
     ids_views = [(s["id"], s["view"]) for s in map(json.loads, _lines(out / "samples.jsonl"))]
-    assert len(ids_views) == len(set(ids_views)) == 4 + 3 + n_prop
+    assert len(ids_views) == len(set(ids_views)) == 4 + 3 + 4
 
 
 def test_resume_skips_done_items_and_drops_a_half_line(tmp_path, data6, tiny):

@@ -60,7 +60,7 @@ def _pct(x: float) -> str:
 
 
 def bin_labels(edges: Sequence[float]) -> list[str]:
-    inner = [f"{_pct(lo)}-{_pct(hi)}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    inner = [f"{100 * lo:g}-{_pct(hi)}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     return [f"<{_pct(edges[0])}"] + inner + [f">={_pct(edges[-1])}"]
 
 
