@@ -345,3 +345,45 @@ def test_paired_bootstrap():
     assert paired_bootstrap_ci(a, a) == (0.0, 0.0)  # identical systems: zero width at zero
     with pytest.raises(ValueError, match="same length"):
         paired_bootstrap_ci([1.0, 0.0], [1.0])
+
+
+def test_thinking_budgets_and_opened_thoughts():
+    from vision_opd.eval.thinking import (ANSWER_BUDGET, THINKING_BUDGET, as_thought, prompt_opens_think,
+                                          response_budget, thinking_stats)
+
+    assert response_budget(None, None)["max_new_tokens"] == ANSWER_BUDGET == 32
+    assert response_budget(None, False) == {"mode": "answer", "max_new_tokens": 32, "source": "default for answer mode"}
+    assert response_budget(None, True)["max_new_tokens"] == THINKING_BUDGET == 8192
+    assert response_budget(100, True) == {"mode": "thinking", "max_new_tokens": 100, "source": "--max-new-tokens"}
+    with pytest.raises(ValueError, match="max-new-tokens"):
+        response_budget(0, None)
+    assert prompt_opens_think("<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n")
+    assert not prompt_opens_think("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # thinking switched off
+    assert not prompt_opens_think("<|im_start|>user\n<think> in the question<|im_end|>\n<|im_start|>assistant\n")
+    assert as_thought("Option A looks", True) == "<think>Option A looks"  # cut inside the opened thought
+    assert as_thought("reasoning</think>B", True) == "reasoning</think>B"
+    assert as_thought("B", False) == "B"
+    # the thought is never scanned: a letter inside an unfinished thought is no answer, and it counts as truncated
+    s = score_choice(as_thought("The answer is B, I think, but", True), ABCD, "B")
+    assert s["extracted"] is None and failure_kind(as_thought("The answer is B, I think, but", True), None,
+                                                   truncated=True) == "truncated"
+    stats = thinking_stats([{"response": "<think>abc</think>B"}, {"response": "<think>abcdef"}, {"response": "C"}])
+    assert stats["with_thought_rate"] == pytest.approx(2 / 3) and stats["unfinished_rate"] == pytest.approx(1 / 3)
+
+
+def test_a_chat_template_that_opens_the_thought(synth_records):
+    """Qwen-style thinking templates end the generation prompt with `<think>`: the response is stored with it, so
+    a response cut before `</think>` is an unfinished thought, never scanned for a letter."""
+    from vision_opd.eval.hf_backend import HFGenerator
+    from vision_opd.eval.views import view_of
+    from vision_opd.models.tiny import build_tiny
+
+    model, processor = build_tiny("qwen2_5_vl")
+    processor.chat_template = processor.chat_template.replace(
+        "<|im_start|>assistant\\n", "<|im_start|>assistant\\n<think>\\n") if "<|im_start|>assistant\\n" in \
+        processor.chat_template else processor.chat_template + "<think>\n"
+    gen = HFGenerator(model.eval(), processor, max_new_tokens=3)
+    out = gen([view_of(r, "full") for r in synth_records[:3]])
+    for g in out:
+        assert g.text.startswith("<think>") and failure_kind(g.text, None, truncated=g.truncated) in ("truncated",
+                                                                                                       "unextractable")

@@ -105,7 +105,7 @@ def plot_gap_by_size(table: dict[str, Any], path: Path, title: str = "") -> Path
     ax1.set_ylim(-0.02, 1.02)
     ax1.set_ylabel("accuracy")
     ax1.set_title("accuracy per view by evidence size")
-    ax1.legend(fontsize=8)
+    ax1.legend(fontsize=8, loc="center right")
     names = sorted({d for b in bins for d in b["differences"]})
     width = 0.8 / max(1, len(names))
     for k, name in enumerate(names):

@@ -46,10 +46,17 @@ def failure_counts(samples: Sequence[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def _score(samples, records_by_id, bench, correct: list[float]) -> dict[str, Any]:
-    """The official aggregate of one correctness vector, its CI, and per-category accuracy with theirs."""
-    results = [{**s, "correct": bool(c), "meta": records_by_id[s["id"]].meta if s["id"] in records_by_id else {}}
-               for s, c in zip(samples, correct, strict=True)]
+def _as_rules_left_it(s: dict[str, Any]) -> dict[str, Any]:
+    return {**s, "extracted": None, "correct": False, "failure": "unextractable"} if s.get("method") == "judge" else s
+
+
+def _score(samples, records_by_id, bench, judged: bool) -> dict[str, Any]:
+    """The official aggregate of the rule-only (or judged) results, its CI, and per-category accuracy with theirs."""
+    results = [{**(s if judged else _as_rules_left_it(s)), "unextracted": None,
+                "meta": records_by_id[s["id"]].meta if s["id"] in records_by_id else {}} for s in samples]
+    for r in results:
+        r["unextracted"] = r.get("failure") is not None
+    correct = [float(r["correct"]) for r in results]
     official = bench.aggregate(results) if bench else micro_summary("records", results)
     accuracy = float(official.get("overall", official.get("accuracy", float(np.mean(correct)))))
     recs = [records_by_id.get(s["id"]) for s in samples]
@@ -93,7 +100,7 @@ def summarise(samples: Sequence[dict[str, Any]], records: Sequence[Record], benc
     answered = [f is None for f in rule_failures]
     out = {
         "n": len(samples),
-        **_score(samples, by_id, bench, rule),
+        **_score(samples, by_id, bench, judged=False),
         "answered_share": float(np.mean(answered)),
         "accuracy_on_answered": float(np.mean([c for c, a in zip(rule, answered, strict=True) if a])) if any(answered) else None,
         "unextracted_rate": float(1 - np.mean(answered)),
@@ -104,7 +111,7 @@ def summarise(samples: Sequence[dict[str, Any]], records: Sequence[Record], benc
         "seconds_per_item": float(np.mean([s["seconds"] for s in samples])),
     }
     if any("judge" in s for s in samples):
-        judged = _score(samples, by_id, bench, [float(s["correct"]) for s in samples])
+        judged = _score(samples, by_id, bench, judged=True)
         out["judged"] = {k: judged[k] for k in ("accuracy", "accuracy_ci95", "accuracy_ci95_of", "micro_accuracy",
                                                 "per_category")}
         out["judged"].update(answered_share=float(np.mean([s.get("failure") is None for s in samples])),
