@@ -126,7 +126,7 @@ def add_parsers(sub) -> None:
         e.add_argument("--model", required=True, help="hub id, local checkpoint folder, or tiny:FAMILY (a random tiny "
                        "model: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5; accuracy is chance)")
         e.add_argument("--benchmark", required=True, help="benchmark name (vstar, hrbench_4k, hrbench_8k, mme_realworld, "
-                       "mme_realworld_cn, mme_realworld_lite, zoombench, treebench, pope, jsonl, synthetic)")
+                       "mme_realworld_cn, mme_realworld_lite, zoombench, treebench, pope, mle_bench, jsonl, synthetic)")
         e.add_argument("--data", required=True, help="the benchmark's local file or folder (or a hub id where supported)")
         e.add_argument("--out", required=True, help="output folder; rerunning with the same folder resumes")
         e.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (openai: concurrent requests)")

@@ -78,8 +78,10 @@ def statistic_ci(values: Sequence[float], strata: Sequence | None = None, cluste
     """Percentile bootstrap CI of `stratified_mean(values, strata)` (minus the same statistic of the paired values
     `minus`), resampling whole clusters (items sharing a cluster label are drawn together; None: every item alone).
 
-    With no strata and no clusters this is `bootstrap_ci` (or `paired_bootstrap_ci` with `minus`) in distribution.
-    Resampling clusters keeps correlated rows together, e.g. the four option rotations of one HR-Bench question.
+    Clusters are resampled within blocks of clusters that touch the same strata: a cluster inside one stratum is
+    redrawn from its stratum (a stratified bootstrap: each stratum keeps its size), while clusters spanning every
+    stratum (the four option rotations of one HR-Bench question, one per cycle) are redrawn from all of them. With
+    no strata and no clusters this is `bootstrap_ci` (or `paired_bootstrap_ci` with `minus`), draw for draw.
     """
     x = _check(values, n_boot, level, "statistic_ci")
     if minus is not None:
@@ -91,13 +93,15 @@ def statistic_ci(values: Sequence[float], strata: Sequence | None = None, cluste
     cell = c * n_s + s
     n_KS = np.bincount(cell, minlength=n_c * n_s).reshape(n_c, n_s).astype(np.float64)
     hits = [np.bincount(cell, weights=v, minlength=n_c * n_s).reshape(n_c, n_s) for v in ([x] if minus is None else [x, y])]
+    signature = [tuple(np.flatnonzero(row)) for row in n_KS]
+    blocks = [np.array([k for k in range(n_c) if signature[k] == sig]) for sig in dict.fromkeys(signature)]
     rng = np.random.default_rng(seed)
     rows = max(1, 4_000_000 // n_c)
     out = np.empty(n_boot)
     with np.errstate(invalid="ignore", divide="ignore"):
         for start in range(0, n_boot, rows):
             stop = min(n_boot, start + rows)
-            draws = rng.integers(0, n_c, size=(stop - start, n_c))
+            draws = np.concatenate([b[rng.integers(0, b.size, size=(stop - start, b.size))] for b in blocks], axis=1)
             counts_BK = np.stack([np.bincount(d, minlength=n_c) for d in draws]).astype(np.float64)
             total_BS = counts_BK @ n_KS
             stats = [np.nanmean((counts_BK @ h) / total_BS, axis=1) for h in hits]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vision_opd.data.records import Record
-from vision_opd.eval.benchmarks import hrbench, jsonl, mme_realworld, pope, treebench, vstar, zoombench
+from vision_opd.eval.benchmarks import hrbench, jsonl, mle_bench, mme_realworld, pope, treebench, vstar, zoombench
 from vision_opd.eval.benchmarks.common import Benchmark, format_prompt, score_record
 from vision_opd.data.files import DataFileError
 
@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         zoombench.BENCHMARK,
         treebench.BENCHMARK,
         pope.BENCHMARK,
+        mle_bench.BENCHMARK,
         jsonl.BENCHMARK,
         jsonl.SYNTHETIC,
     )
@@ -47,6 +48,8 @@ ALIASES = {
     "mmerealworld": "mme_realworld",
     "zoom_bench": "zoombench",
     "records": "jsonl",
+    "mlebench": "mle_bench",
+    "multi_level_existence_bench": "mle_bench",
 }
 
 
