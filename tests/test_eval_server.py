@@ -270,3 +270,40 @@ def test_one_line_errors_before_any_item(tmp_path, stubs, capsys, monkeypatch):
     assert _eval(server, data, tmp_path / "c") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'vision-opd[serve]'" in err[0]
+
+
+class _FakeJudge:
+    model, concurrency = "fake", 2
+
+    def __init__(self, verdicts):
+        self.verdicts, self.asked = verdicts, []
+
+    def ask(self, question, options, response):
+        from vision_opd.eval.judge import Verdict
+
+        self.asked.append((question, tuple(options), response))
+        status, answer = self.verdicts[response]
+        return Verdict(status, answer, answer or status)
+
+    def settings(self):
+        return {"model": self.model}
+
+
+def test_the_judge_reads_yes_no_items_as_two_options_and_an_earlier_verdict_can_be_undone(tmp_path):
+    from vision_opd.eval.judge import apply_judge, undo_judged
+
+    recs = [Record(id="y", image="im.png", question="Is there a dog?", answer="yes"),
+            Record(id="o", image="im.png", question="How many dogs?", answer="3")]  # open: never judged
+    samples = [{"id": "y", "view": "full", "response": "<think>hmm</think>Dogs, definitely dogs.", "extracted": None,
+                "correct": False, "method": "none", "failure": "unextractable"},
+               {"id": "o", "view": "full", "response": "a few", "extracted": None, "correct": False, "method": "none",
+                "failure": "unextractable"}]
+    judge = _FakeJudge({"Dogs, definitely dogs.": ("answer", "A")})
+    out, report = apply_judge(judge, samples, recs, tmp_path / "judge.jsonl")
+    assert judge.asked == [("Is there a dog?", ("yes", "no"), "Dogs, definitely dogs.")]  # the thought left out
+    assert (out[0]["extracted"], out[0]["correct"], out[0]["method"], out[0]["failure"]) == ("yes", True, "judge", None)
+    assert "judge" not in out[1] and report["asked"] == 1 and report["made_correct"] == 1
+    back = undo_judged(out[0])
+    assert (back["extracted"], back["correct"], back["method"], back["failure"]) == (None, False, "none", "unextractable")
+    again, _ = apply_judge(_FakeJudge({}), samples, recs, tmp_path / "judge.jsonl")  # cached: nothing asked
+    assert again[0]["method"] == "judge"
