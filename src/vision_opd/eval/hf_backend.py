@@ -71,7 +71,7 @@ class HFGenerator:
         for ids_T, mask_T, chat in zip(ro.response_ids_B_T.tolist(), ro.response_mask_B_T.tolist(), chats, strict=True):
             keep = [i for i, m in zip(ids_T, mask_T, strict=True) if m and i not in eos]
             text = self.processor.tokenizer.decode(keep, skip_special_tokens=False)
-            texts.append(as_thought(text, bool(self.enable_thinking) or prompt_opens_think(chat)))
+            texts.append(as_thought(text, prompt_opens_think(chat)))
         per_item = (time.perf_counter() - t0) / len(views)
         return [Generation(t, int(n), bool(tr), per_item)
                 for t, n, tr in zip(texts, ro.lengths_B.tolist(), ro.truncated_B.tolist(), strict=True)]

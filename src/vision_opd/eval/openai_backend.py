@@ -131,7 +131,7 @@ class OpenAIGenerator:
         if reasoning:  # a server with a reasoning parser split the thinking off: keep the raw shape
             closed = bool(text) or not truncated  # cut inside the thought: leave it open
             text = f"<think>{reasoning}" + ("</think>" if closed else "") + text
-        text = as_thought(text, bool(self.enable_thinking))
+        text = as_thought(text, bool(self.enable_thinking) and truncated)  # cut with no tag: inside the thought
         tokens = reply.usage.completion_tokens if reply.usage is not None else None
         return Generation(text, int(tokens) if tokens is not None else None, truncated, time.perf_counter() - t0)
 

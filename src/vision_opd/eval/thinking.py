@@ -9,8 +9,9 @@ Budgets: `--max-new-tokens` when given; otherwise ANSWER_BUDGET tokens in answer
 `--no-thinking`) and THINKING_BUDGET with `--thinking`.
 
 Some chat templates open the thought themselves (the generation prompt ends with `<think>`), so the model's own
-text holds only `</think>`; when thinking is on, or the prompt opened a thought, a response that has neither tag
-is an unfinished thought and is stored with the `<think>` that opened it.
+text holds only `</think>`. In-process, a response to such a prompt that has neither tag is an unfinished thought
+and is stored with the `<think>` that opened it; through a server (which does not show the prompt), so is a
+response cut at the budget in thinking mode with neither tag.
 """
 
 from __future__ import annotations
