@@ -307,3 +307,29 @@ def test_the_judge_reads_yes_no_items_as_two_options_and_an_earlier_verdict_can_
     assert (back["extracted"], back["correct"], back["method"], back["failure"]) == (None, False, "none", "unextractable")
     again, _ = apply_judge(_FakeJudge({}), samples, recs, tmp_path / "judge.jsonl")  # cached: nothing asked
     assert again[0]["method"] == "judge"
+
+
+def test_the_gap_probe_with_a_judge_reports_rule_only_and_judged_differences(tmp_path, stubs):
+    import base64
+    import io
+
+    Image.new("RGB", (64, 64), (20, 120, 20)).save(tmp_path / "im.png")
+    recs = [Record(id=f"q{i}", image=str(tmp_path / "im.png"), question=f"Which animal {i}?", options=OPTIONS,
+                   answer="B", box=(4.0, 4.0, 24.0, 24.0)) for i in range(4)]
+    write_records(recs, tmp_path / "records.jsonl")
+
+    def backend(body):
+        url = body["messages"][0]["content"][0]["image_url"]["url"]
+        size = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size
+        return 200, {"content": "Probably the second one." if size == (64, 64) else "B"}, "stop"
+
+    server, judge = stubs(backend), stubs(lambda b: (200, {"content": "B"}, "stop"), model="j")
+    out = tmp_path / "gap"
+    assert main(["gap", "--backend", "openai", "--api-base", server.url, "--model", "stub", "--benchmark", "jsonl",
+                 "--data", str(tmp_path / "records.jsonl"), "--out", str(out), "--views", "full,crop", "--retries", "0",
+                 "--judge-api-base", judge.url, "--judge-model", "j", "--no-progress"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    d = r["differences"]["crop-full"]
+    assert d["difference"] == pytest.approx(1.0) and d["judged"]["difference"] == pytest.approx(0.0)
+    assert r["views"]["full"]["accuracy"] == 0.0 and r["views"]["full"]["judged"]["accuracy"] == 1.0
+    assert r["judge"]["asked"] == 4 and len(judge.bodies) == 4  # only the full view's unreadable replies
