@@ -151,6 +151,36 @@ def test_failure_kinds_through_the_server_and_a_rerun_retries_only_failed_reques
     assert r["failures"]["request_failed"] == 0 and r["accuracy"] == pytest.approx(2 / 7)
 
 
+def test_the_client_retries_a_failing_request_with_backoff_and_stops_at_a_rejected_key(tmp_path, stubs, capsys):
+    data = _records(tmp_path, ["Which animal?"], ["B"])
+    fails = {"left": 2}
+
+    def flaky(body):  # two 503s, then an answer
+        if fails["left"]:
+            fails["left"] -= 1
+            return 503, {}, "stop"
+        return 200, {"content": "Answer: B"}, "stop"
+
+    server = stubs(flaky)
+    out = tmp_path / "retried"
+    assert main(["eval", "--backend", "openai", "--api-base", server.url, "--model", "stub", "--benchmark", "jsonl",
+                 "--data", str(data), "--out", str(out), "--retries", "2", "--no-progress"]) == 0
+    assert len(server.bodies) == 3 and _samples(out)["q0"]["failure"] is None and _samples(out)["q0"]["correct"]
+    assert json.loads((out / "results.json").read_text())["settings"]["run"]["client"]["retries"] == 2
+    # one retry fewer: the request fails for good and is recorded, not scored as an answer
+    fails["left"], out = 2, tmp_path / "one_retry"
+    assert main(["eval", "--backend", "openai", "--api-base", server.url, "--model", "stub", "--benchmark", "jsonl",
+                 "--data", str(data), "--out", str(out), "--retries", "1", "--no-progress"]) == 0
+    s = _samples(out)["q0"]
+    assert (s["failure"], s["extracted"], s["correct"]) == ("request_failed", None, False) and "503" in s["error"]
+    # a rejected key is not retried item by item: one line, no traceback
+    denied = stubs(lambda b: (401, {}, "stop"))
+    capsys.readouterr()
+    assert _eval(denied, data, tmp_path / "denied") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused the request" in err[0] and "Traceback" not in err[0] and len(denied.bodies) == 1
+
+
 JUDGE_ANSWERS = {"Probably the second one.": "B", "Maybe the third one.": "C", "It could be the first one.": "none"}
 
 
