@@ -474,3 +474,31 @@ def test_chunked_paths_stay_float32_under_autocast():
         got, _ = token_divergence_from_hidden(hs, ht, w, ids, spec, lm_head_bias=b)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 100])
+@pytest.mark.parametrize("kind", KINDS)
+def test_sampled_token_logprobs_of_both_views(kind, chunk_size):
+    """student_logprob / teacher_logprob = log_softmax(logits / T) at the sampled id, on both paths."""
+    temperature = 0.7
+    hs, ht, w, b, w_teacher, ids = _hidden_case()
+    spec = DivergenceSpec(kind, alpha=0.5, temperature=temperature, top_k=5, chunk_size=chunk_size)
+    zs, zt = hs @ w.T + b, ht @ w_teacher.T
+    expected_s = F.log_softmax(zs / temperature, dim=-1).gather(-1, ids[:, None]).squeeze(-1)
+    expected_t = F.log_softmax(zt / temperature, dim=-1).gather(-1, ids[:, None]).squeeze(-1)
+    _, from_logits = token_divergence(zs.requires_grad_(True), zt, ids, spec)
+    _, from_hidden = token_divergence_from_hidden(hs, ht, w, ids, spec, lm_head_bias=b, teacher_lm_head_weight=w_teacher)
+    for metrics in (from_logits, from_hidden):
+        torch.testing.assert_close(metrics["student_logprob"], expected_s, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(metrics["teacher_logprob"], expected_t, rtol=1e-5, atol=1e-5)
+        assert not metrics["student_logprob"].requires_grad and not metrics["teacher_logprob"].requires_grad
+    assert not torch.allclose(expected_s, expected_t)  # the two views differ: the check can tell them apart
+
+
+def test_sampled_token_logprobs_need_the_ids():
+    zs, zt = _logits(6, 9, seed=40), _logits(6, 9, seed=41)
+    for chunk_size in (None, 4):
+        _, metrics = token_divergence(zs, zt, None, DivergenceSpec("jsd", chunk_size=chunk_size))
+        assert set(metrics) == {"reverse_kl", "top1_agree"}
+    with pytest.raises(AssertionError, match="sampled_ids must be integer"):
+        token_divergence(zs, zt, torch.zeros(5, dtype=torch.long), DivergenceSpec("jsd"))

@@ -110,7 +110,9 @@ def test_train_writes_metrics_checkpoint_and_resumes(tmp_path, synth_dir):
     assert (cks[-1] / "teacher" / "model.safetensors").is_file() and (cks[-1] / "config.yaml").is_file()
     AutoModelForImageTextToText.from_pretrained(cks[-1])
     sample = json.loads((run / "samples.jsonl").read_text().splitlines()[0])
-    assert len(sample["tokens"]) == len(sample["token_kl"])
+    assert len(sample["tokens"]) == len(sample["token_kl"]) == len(sample["student_logprob"]) == len(sample["teacher_logprob"])
+    assert all(x <= 0 for x in sample["student_logprob"] + sample["teacher_logprob"])
+    assert sample["student_logprob"] != sample["teacher_logprob"]  # the two views read the tokens differently
     # resume: continues at step 3 from step_000002 and ends with the same weights as the uninterrupted run
     from safetensors.torch import load_file
 

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .losses import (DEFAULT_CHUNK_SIZE, DivergenceSpec, check_alpha, check_ids, generalized_jsd_plain, logprobs,
                      sampled_token_loss_plain, topk_tail_jsd_plain)
-from .losses_chunked import ChunkedHiddenDivergence, ChunkedLogitsDivergence
+from .losses_chunked import METRICS, ChunkedHiddenDivergence, ChunkedLogitsDivergence
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,8 +104,10 @@ def token_divergence(student_logits_N_V: Tensor, teacher_logits_N_V: Tensor, sam
 
     Returns (values [N] float32 with grad to the student only, metrics) where metrics are detached
     per-token tensors [N]: `reverse_kl` = KL(S||T) over the full vocabulary (for monitoring, at
-    the same temperature) and `top1_agree` = 1.0 where argmax S == argmax T, else 0.0.
-    `sampled_ids_N` is required for kind "sampled" and ignored otherwise.
+    the same temperature) and `top1_agree` = 1.0 where argmax S == argmax T, else 0.0; when
+    `sampled_ids_N` is given, also `student_logprob` and `teacher_logprob` = the sampled token's
+    log-prob under each view at the same temperature, log_softmax(logits / temperature)[id].
+    `sampled_ids_N` is required for kind "sampled"; the other kinds use it only for those two metrics.
     """
     assert student_logits_N_V.dim() == 2 and student_logits_N_V.shape == teacher_logits_N_V.shape, (
         f"token_divergence wants [N, V] logits of the same shape, got {tuple(student_logits_N_V.shape)} "
@@ -116,11 +118,11 @@ def token_divergence(student_logits_N_V: Tensor, teacher_logits_N_V: Tensor, sam
 def _divergence(zs_N_V: Tensor, zt_N_V: Tensor, ids_N: Tensor | None, spec: DivergenceSpec,
                 want_metrics: bool) -> tuple[Tensor, dict[str, Tensor]]:
     check_ids(ids_N, spec, zs_N_V.shape[0])
-    ids_N = None if ids_N is None or spec.kind != "sampled" else ids_N.long()
+    ids_N = None if ids_N is None else ids_N.long()
     zt_N_V = zt_N_V.detach()
     if spec.chunk_size is not None:
-        values, reverse_kl, agree = ChunkedLogitsDivergence.apply(zs_N_V, zt_N_V, ids_N, spec, want_metrics)
-        return values, ({"reverse_kl": reverse_kl, "top1_agree": agree} if want_metrics else {})
+        values, *metrics = ChunkedLogitsDivergence.apply(zs_N_V, zt_N_V, ids_N, spec, want_metrics)
+        return values, (_named(metrics, ids_N) if want_metrics else {})
     if spec.kind == "jsd":
         values = generalized_jsd_plain(zs_N_V, zt_N_V, spec.alpha, spec.temperature)
     elif spec.kind == "topk":
@@ -133,7 +135,16 @@ def _divergence(zs_N_V: Tensor, zt_N_V: Tensor, ids_N: Tensor | None, spec: Dive
         logp_s, logp_t = logprobs(zs_N_V, spec.temperature), logprobs(zt_N_V, spec.temperature)
         metrics = {"reverse_kl": (logp_s.exp() * (logp_s - logp_t)).sum(-1),
                    "top1_agree": (logp_s.argmax(-1) == logp_t.argmax(-1)).float()}
+        if ids_N is not None:
+            metrics["student_logprob"] = logp_s.gather(-1, ids_N[:, None]).squeeze(-1)
+            metrics["teacher_logprob"] = logp_t.gather(-1, ids_N[:, None]).squeeze(-1)
     return values, metrics
+
+
+def _named(metrics: list[Tensor], ids_N: Tensor | None) -> dict[str, Tensor]:
+    """The chunked Functions' metric outputs by name; the sampled-token log-probs only when ids were given."""
+    return {name: m for name, m in zip(METRICS, metrics, strict=True)
+            if ids_N is not None or name not in ("student_logprob", "teacher_logprob")}
 
 
 def token_divergence_from_hidden(student_hidden_N_H: Tensor, teacher_hidden_N_H: Tensor, lm_head_weight_V_H: Tensor,
@@ -171,11 +182,11 @@ def token_divergence_from_hidden(student_hidden_N_H: Tensor, teacher_hidden_N_H:
         zt = _linear(teacher_hidden_N_H, teacher_w, teacher_b)
         return token_divergence(zs, zt, sampled_ids_N, spec)
     check_ids(sampled_ids_N, spec, n)
-    sampled_ids_N = None if sampled_ids_N is None or spec.kind != "sampled" else sampled_ids_N.long()
-    values, reverse_kl, agree = ChunkedHiddenDivergence.apply(
+    sampled_ids_N = None if sampled_ids_N is None else sampled_ids_N.long()
+    values, *metrics = ChunkedHiddenDivergence.apply(
         student_hidden_N_H, lm_head_weight_V_H, lm_head_bias, teacher_hidden_N_H, teacher_w, teacher_b,
         sampled_ids_N, spec, True)
-    return values, {"reverse_kl": reverse_kl, "top1_agree": agree}
+    return values, _named(metrics, sampled_ids_N)
 
 
 def _linear(hidden_N_H: Tensor, weight_V_H: Tensor, bias_V: Tensor | None) -> Tensor:

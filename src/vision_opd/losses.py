@@ -157,8 +157,9 @@ def check_alpha(alpha: float) -> None:
 
 
 def check_ids(ids_N: Tensor | None, spec: DivergenceSpec, n: int) -> None:
-    if spec.kind != "sampled":
+    """Kind "sampled" needs the sampled ids; given ids (any kind) must be integer [N]."""
+    if ids_N is None:
+        assert spec.kind != "sampled", "kind 'sampled' needs sampled_ids (the response token ids, [N])"
         return
-    assert ids_N is not None, "kind 'sampled' needs sampled_ids (the response token ids, [N])"
     assert ids_N.shape == (n,) and not ids_N.is_floating_point(), (
         f"sampled_ids must be integer [N={n}], got {ids_N.dtype} {tuple(ids_N.shape)}")

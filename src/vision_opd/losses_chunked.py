@@ -57,9 +57,10 @@ _TINY = torch.finfo(torch.float32).tiny
 
 
 def _block_values(spec: DivergenceSpec, zs: Tensor, zt: Tensor, y: Tensor | None, want_metrics: bool):
-    """Per-row values (no grad). Returns (values, aux, reverse_kl, agree): aux are the small
-    per-row tensors backward needs besides the student logits (see `_Saved`); the metrics are
-    None unless want_metrics."""
+    """Per-row values (no grad). Returns (values, aux, metrics): aux are the small per-row tensors
+    backward needs besides the student logits (see `_Outputs`); metrics is None unless want_metrics,
+    else (reverse_kl, agree, student_logprob, teacher_logprob), the last two the sampled token's
+    log-prob under each view (log_softmax(z)[y]; None when no sampled ids y are given)."""
     ls = torch.log_softmax(zs, dim=-1)
     lt = torch.log_softmax(zt, dim=-1)
     a = spec.alpha
@@ -88,10 +89,13 @@ def _block_values(spec: DivergenceSpec, zs: Tensor, zt: Tensor, y: Tensor | None
         values = adv * lps_y
         aux = (adv,)
     if not want_metrics:
-        return values, aux, None, None
+        return values, aux, None
     reverse_kl = values if (spec.kind == "jsd" and a == 1.0) else torch.linalg.vecdot(ps, ls - lt)
     agree = (zs.argmax(-1) == zt.argmax(-1)).float()
-    return values, aux, reverse_kl, agree
+    lps_y = lpt_y = None
+    if y is not None:
+        lps_y, lpt_y = ls.gather(-1, y[:, None]).squeeze(-1), lt.gather(-1, y[:, None]).squeeze(-1)
+    return values, aux, (reverse_kl, agree, lps_y, lpt_y)
 
 
 def _block_grad(spec: DivergenceSpec, zs: Tensor, zt: Tensor | None, y: Tensor | None, aux: tuple,
@@ -145,27 +149,36 @@ def _scaled(z: Tensor, temperature: float) -> Tensor:
 class _Outputs:
     """Per-token outputs of a forward pass, filled block by block, and the small per-token
     tensors saved for backward: "topk": the ids [N, K] and the teacher's bucket log-probs
-    [N, K+1]; "sampled": the advantage [N]; "jsd": nothing (its backward needs the teacher)."""
+    [N, K+1]; "sampled": the advantage [N]; "jsd": nothing (its backward needs the teacher).
+    The metrics (`METRICS`, each [N], or [0] when not asked for; the sampled-token log-probs
+    need the sampled ids) are outputs of the autograd Functions, non-differentiable."""
 
-    def __init__(self, spec: DivergenceSpec, n: int, vocab: int, device: torch.device, want_metrics: bool):
+    def __init__(self, spec: DivergenceSpec, n: int, vocab: int, device: torch.device, want_metrics: bool,
+                 has_ids: bool):
         def new(*shape, dtype=torch.float32):
             return torch.empty(*shape, dtype=dtype, device=device)
 
         self.values = new(n)
         k = min(spec.top_k, vocab)
         self.aux = {"jsd": (), "topk": (new(n, k, dtype=torch.long), new(n, k + 1)), "sampled": (new(n),)}[spec.kind]
-        self.reverse_kl = new(n if want_metrics else 0)
-        self.agree = new(n if want_metrics else 0)
-        self.want_metrics = want_metrics
+        logprob_n = n if has_ids else 0  # the sampled-token log-probs need the sampled ids
+        sizes = (n, n, logprob_n, logprob_n) if want_metrics else (0, 0, 0, 0)
+        self.metrics = tuple(new(size) for size in sizes)
 
     def fill(self, rows: slice, out) -> None:
-        values, aux, reverse_kl, agree = out
+        values, aux, metrics = out
         self.values[rows] = values
         for buf, part in zip(self.aux, aux, strict=True):
             buf[rows] = part
-        if self.want_metrics:
-            self.reverse_kl[rows] = reverse_kl
-            self.agree[rows] = agree
+        if metrics is None:
+            return
+        for buf, part in zip(self.metrics, metrics, strict=True):
+            if part is not None:
+                buf[rows] = part
+
+
+# The per-token metrics the Functions return after the values, in this order.
+METRICS = ("reverse_kl", "top1_agree", "student_logprob", "teacher_logprob")
 
 
 def _rows_of(aux: tuple, rows: slice) -> tuple:
@@ -179,7 +192,8 @@ def _float32_only(device: torch.device):
 
 class ChunkedLogitsDivergence(torch.autograd.Function):
     """(student_logits [N, V], teacher_logits [N, V], sampled_ids [N] | None, spec, want_metrics)
-    -> (values [N], reverse_kl [N] or [0], top1_agree [N] or [0]); grad only for student_logits."""
+    -> (values [N], *metrics): the `METRICS`, each [N] or [0]; grad only for student_logits.
+    Kind "sampled" needs sampled_ids; the others use them only for the sampled-token log-probs."""
 
     @staticmethod
     def forward(ctx, student_logits_N_V, teacher_logits_N_V, sampled_ids_N, spec, want_metrics):
@@ -188,14 +202,14 @@ class ChunkedLogitsDivergence(torch.autograd.Function):
                                                     want_metrics)
 
     @staticmethod
-    def backward(ctx, grad_values_N, _grad_reverse_kl, _grad_agree):
+    def backward(ctx, grad_values_N, *_grad_metrics):
         with _float32_only(grad_values_N.device):
             return ChunkedLogitsDivergence._backward(ctx, grad_values_N)
 
     @staticmethod
     def _forward(ctx, student_logits_N_V, teacher_logits_N_V, sampled_ids_N, spec, want_metrics):
         n, vocab = student_logits_N_V.shape
-        out = _Outputs(spec, n, vocab, student_logits_N_V.device, want_metrics)
+        out = _Outputs(spec, n, vocab, student_logits_N_V.device, want_metrics, sampled_ids_N is not None)
         for rows in _blocks(n, vocab, student_logits_N_V.device, spec.chunk_size):
             zs = _scaled(student_logits_N_V[rows], spec.temperature)
             zt = _scaled(teacher_logits_N_V[rows], spec.temperature)
@@ -203,8 +217,8 @@ class ChunkedLogitsDivergence(torch.autograd.Function):
             out.fill(rows, _block_values(spec, zs, zt, y, want_metrics))
         ctx.spec = spec
         ctx.save_for_backward(student_logits_N_V, teacher_logits_N_V, sampled_ids_N, *out.aux)
-        ctx.mark_non_differentiable(out.reverse_kl, out.agree)
-        return out.values, out.reverse_kl, out.agree
+        ctx.mark_non_differentiable(*out.metrics)
+        return (out.values, *out.metrics)
 
     @staticmethod
     def _backward(ctx, grad_values_N):
@@ -246,7 +260,7 @@ def _project(hidden_C_H: Tensor, weight_V_H: Tensor, bias_V: Tensor | None, temp
 class ChunkedHiddenDivergence(torch.autograd.Function):
     """(student_hidden [N, H], weight [V, H], bias [V] | None, teacher_hidden [N, H],
     teacher_weight [V, H], teacher_bias [V] | None, sampled_ids [N] | None, spec, want_metrics)
-    -> (values [N], reverse_kl, top1_agree). Grads for student_hidden, weight and bias only: the
+    -> (values [N], *metrics) as `ChunkedLogitsDivergence`. Grads for student_hidden, weight and bias only: the
     teacher's tensors are constants (pass them detached, even when they are the same weight)."""
 
     @staticmethod
@@ -256,7 +270,7 @@ class ChunkedHiddenDivergence(torch.autograd.Function):
                                                     spec, want_metrics)
 
     @staticmethod
-    def backward(ctx, grad_values_N, _grad_reverse_kl, _grad_agree):
+    def backward(ctx, grad_values_N, *_grad_metrics):
         with _float32_only(grad_values_N.device):
             return ChunkedHiddenDivergence._backward(ctx, grad_values_N)
 
@@ -264,7 +278,7 @@ class ChunkedHiddenDivergence(torch.autograd.Function):
     def _forward(ctx, hs_N_H, w_V_H, b_V, ht_N_H, wt_V_H, bt_V, sampled_ids_N, spec, want_metrics):
         n, vocab = hs_N_H.shape[0], w_V_H.shape[0]
         device = hs_N_H.device
-        out = _Outputs(spec, n, vocab, device, want_metrics)
+        out = _Outputs(spec, n, vocab, device, want_metrics, sampled_ids_N is not None)
         c = min(spec.chunk_size, max(n, 1))
         zs_buf = torch.empty(c, vocab, dtype=torch.float32, device=device)
         zt_buf = torch.empty(c, vocab, dtype=torch.float32, device=device)
@@ -278,8 +292,8 @@ class ChunkedHiddenDivergence(torch.autograd.Function):
                 out.fill(glob, _block_values(spec, zs[rows], zt[rows], y, want_metrics))
         ctx.spec = spec
         ctx.save_for_backward(hs_N_H, w_V_H, b_V, ht_N_H, wt_V_H, bt_V, sampled_ids_N, *out.aux)
-        ctx.mark_non_differentiable(out.reverse_kl, out.agree)
-        return out.values, out.reverse_kl, out.agree
+        ctx.mark_non_differentiable(*out.metrics)
+        return (out.values, *out.metrics)
 
     @staticmethod
     def _backward(ctx, grad_values_N):

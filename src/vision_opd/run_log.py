@@ -140,8 +140,13 @@ def _code_block(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
-def sample_rows(processor, records, rollout, token_kl: list, k: int = 4) -> list[dict[str, Any]]:
-    """The first `k` responses of a step's rollout, decoded, with their per-token KL (for samples.jsonl)."""
+def sample_rows(processor, records, rollout, token_values: dict[str, list], k: int = 4) -> list[dict[str, Any]]:
+    """The first `k` responses of a step's rollout, decoded, with their per-token values (for samples.jsonl).
+
+    `token_values` holds per-sample lists of per-token values by metric name: `reverse_kl` (written as
+    `token_kl`, KL(S||T) over the vocabulary), `student_logprob` and `teacher_logprob` (the sampled token's
+    log-prob under each view, at the rollout temperature).
+    """
     rows = []
     for b in range(min(k, rollout.response_ids_B_T.shape[0])):
         n = int(rollout.response_mask_B_T[b].sum().item())
@@ -150,7 +155,8 @@ def sample_rows(processor, records, rollout, token_kl: list, k: int = 4) -> list
             "id": records[int(rollout.prompt_index_B[b])].id,
             "response": processor.tokenizer.decode(ids, skip_special_tokens=False),
             "tokens": [processor.tokenizer.decode([t]) for t in ids],
-            "token_kl": [round(x, 5) for x in token_kl[b]],
+            "token_kl": [round(x, 5) for x in token_values["reverse_kl"][b]],
+            **{name: [round(x, 5) for x in token_values[name][b]] for name in ("student_logprob", "teacher_logprob")},
         })
     return rows
 

@@ -84,7 +84,10 @@ def autocast(cfg: Config, device: torch.device):
 class StepResult:
     metrics: dict
     rollout: object
-    token_kl: list  # per-sample per-token reverse KL (for the sample log)
+    token_values: dict  # {metric: per-sample lists of per-token values} for the sample log (TOKEN_METRICS)
+
+
+TOKEN_METRICS = ("reverse_kl", "student_logprob", "teacher_logprob")  # per-token values kept for samples.jsonl
 
 
 def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: list[Record], optimizer, scheduler,
@@ -126,7 +129,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     optimizer.zero_grad(set_to_none=True)
     model.train()
     sums = {"loss": 0.0, "reverse_kl": 0.0, "top1_agree": 0.0}
-    token_kl: list = []
+    token_values: dict = {name: [] for name in TOKEN_METRICS}
     t_teacher = t_student = 0.0
     B = ro.response_ids_B_T.shape[0]
     for start in range(0, B, mb):
@@ -161,8 +164,8 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         sums["reverse_kl"] += tok_metrics["reverse_kl"].sum().item()
         sums["top1_agree"] += tok_metrics["top1_agree"].sum().item()
         lengths = mask.sum(-1).long().tolist()
-        kl_rows = torch.split(tok_metrics["reverse_kl"].detach().cpu(), lengths)
-        token_kl.extend(k.tolist() for k in kl_rows)
+        for name in TOKEN_METRICS:
+            token_values[name].extend(v.tolist() for v in torch.split(tok_metrics[name].detach().cpu(), lengths))
     # 6. clip, step, schedule, EMA
     tc = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -199,7 +202,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         "sec_optim": t3 - tc,
         "sec_step": t3 - t0,
     }
-    return StepResult(metrics, ro, token_kl)
+    return StepResult(metrics, ro, token_values)
 
 
 def train(cfg: Config, *, resume: bool = False) -> Path:
@@ -323,7 +326,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
                 log.log(step + 1, m)
             bar.set_postfix(loss=f"{m['loss']:.4f}", kl=f"{m['kl']:.4f}", len=f"{m['response_len']:.1f}")
             if is_main and cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
-                log.log_samples(step + 1, sample_rows(processor, batch, result.rollout, result.token_kl))
+                log.log_samples(step + 1, sample_rows(processor, batch, result.rollout, result.token_values))
             skips.update(m["skipped"], step + 1)
             watch.check(m["collapse"], step + 1)
             wait_for_signal_test_hook(step + 1, stop)
