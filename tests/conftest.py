@@ -24,3 +24,53 @@ def synth_records(synth_dir):
     from vision_opd.data.validate import read_records
 
     return read_records(synth_dir / "train.jsonl")
+
+
+# ----------------------------------------------------------------------------- output folders for the report tests
+# Each is made as a user makes it, through the command line: a tiny training run, an eval and a gap folder of the
+# shipped demo model on the synthetic records, and a shortened demo.
+
+
+@pytest.fixture(scope="session")
+def report_run(tmp_path_factory, synth_dir):
+    from vision_opd.cli import main
+
+    out = tmp_path_factory.mktemp("report") / "run"
+    assert main(["train", f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={out}", "train.steps=3",
+                 "train.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4",
+                 "train.micro_batch_size=4", "train.sample_every=1", "train.progress=false", "views.teacher_pixels=12544",
+                 f"data.eval_file={synth_dir / 'train.jsonl'}", "train.eval_every=2", "train.eval_max_new_tokens=2",
+                 "train.threads=1"]) == 0
+    return out
+
+
+def _eval_cli(command: str, out, synth_dir) -> None:
+    from vision_opd.cli import main
+    from vision_opd.demo.run import ASSET_MODEL
+
+    assert main([command, "--model", str(ASSET_MODEL), "--benchmark", "synthetic", "--data", str(synth_dir / "train.jsonl"),
+                 "--out", str(out), "--no-progress", "--max-new-tokens", "8"]) == 0
+
+
+@pytest.fixture(scope="session")
+def report_eval(tmp_path_factory, synth_dir):
+    out = tmp_path_factory.mktemp("report") / "eval"
+    _eval_cli("eval", out, synth_dir)
+    return out
+
+
+@pytest.fixture(scope="session")
+def report_gap(tmp_path_factory, synth_dir):
+    out = tmp_path_factory.mktemp("report") / "gap"
+    _eval_cli("gap", out, synth_dir)
+    return out
+
+
+@pytest.fixture(scope="session")
+def report_demo(tmp_path_factory):
+    from vision_opd.cli import main
+
+    out = tmp_path_factory.mktemp("report") / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "2", "--eval-every", "1", "--n-eval", "8", "--n-opd", "8",
+                 "--no-progress"]) == 0
+    return out

@@ -124,6 +124,7 @@ class TrainConfig:
     tensorboard: bool | str = "auto"  # scalars + samples to out_dir/tensorboard: auto (when installed) | true | false
     wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`)
     wandb_project: str | None = None
+    report: bool = True  # write out_dir/report.html (the page of `vision-opd report`) at the end of the run
 
 
 @dataclass

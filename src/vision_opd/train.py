@@ -42,6 +42,7 @@ from .models.parts import backbone_and_head, strip_wrappers, unwrap
 from .rollout import sample
 from .run_log import MetricsLogger, sample_rows
 from .scoring import score_responses
+from .report import report_after_run
 from .stream import PromptStream
 from .teacher import Teacher
 
@@ -346,4 +347,6 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     final = save(cfg.train.steps)
     if is_main:
         print(f"[vision-opd] done: {cfg.train.steps} steps; checkpoint {final}" + (f"; {n_bad} bad record(s) skipped" if n_bad else ""))
+        if cfg.train.report:
+            report_after_run(run_dir)
     return run_dir

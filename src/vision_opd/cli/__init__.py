@@ -8,9 +8,10 @@
     vision-opd data validate FILE [...] [--skip-bad]       check every record and print a report
     vision-opd eval --model M --benchmark B --data PATH --out DIR   benchmark accuracy (docs/eval.md)
     vision-opd gap --model M --benchmark B --data PATH --out DIR    full vs crop vs red box, paired
+    vision-opd report PATH [--out FILE]                    one self-contained HTML page for a run / eval / gap folder
 
 Each module here holds a group of subcommands (`add_parsers` + the `cmd_*` functions they call):
-training.py (train, config, data, synth), evaluation.py (eval, gap), demo.py (pretrain, demo).
+training.py (train, config, data, synth), evaluation.py (eval, gap), demo.py (pretrain, demo), report.py (report).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import argparse
 import os
 import sys
 
-from . import demo, evaluation, training
+from . import demo, evaluation, report, training
 
 
 def _quiet_hf() -> None:
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_parsers(sub)
     demo.add_parsers(sub)
     evaluation.add_parsers(sub)
+    report.add_parsers(sub)
     return p
 
 

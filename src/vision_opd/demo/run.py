@@ -10,7 +10,8 @@
 3. Vision-OPD with NO labels: the student samples answers on unlabelled hard full images, the frozen
    pre-trained model reads the same answers on the crops, the loss is the JSD between the two views'
    next-token distributions (`train.vision_opd_step`).
-4. Measure again; print a table; write report.md, demo.png and summary.json into --out.
+4. Measure again; print a table; write report.md, report.html (`vision-opd report`), demo.png, summary.json and
+   examples.json into --out.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .world import WorldConfig
 from .pretrain import PretrainConfig, eval_split, evaluate_views, load_demo_model, pretrain
 
 ASSET_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+N_EXAMPLES = 6  # held-out items shown in report.html
 REGENERATE = "vision-opd pretrain --out runs/pretrain --copy-to src/vision_opd/assets/demo_model"
 
 
@@ -142,8 +144,24 @@ def demo(out: str | Path = "runs/demo", *, model_dir: str | Path | None = None, 
     table = _table(summary)
     print(table)
     (out / "report.md").write_text(_report(summary, table))
-    print(f"[demo] wrote {out / 'report.md'}, {out / 'demo.png'}, {out / 'summary.json'} in {seconds:.0f} s")
+    html = _html_report(out, model, res["model"], processor, held[:N_EXAMPLES], teacher)
+    print(f"[demo] wrote {out / 'report.md'}, {html}, {out / 'demo.png'}, {out / 'summary.json'} in {seconds:.0f} s")
     return summary
+
+
+def _html_report(out: Path, before, after, processor, records, teacher: str) -> Path:
+    """examples.json (what each view sees and answers, before and after training) and report.html."""
+    from ..report import build_report
+    from .examples import view_answers, write_examples
+
+    frozen = teacher == "frozen"
+    note = {"before": "the initial model on the crop",
+            "after": "the initial model on the crop (the frozen teacher)" if frozen
+            else f"the trained model on the crop (a {teacher} teacher follows the student)"}
+    phases = {"before": view_answers(before, before, processor, records, _views()),
+              "after": view_answers(after, before if frozen else after, processor, records, _views())}
+    write_examples(out / "examples.json", records, phases, _views(), note)
+    return build_report(out)
 
 
 def _views():

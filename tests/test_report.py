@@ -1,0 +1,281 @@
+"""`vision-opd report`: the pages of a tiny training run, an eval folder, a gap folder and the demo, read back.
+
+The content is checked against the folder's own files: one block per sampled rollout, every token's colour
+recomputed from its value in samples.jsonl (independently of the report's code), the images embedded and
+decodable, the gallery's outcomes and its filter buttons, the galleries of the gap probe, the bounds on a long
+run, the missing-data path, the command line, and that building a page never imports torch or transformers.
+The browser renders the same pages in test_report_browser.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from vision_opd.cli import main
+from vision_opd.report import Limits, build_html, build_report
+
+VOID = {"img", "br", "meta", "input", "hr", "link"}
+
+
+class Tree(HTMLParser):
+    """Every element with its attributes, its ancestors and its text (enough for these checks)."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.elements: list[dict] = []
+        self.stack: list[dict] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        el = {"tag": tag, "attrs": dict(attrs), "parents": list(self.stack), "text": []}
+        self.elements.append(el)
+        if tag not in VOID:
+            self.stack.append(el)
+
+    def handle_endtag(self, tag):
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i]["tag"] == tag:
+                del self.stack[i:]
+                return
+
+    def handle_data(self, data):
+        for el in self.stack:
+            el["text"].append(data)
+
+    def all(self, cls: str | None = None, tag: str | None = None, within: dict | None = None) -> list[dict]:
+        return [e for e in self.elements if (cls is None or cls in e["attrs"].get("class", "").split())
+                and (tag is None or e["tag"] == tag) and (within is None or any(p is within for p in e["parents"]))]
+
+
+def text(el: dict) -> str:
+    return "".join(el["text"])
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def assert_self_contained(html: str) -> None:
+    assert not re.search(r"<script[^>]+src=|<link\b|@import|url\(\s*['\"]?https?:", html, re.I)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html, re.I), "the page must not fetch anything"
+
+
+def image_of(el: dict) -> Image.Image:
+    src = el["attrs"]["src"]
+    assert src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
+    return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+
+
+def expected_kl_colour(kl: float, p95: float) -> str:
+    """White -> (228, 87, 46), linear, full at the page's 95th percentile (docs/report.md), written out here."""
+    w = min(1.0, max(0.0, kl / p95))
+    return "#" + "".join(f"{round(255 + (c - 255) * w):02x}" for c in (228, 87, 46))
+
+
+# ----------------------------------------------------------------------------- training run
+
+
+def test_training_run_page_shows_every_rollout_with_its_token_values(report_run):
+    page = report_run / "report.html"
+    assert page.is_file(), "train writes report.html at the end of the run (train.report=true)"
+    html = page.read_text(encoding="utf-8")
+    assert_self_contained(html)
+    tree = Tree(html)
+    samples = rows_of(report_run / "samples.jsonl")
+    by_step: dict[int, list[dict]] = {}
+    for r in samples:
+        by_step.setdefault(r["step"], []).append(r)
+    assert sorted(by_step) == [1, 2, 3]
+    assert len(tree.all("resp")) == len(samples) == 12  # 3 steps x 4 rows, all within the default limits
+    p95 = float(np.percentile([v for r in samples for v in r["token_kl"]], 95))
+    colours = []
+    for resp in tree.all("resp"):
+        item = next(p for p in reversed(resp["parents"]) if "rollout" in p["attrs"].get("class", ""))
+        row = by_step[int(item["attrs"]["data-step"])][int(resp["attrs"]["data-sample"])]
+        assert item["attrs"]["data-id"] == row["id"]
+        spans = tree.all("tok", within=resp)
+        assert len(spans) == len(row["tokens"]) > 0
+        assert [float(s["attrs"]["data-kl"]) for s in spans] == row["token_kl"]
+        assert [float(s["attrs"]["data-lps"]) for s in spans] == row["student_logprob"]
+        assert [float(s["attrs"]["data-lpt"]) for s in spans] == row["teacher_logprob"]
+        for s, kl in zip(spans, row["token_kl"], strict=True):
+            style = dict(part.split(":", 1) for part in s["attrs"]["style"].split(";"))
+            assert style["--kl"] == expected_kl_colour(kl, p95)
+            colours.append((kl, int(style["--kl"][3:5], 16)))  # the green channel falls as KL grows
+            assert f"KL {kl:.4f}" in s["attrs"]["title"]
+    colours.sort()
+    assert all(g1 >= g2 for (_, g1), (_, g2) in zip(colours, colours[1:])), "higher KL must never be paler"
+    assert colours[0][1] > colours[-1][1]
+    # the two views as images, per rollout block: the student's full image and the teacher's crop
+    from vision_opd.data.validate import read_records
+    from vision_opd.data.views import ViewConfig, teacher_view
+
+    train_file = yaml.safe_load((report_run / "config.yaml").read_text())["data"]["train_file"]
+    records = {r.id: r for r in read_records(train_file)}
+    for item in tree.all("rollout"):
+        imgs = tree.all(tag="img", within=item)
+        assert len(imgs) == 2
+        full, crop = (image_of(i).convert("RGB") for i in imgs)
+        record = records[item["attrs"]["data-id"]]
+        assert full.size == (168, 168)  # the synthetic image, its crop box outlined
+        seen = teacher_view(record, ViewConfig(teacher_pixels=12544)).images[0].convert("RGB")
+        assert crop.size == seen.size and np.array_equal(np.asarray(crop), np.asarray(seen)), "the teacher's own view"
+        assert record.question in text(item)
+    # curves: loss, KL, length, truncation, agreement, grad norm, lr, held-out accuracy, time
+    assert len(tree.all(tag="svg", within=next(e for e in tree.elements if e["attrs"].get("id") == "curves"))) == 9
+
+
+def test_missing_data_file_leaves_the_rest_of_the_page(report_run, tmp_path):
+    run = tmp_path / "moved"
+    run.mkdir()
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        shutil.copy(report_run / name, run / name)
+    cfg = yaml.safe_load((report_run / "config.yaml").read_text())
+    cfg["data"]["train_file"] = str(tmp_path / "gone" / "train.jsonl")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    tree = Tree(build_html(run))
+    assert any("records not found" in text(w) for w in tree.all("warn"))
+    assert len(tree.all("resp")) == 12 and len(tree.all("tok")) > 0
+    assert not tree.all(tag="img") and tree.all(tag="svg")
+
+
+def test_a_long_run_shows_a_bounded_spread_of_steps(tmp_path):
+    """3000 logged steps, samples every 10: the page takes 5 steps (first and last included), 10 rollouts."""
+    run = tmp_path / "long"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"steps": 3000, "sample_every": 10},
+                                                     "data": {"train_file": str(tmp_path / "absent.jsonl")}}))
+    rng = np.random.default_rng(0)
+    with open(run / "metrics.jsonl", "w") as f:
+        for s in range(1, 3001):
+            f.write(json.dumps({"step": s, "loss": float(rng.random()), "kl": float(rng.random()), "skipped": int(s == 1500),
+                                "collapse": "kl 12 > 10" if 2000 <= s < 2010 else ""}) + "\n")
+    with open(run / "samples.jsonl", "w") as f:
+        for s in range(10, 3001, 10):
+            for g in range(4):
+                f.write(json.dumps({"step": s, "id": f"x{s}", "response": "B", "tokens": ["B", "<|im_end|>"],
+                                    "token_kl": [0.1 * g, 0.0], "student_logprob": [-1.0, -0.1],
+                                    "teacher_logprob": [-0.5, -0.1]}) + "\n")
+    tree = Tree(build_html(run, Limits(max_steps=5, max_rollouts=10)))
+    steps = [int(e["attrs"]["data-step"]) for e in tree.all("rollout")]
+    assert steps[0] == 10 and steps[-1] == 3000 and len(set(steps)) == 5
+    assert len(tree.all("resp")) == 10  # 2 per step
+    assert [text(c) for c in tree.all("card") if "skipped steps" in text(c)][0].startswith("skipped steps1")
+
+
+def test_report_command_rebuilds_and_refuses_what_it_cannot_read(report_run, tmp_path, capsys):
+    out = tmp_path / "page.html"
+    assert main(["report", str(report_run), "--out", str(out), "--max-rollouts", "2"]) == 0
+    assert "(training page" in capsys.readouterr().out
+    assert len(Tree(out.read_text()).all("resp")) == 3  # 2 // 3 steps -> at least one per step
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no output of vision-opd here" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["report", str(report_run), "--max-items", "0"]) == 2
+    assert "max-items must be at least 1" in capsys.readouterr().err
+
+
+def test_train_report_off_writes_no_page(tmp_path, synth_dir):
+    assert main(["train", f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={tmp_path / 'r'}", "train.steps=1",
+                 "train.prompts_per_step=1", "rollout.samples_per_prompt=1", "rollout.max_new_tokens=2",
+                 "train.progress=false", "train.report=false", "train.threads=1"]) == 0
+    assert (tmp_path / "r" / "metrics.jsonl").is_file() and not (tmp_path / "r" / "report.html").exists()
+
+
+# ----------------------------------------------------------------------------- eval and gap folders
+
+
+def _outcome(s: dict) -> str:
+    return "unread" if s["extracted"] is None else "right" if s["correct"] else "wrong"
+
+
+def test_eval_page_gallery_outcomes_and_filter_counts(report_eval):
+    out = build_report(report_eval)
+    html = out.read_text(encoding="utf-8")
+    assert_self_contained(html)
+    tree = Tree(html)
+    samples = {s["id"]: s for s in rows_of(report_eval / "samples.jsonl")}
+    items = tree.all("item")
+    assert len(items) == len(samples) == 12
+    for it in items:
+        s = samples[it["attrs"]["data-id"]]
+        assert it["attrs"]["data-outcome"] == _outcome(s)
+        assert s["response"] in text(it) and f"gold {s['gold']}" in text(it)
+        assert [image_of(i).size for i in tree.all(tag="img", within=it)][0] == (168, 168)
+    counts = {k: sum(_outcome(s) == k for s in samples.values()) for k in ("right", "wrong", "unread")}
+    assert counts["right"] and counts["wrong"], "the demo model gets some synthetic items right and some wrong"
+    buttons = {b["attrs"]["data-show"]: text(b) for b in tree.all(tag="button") if "data-show" in b["attrs"]}
+    assert buttons["all"] == "all (12)" and buttons["right"] == f"right ({counts['right']})"
+    results = json.loads((report_eval / "results.json").read_text())
+    assert f"{results['accuracy']:.3f}" in text(tree.all("card")[0])
+
+
+def test_eval_gallery_keeps_every_outcome_under_a_small_limit(report_eval):
+    tree = Tree(build_html(report_eval, Limits(max_items=4)))
+    outcomes = [it["attrs"]["data-outcome"] for it in tree.all("item")]
+    assert len(outcomes) <= 4 and {"right", "wrong"} <= set(outcomes)
+
+
+def test_gap_page_pairs_the_items_the_views_disagree_on(report_gap):
+    html = build_report(report_gap).read_text(encoding="utf-8")
+    assert_self_contained(html)
+    tree = Tree(html)
+    by_view: dict[str, dict] = {}
+    for s in rows_of(report_gap / "samples.jsonl"):
+        by_view.setdefault(s["view"], {})[s["id"]] = s
+    full, crop = by_view["full"], by_view["crop"]
+    crop_wins = {i for i in full if crop[i]["correct"] and not full[i]["correct"]}
+    full_wins = {i for i in full if full[i]["correct"] and not crop[i]["correct"]}
+    assert crop_wins, "the demo model's crop view beats its full view on some items (the gap)"
+    shown = {g: {it["attrs"]["data-id"] for it in tree.all("item") if it["attrs"]["data-group"] == g}
+             for g in ("crop-wins", "full-wins")}
+    assert shown == {"crop-wins": crop_wins, "full-wins": full_wins}
+    for it in tree.all("item"):
+        i = it["attrs"]["data-id"]
+        assert len(tree.all(tag="img", within=it)) == 2
+        assert full[i]["response"] in text(it) and crop[i]["response"] in text(it)
+    results = json.loads((report_gap / "results.json").read_text())
+    assert f"{results['differences']['crop-full']['difference']:+.3f}" in html
+
+
+# ----------------------------------------------------------------------------- the demo, and no model anywhere
+
+
+def test_demo_writes_report_html_with_both_views_before_and_after(report_demo):
+    html = (report_demo / "report.html").read_text(encoding="utf-8")
+    assert_self_contained(html)
+    tree = Tree(html)
+    examples = json.loads((report_demo / "examples.json").read_text())["items"]
+    items = tree.all("example")
+    assert len(items) == len(examples) == 6
+    for it, ex in zip(items, examples, strict=True):
+        assert it["attrs"]["data-id"] == ex["record"]["id"] and len(tree.all(tag="img", within=it)) == 2
+        phases = tree.all("phase", within=it)
+        assert len(phases) == 2
+        for phase, name in zip(phases, ("before", "after"), strict=True):
+            kls = [float(s["attrs"]["data-kl"]) for s in tree.all("tok", within=phase)]
+            assert kls == ex[name]["student"]["token_kl"] and kls
+            assert ex[name]["teacher"]["response"] in text(phase)
+
+
+def test_building_pages_never_imports_torch_or_transformers(report_run, report_eval, report_gap, report_demo, tmp_path):
+    code = ("import sys; from vision_opd.report import build_report\n"
+            f"for i, d in enumerate({[str(p) for p in (report_run, report_eval, report_gap, report_demo)]!r}):\n"
+            f"    build_report(d, {str(tmp_path)!r} + f'/{{i}}.html')\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'vision_opd.models.loading') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    assert len(list(tmp_path.glob("*.html"))) == 4
