@@ -20,7 +20,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 from PIL import Image
 
@@ -99,12 +98,16 @@ def test_training_run_page_shows_every_rollout_with_its_token_values(report_run)
     for r in samples:
         by_step.setdefault(r["step"], []).append(r)
     assert sorted(by_step) == [1, 2, 3]
-    assert len(tree.all("resp")) == len(samples) == 12  # 3 steps x 4 rows, all within the default limits
+    assert len(samples) == 12  # 3 steps x 4 rows, all within the default limits
     p95 = float(np.percentile([v for r in samples for v in r["token_kl"]], 95))
-    colours = []
+    colours, seen = [], set()
     for resp in tree.all("resp"):
         item = next(p for p in reversed(resp["parents"]) if "rollout" in p["attrs"].get("class", ""))
-        row = by_step[int(item["attrs"]["data-step"])][int(resp["attrs"]["data-sample"])]
+        step, same = int(item["attrs"]["data-step"]), [int(i) for i in resp["attrs"]["data-samples"].split(",")]
+        row = by_step[step][same[0]]  # identical responses of a prompt are shown once
+        assert all(by_step[step][i]["tokens"] == row["tokens"] and by_step[step][i]["token_kl"] == row["token_kl"]
+                   and by_step[step][i]["id"] == row["id"] for i in same)
+        seen.update((step, i) for i in same)
         assert item["attrs"]["data-id"] == row["id"]
         spans = tree.all("tok", within=resp)
         assert len(spans) == len(row["tokens"]) > 0
@@ -116,6 +119,7 @@ def test_training_run_page_shows_every_rollout_with_its_token_values(report_run)
             assert style["--kl"] == expected_kl_colour(kl, p95)
             colours.append((kl, int(style["--kl"][3:5], 16)))  # the green channel falls as KL grows
             assert f"KL {kl:.4f}" in s["attrs"]["title"]
+    assert len(seen) == len(samples), "every sampled row is on the page"
     colours.sort()
     assert all(g1 >= g2 for (_, g1), (_, g2) in zip(colours, colours[1:])), "higher KL must never be paler"
     assert colours[0][1] > colours[-1][1]
@@ -148,7 +152,7 @@ def test_missing_data_file_leaves_the_rest_of_the_page(report_run, tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     tree = Tree(build_html(run))
     assert any("records not found" in text(w) for w in tree.all("warn"))
-    assert len(tree.all("resp")) == 12 and len(tree.all("tok")) > 0
+    assert sum(len(r["attrs"]["data-samples"].split(",")) for r in tree.all("resp")) == 12 and tree.all("tok")
     assert not tree.all(tag="img") and tree.all(tag="svg")
 
 
@@ -172,15 +176,31 @@ def test_a_long_run_shows_a_bounded_spread_of_steps(tmp_path):
     tree = Tree(build_html(run, Limits(max_steps=5, max_rollouts=10)))
     steps = [int(e["attrs"]["data-step"]) for e in tree.all("rollout")]
     assert steps[0] == 10 and steps[-1] == 3000 and len(set(steps)) == 5
-    assert len(tree.all("resp")) == 10  # 2 per step
+    assert sum(len(r["attrs"]["data-samples"].split(",")) for r in tree.all("resp")) == 10  # 2 per step
+    assert len(tree.all("resp")) == 10  # their KL values differ, so none is merged
     assert [text(c) for c in tree.all("card") if "skipped steps" in text(c)][0].startswith("skipped steps1")
+
+
+def test_rows_with_kl_only_are_coloured_by_kl_without_the_toggle(tmp_path):
+    """samples.jsonl written before the sampled-token log-probs existed: KL colours, no log-ratio toggle."""
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"steps": 1}, "data": {"train_file": "absent.jsonl"}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.1}) + "\n")
+    (run / "samples.jsonl").write_text(json.dumps({"step": 1, "id": "a", "response": "x\ny", "tokens": ["x", "\n", "y\x01"],
+                                                   "token_kl": [0.0, 0.5, 1.0]}) + "\n")
+    tree = Tree(build_html(run))
+    spans = tree.all("tok")
+    assert [float(s["attrs"]["data-kl"]) for s in spans] == [0.0, 0.5, 1.0]
+    assert not any("data-lps" in s["attrs"] for s in spans) and not tree.all(tag="button")
+    assert [text(s) for s in spans] == ["x", "↵\n", "y␁"]  # newline and control character made visible
 
 
 def test_report_command_rebuilds_and_refuses_what_it_cannot_read(report_run, tmp_path, capsys):
     out = tmp_path / "page.html"
     assert main(["report", str(report_run), "--out", str(out), "--max-rollouts", "2"]) == 0
     assert "(training page" in capsys.readouterr().out
-    assert len(Tree(out.read_text()).all("resp")) == 3  # 2 // 3 steps -> at least one per step
+    assert sum(len(r["attrs"]["data-samples"].split(",")) for r in Tree(out.read_text()).all("resp")) == 3  # 1 per step
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no output of vision-opd here" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -279,3 +299,23 @@ def test_building_pages_never_imports_torch_or_transformers(report_run, report_e
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
     assert len(list(tmp_path.glob("*.html"))) == 4
+
+
+def test_gap_page_without_boxes_pairs_full_with_the_proposed_crop(tmp_path, synth_dir):
+    """`vision-opd gap --proposer rarity` on records without boxes: the crop shown is the proposer's (read from the
+    folder's proposals cache), outlined on the full image."""
+    from vision_opd.demo.run import ASSET_MODEL
+
+    rows = rows_of(synth_dir / "train.jsonl")
+    no_box = synth_dir / "no_box_report.jsonl"
+    no_box.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "box"}) + "\n" for r in rows))
+    out = tmp_path / "gap"
+    assert main(["gap", "--model", str(ASSET_MODEL), "--benchmark", "synthetic", "--data", str(no_box), "--out", str(out),
+                 "--views", "full", "--proposer", "rarity", "--no-progress"]) == 0
+    tree = Tree(build_html(out))
+    groups = {it["attrs"]["data-group"] for it in tree.all("item")}
+    assert groups <= {"proposed-wins", "full-wins"} and groups
+    boxes = {json.loads(x)["id"]: json.loads(x)["proposal"] for x in (out / "proposals_rarity.jsonl").read_text().splitlines()}
+    for it in tree.all("item"):  # only items with a proposal (not a fallback) have a "proposed" answer to pair
+        assert not boxes[it["attrs"]["data-id"]]["fallback"] and len(tree.all(tag="img", within=it)) == 2
+        assert "proposed box" in text(it)

@@ -5,6 +5,9 @@
     shot.errors   # [] unless a script error, a failed resource or a console.error happened
 
     python -m vision_opd.report.browser runs/demo/report.html docs/report_demo.png --height 2000 --palette
+    python -m vision_opd.report.browser runs/demo/report.html part.png --height 3000 --rows 1400:3000
+
+(A fragment that scrolls, such as `#examples`, renders blank in headless screenshots: keep rows instead.)
 
 Chromium is Debian's `chromium` package (or $VISION_OPD_CHROMIUM). The page is copied beside a small hook that
 records `error` events (scripts and resources), unhandled rejections and `console.error` into an attribute of
@@ -99,7 +102,7 @@ def render(page: Path, png: Path, *, width: int = 1366, height: int = 2000, frag
     return Rendered(png, dom, errors, seconds)
 
 
-def shrink_png(path: Path, colours: int = 128) -> Path:
+def shrink_png(path: Path, colours: int = 256) -> Path:
     """Rewrite a screenshot as a palette PNG (a fraction of the size; the page's flat colours survive)."""
     from PIL import Image
 
@@ -115,9 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=1366)
     p.add_argument("--height", type=int, default=2000)
     p.add_argument("--fragment", default="", help="appended to the address, e.g. '#examples' or '#show=wrong'")
+    p.add_argument("--rows", default=None, help="keep only these pixel rows of the render, e.g. 1400:2600")
     p.add_argument("--palette", action="store_true", help="save as a palette PNG (for docs/)")
     a = p.parse_args(argv)
     shot = render(a.page, a.png, width=a.width, height=a.height, fragment=a.fragment)
+    if a.rows:
+        from PIL import Image
+
+        top, bottom = (int(v) for v in a.rows.split(":"))
+        Image.open(shot.png).crop((0, top, a.width, bottom)).save(shot.png)
     if a.palette:
         shrink_png(shot.png)
     print(f"{shot.png}: {shot.png.stat().st_size / 1e3:.0f} kB in {shot.seconds:.1f} s; errors: {shot.errors or 'none'}")

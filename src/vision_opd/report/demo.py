@@ -22,7 +22,7 @@ from .thumbnails import figure, record_thumbnails
 from .tokens import TokenScale, coloured_tokens, legend
 from .training import curve_svgs, read_jsonl
 
-PHASES = (("before", "before training"), ("after", "after Vision-OPD"))
+PHASES = (("before", "before"), ("after", "after Vision-OPD"))
 
 
 def result_block(s: dict) -> str:
@@ -73,22 +73,23 @@ def examples_block(ex: dict, limits: Limits) -> str:
              f'full image; teacher: {esc(note.get("before", "the model on the crop"))} before training, '
              f'{esc(note.get("after", ""))} after. Each student token is coloured by its KL to the teacher reading the '
              'same tokens on the crop.</p>', legend(scale, True)]
+    cards_html = []
     for it in items:
         rec = record_from_dict(it["record"], Path("/"), where="examples.json")
         full, crop, why = record_thumbnails(rec, views)
-        opts = "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(rec.options or []))
-        left = ('<div class="views">' + figure(full, "student: full image (cyan: the teacher's crop)")
-                + figure(crop, "teacher: evidence crop") + "</div>"
-                + f"<div class='question'>{esc(rec.question)}{esc(opts)}</div>"
-                + f'<div class="meta">{esc(rec.id)} · {esc(rec.category)} · label {esc(rec.answer)} '
-                  f'({esc(it.get("gold_option"))}), never read by training</div>'
-                + (f'<div class="note">{esc(why)}</div>' if why else ""))
+        opts = " · ".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(rec.options or []))
+        top = ('<div class="views">' + figure(full, "student: full image (cyan: the teacher's crop)")
+               + figure(crop, "teacher: evidence crop") + "</div>"
+               + f"<div class='question'>{esc(rec.question)}\n{esc(opts)}</div>"
+               + f'<div class="meta">{esc(rec.id)} · {esc(rec.category)} · label {esc(rec.answer)} '
+                 f'({esc(it.get("gold_option"))}), never read by training</div>'
+               + (f'<div class="note">{esc(why)}</div>' if why else ""))
         rows = "".join(f'<div class="phase"><div class="label">{esc(label)}</div>'
                        f'{answer_cell("student, full image", it[p]["student"], scale)}'
-                       f'{answer_cell("the crop (teacher view)", it[p]["teacher"], None)}</div>'
+                       f'{answer_cell("crop (teacher view)", it[p]["teacher"], None)}</div>'
                        for p, label in PHASES if p in it)
-        parts.append(f'<div class="item example" data-id="{esc(rec.id)}"><div>{left}</div><div>{rows}</div></div>')
-    return "".join(parts)
+        cards_html.append(f'<div class="item example" data-id="{esc(rec.id)}"><div>{top}</div><div>{rows}</div></div>')
+    return "".join(parts) + '<div class="gallery">' + "".join(cards_html) + "</div>"
 
 
 def demo_page(path: Path, limits: Limits) -> str:

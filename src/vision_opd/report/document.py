@@ -61,16 +61,17 @@ figcaption { font-size:11.5px; color:var(--muted); max-width:180px; }
 .gallery .item { margin:0; grid-template-columns:1fr; gap:8px; align-content:start; }
 .gallery.wide .item { grid-template-columns:auto 1fr; }
 .gallery figure img { width:150px; } .gallery figcaption { max-width:150px; }
-.phase { display:grid; grid-template-columns:120px 1fr 1fr; gap:10px; border-top:1px solid var(--line); padding:6px 0; }
+.phase { display:grid; grid-template-columns:64px 1fr 1fr; gap:8px; border-top:1px solid var(--line); padding:6px 0; }
 .phase:first-child { border-top:0; }
 .phase .label { font-weight:600; }
+.stephead { font-weight:600; font-size:13px; margin-bottom:4px; }
 .question { margin-top:8px; white-space:pre-wrap; font-size:13px; }
 .meta { color:var(--muted); font-size:12px; margin-top:2px; }
 .badge { display:inline-block; border-radius:4px; padding:0 6px; font-size:12px; font-weight:600; color:#fff; }
 .badge.ok { background:var(--ok); } .badge.bad { background:var(--bad); } .badge.none { background:#8a8f98; }
 .resp { border-top:1px solid var(--line); padding:6px 0; }
 .resp:first-child { border-top:0; padding-top:0; }
-.tokens { font-family:var(--mono); font-size:13px; white-space:pre-wrap; word-break:break-word; line-height:1.75; }
+.tokens { font-family:var(--mono); font-size:14px; white-space:pre-wrap; word-break:break-word; line-height:1.75; }
 .tok { border-radius:2px; padding:1px 0; background:var(--kl); box-shadow:inset -1px 0 0 rgba(0,0,0,.10); }
 body.ratio .tok { background:var(--lr); }
 .tok.special { color:#6b7280; font-size:11px; border:1px solid #c9ced6; padding:0 2px; }

@@ -58,9 +58,11 @@ def pick(samples: Sequence[dict], max_items: int) -> list[dict]:
     return [samples[i] for i in sorted(set(chosen))]
 
 
-def view_cfg_for(found: Found, record: Record):
-    """The crop as the evaluation cut it: the evidence box, else the record's own teacher image."""
-    return replace(found.view_cfg, teacher_source="box" if record.box is not None else "given", teacher_text=None)
+def view_cfg_for(found: Found, record: Record, proposed: bool = False):
+    """The crop as the evaluation cut it (`eval.run.view_of`): the evidence box, else the record's own teacher
+    image; with `proposed`, the proposer's box."""
+    source = "proposer" if proposed else "box" if record.box is not None else "given"
+    return replace(found.view_cfg, teacher_source=source, teacher_text=None)
 
 
 def response_text(text: str) -> str:
@@ -85,10 +87,10 @@ def question_of(record: Record | None, s: dict) -> str:
     return f"<div class='question'>{esc(record.question)}{esc(opts)}</div><div class='meta'>{esc(record.id)}{cat}</div>"
 
 
-def item_images(record: Record | None, found: Found, captions: tuple[str, str]) -> str:
+def item_images(record: Record | None, found: Found, captions: tuple[str, str], proposed: bool = False) -> str:
     if record is None:
         return f'<div class="note">{esc(found.note or "record not found in the dataset")}</div>'
-    full, crop, note = record_thumbnails(record, view_cfg_for(found, record))
+    full, crop, note = record_thumbnails(record, view_cfg_for(found, record, proposed))
     return ('<div class="views">' + figure(full, captions[0]) + figure(crop, captions[1]) + "</div>"
             + (f'<div class="note">{esc(note)}</div>' if note else ""))
 
@@ -155,7 +157,7 @@ def length_cards(r: dict) -> list[str]:
 
 def eval_page(path: Path, limits: Limits) -> str:
     r, settings, samples = read_folder(path)
-    found = benchmark_records(settings)
+    found = benchmark_records(settings, path)
     lo, hi = (r.get("accuracy_ci95") or [None, None])[:2]
     top = cards([card("accuracy", fmt(r.get("accuracy")), f"95% CI [{fmt(lo)}, {fmt(hi)}] · n {r.get('n')}"),
                  card("unreadable", fmt(r.get("unextracted_rate")), "no answer extracted", alert=(r.get("unextracted_rate") or 0) > 0.1),
@@ -165,7 +167,7 @@ def eval_page(path: Path, limits: Limits) -> str:
     plots = []
     if cats:
         names = sorted(cats)
-        plots.append(bars("accuracy per category (95% CI)", names, [r["per_category"].get(c) for c in names],
+        plots.append(bars("accuracy per category (95% CI)", names, [(r.get("per_category") or {}).get(c) for c in names],
                           [tuple(cats[c]) for c in names]))
     max_new = ((settings.get("model") or {}).get("decoding") or {}).get("max_new_tokens")
     plots.append(histogram("response length", [s.get("response_tokens") for s in samples], xlabel="tokens (dashed: limit)",

@@ -43,7 +43,9 @@ def difference_table(differences: dict) -> str:
 
 def pair_item(group: str, a: dict, b: dict, others: dict[str, dict], record, found: Found, names: tuple[str, str]) -> str:
     """One item: the full view and the crop view, images and responses side by side; other views' outcomes."""
-    images = item_images(record, found, (f"{names[0]}: full image (cyan: evidence box)", f"{names[1]}: crop"))
+    proposed = names[1] == "proposed"
+    images = item_images(record, found, (f"{names[0]}: full image (cyan: {'proposed' if proposed else 'evidence'} box)",
+                                         f"{names[1]}: crop"), proposed)
     other = " ".join(f"<span class='meta'>{esc(v)}</span> {badge(s.get('correct'), s.get('extracted'))}" for v, s in others.items())
     return (f'<div class="item" data-group="{esc(group)}" data-id="{esc(a.get("id"))}"><div>{images}{question_of(record, a)}</div>'
             f'<div><h3>{esc(names[0])}</h3>{sample_lines(a)}<h3>{esc(names[1])}</h3>{sample_lines(b)}'
@@ -75,7 +77,7 @@ def disagreements(by_view: dict[str, dict[str, dict]], base: str, other: str, fo
 
 def gap_page(path: Path, limits: Limits) -> str:
     r, settings, samples = read_folder(path)
-    found = benchmark_records(settings)
+    found = benchmark_records(settings, path)
     per_view, diffs = r.get("views") or {}, r.get("differences") or {}
     by_view: dict[str, dict[str, dict]] = {}
     for s in samples:

@@ -52,8 +52,9 @@ def _svg(fig, salt: str) -> str:
     import matplotlib
 
     buf = io.StringIO()
+    fig.subplots_adjust(left=0.16, right=0.97, top=0.88, bottom=0.19)  # fixed margins: one draw (tight = two)
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
-        fig.savefig(buf, format="svg", bbox_inches="tight", pad_inches=0.04)
+        fig.savefig(buf, format="svg")
     text = buf.getvalue()
     text = text[text.index("<svg"):]
     return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
@@ -136,7 +137,7 @@ def curve(title: str, series: Sequence[Series], *, marks: Marks | None = None, y
 
 
 def bars(title: str, labels: Sequence[str], values: Sequence[float | None],
-         ci: Sequence[tuple[float, float] | None] | None = None, *, ylim: tuple[float, float] | None = (0, 1.05),
+         ci: Sequence[tuple[float, float] | None] | None = None, *, ylim: tuple[float, float] | None = (0, 1.14),
          zero_line: bool = False, ylabel: str = "", width: float = 4.3) -> str:
     """A bar chart with optional 95% intervals (a missing value is left empty)."""
     fig = _figure(width=width)
@@ -159,6 +160,8 @@ def bars(title: str, labels: Sequence[str], values: Sequence[float | None],
         ax.axhline(0, color="#333", linewidth=0.8)
     if ylim:
         ax.set_ylim(*ylim)
+    else:
+        ax.margins(y=0.18)  # room for the value labels
     ax.set_xticks(x, labels, fontsize=7.5, rotation=20 if max((len(s) for s in labels), default=0) > 8 else 0)
     ax.set_title(title, fontsize=10, loc="left")
     if ylabel:

@@ -83,8 +83,9 @@ def _attach_proposals(records: dict[str, Record], cache: Path) -> str:
     return ""
 
 
-def benchmark_records(settings: dict[str, Any]) -> Found:
-    """The records of an eval / gap folder: its settings.json names the benchmark and the dataset path."""
+def benchmark_records(settings: dict[str, Any], folder: Path) -> Found:
+    """The records of an eval / gap folder: its settings.json names the benchmark and the dataset path (and, for a
+    probe run with --proposer, the proposals cached in the folder)."""
     from ..eval.benchmarks import get_benchmark
 
     dataset = settings.get("dataset") or {}
@@ -102,4 +103,6 @@ def benchmark_records(settings: dict[str, Any]) -> Found:
         found.note = f"records not found: {bench} at {path}: {type(e).__name__}: {e}"
         return found
     found.records = {r.id: r for r in records}
+    if settings.get("proposer"):
+        found.note = _attach_proposals(found.records, folder / f"proposals_{settings['proposer']}.jsonl")
     return found

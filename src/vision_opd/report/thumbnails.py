@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import replace
-
 from PIL import Image, ImageDraw
 
 from ..data.crops import crop_region
@@ -66,7 +64,7 @@ def record_thumbnails(record: Record, cfg: ViewConfig = ViewConfig(), max_side: 
     notes = []
     full = crop = None
     try:
-        img = student_view(record, replace(cfg, hint=False)).images[0]
+        img = student_view(record, cfg).images[0]
         box = teacher_box(record, cfg)
         if box is not None:
             img = outline(img, crop_region(tuple(box), img.width, img.height, expand_ratio=cfg.expand_ratio,

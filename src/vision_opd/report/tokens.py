@@ -41,9 +41,9 @@ class TokenScale:
         kl, ratio = [], []
         for r in rows:
             kl.extend(_finite(r.get("token_kl") or []))
-            if r.get("student_logprob") is not None and r.get("teacher_logprob") is not None:
-                ratio.extend(abs(t - s) for s, t in zip(r["student_logprob"], r["teacher_logprob"], strict=True)
-                             if math.isfinite(t - s))
+            lps, lpt = r.get("student_logprob"), r.get("teacher_logprob")
+            if lps is not None and lpt is not None and len(lps) == len(lpt):  # an inconsistent row is shown uncoloured
+                ratio.extend(abs(t - s) for s, t in zip(lps, lpt, strict=True) if math.isfinite(t - s))
         return TokenScale(kl_max=_p95(kl), ratio_max=_p95(ratio))
 
 

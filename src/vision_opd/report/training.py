@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ NOT_CURVES = {"step", "skipped", "tokens", "bad_records", "sec_views", "sec_opti
 GLANCE = [("loss", "loss"), ("kl", "KL per token"), ("response_len", "response length"),
           ("truncation_rate", "truncation rate"), ("top1_agree", "top-1 agreement"), ("grad_norm", "grad norm")]
 _SPECIAL = re.compile(r"<\|[^|<>]{1,40}\|>")
+SHORT_RESPONSES = 24  # rollouts of at most this many tokens are laid out two a row
 
 
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -124,13 +126,22 @@ def _window_mean(values: list[float], last: bool) -> float | None:
     return float(np.mean(v[-k:] if last else v[:k]))
 
 
-def glance(metrics: list[dict], cfg: dict, n_samples_steps: int) -> str:
-    """Cards: progress, then each headline metric as its recent mean against the first steps' mean."""
+def _when(path: Path) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime)) if path.exists() else "—"
+
+
+def glance(run_dir: Path, metrics: list[dict], cfg: dict, n_samples_steps: int) -> str:
+    """Cards: progress and the latest checkpoint, then each headline metric as its recent mean against the first
+    steps' mean, held-out accuracy, skipped steps and collapse signals."""
     train = cfg.get("train") or {}
     last = metrics[-1]["step"] if metrics else 0
     planned = train.get("steps")
     secs = sum(float(m.get("sec_step") or 0) for m in metrics)
-    items = [card("steps logged", f"{last} / {planned}", f"{len(metrics)} lines · {secs / 60:.1f} min of steps")]
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists())
+    items = [card("steps logged", f"{last} / {planned}", f"{len(metrics)} lines · {secs / 60:.1f} min of steps"),
+             card("metrics.jsonl written", _when(run_dir / "metrics.jsonl"), f"page built {time.strftime('%Y-%m-%d %H:%M')}"),
+             card("latest checkpoint", checkpoints[-1].removeprefix("step_").lstrip("0") or "0" if checkpoints else "none",
+                  f"{len(checkpoints)} complete kept")]
     k = max(1, min(50, len(metrics) // 10))
     for key, label in GLANCE:
         _, ys = series_of(metrics, key)
@@ -223,7 +234,8 @@ def prompt_block(record: Record | None, rid: str, found: Found) -> str:
             + (f'<div class="note">{esc(note)}</div>' if note else "") + "</div>")
 
 
-def response_block(i: int, row: dict, record: Record | None, scale: TokenScale, max_new_tokens: int | None) -> str:
+def response_block(same: list[int], row: dict, record: Record | None, scale: TokenScale, max_new_tokens: int | None) -> str:
+    """One response (or several identical ones, `same` = their indices in the step's rows), its tokens coloured."""
     tokens, kl = row.get("tokens") or [], row.get("token_kl") or []
     lps, lpt = row.get("student_logprob"), row.get("teacher_logprob")
     got = extracted(row.get("response", ""), record)
@@ -234,7 +246,8 @@ def response_block(i: int, row: dict, record: Record | None, scale: TokenScale, 
             f"mean KL {fmt(float(np.mean(kl)) if kl else None, 4)}"]
     if lps is not None and lpt is not None and tokens:
         bits.append(f"Σ log p_T − log p_S {sum(t - s for s, t in zip(lps, lpt, strict=True)):+.3f}")
-    return (f'<div class="resp" data-sample="{i}"><div class="toolbar"><b>#{i + 1}</b> {answer}'
+    name = f"#{same[0] + 1}" + (f" ×{len(same)} identical" if len(same) > 1 else "")
+    return (f'<div class="resp" data-samples="{",".join(map(str, same))}"><div class="toolbar"><b>{name}</b> {answer}'
             f'<span class="meta">{esc(" · ".join(bits))}</span></div>'
             + coloured_tokens(tokens, kl, lps, lpt, scale) + "</div>")
 
@@ -253,22 +266,29 @@ def rollouts(chosen: dict[int, list[dict]], n_steps: int, found: Found, cfg: dic
              + "".join(f'<a href="#step-{s}">{s}</a>' for s in kept) + "</div>"]
     if found.note and not found.records:
         parts.append(f'<div class="warn">{esc(found.note)}</div>')
+    items = []
     for step, rows in kept.items():
-        parts.append(f'<h3 id="step-{step}">step {step}</h3>')
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(rows):
             groups.setdefault(str(r.get("id")), []).append(i)
-        for rid, idx in groups.items():
+        for k, (rid, idx) in enumerate(groups.items()):
             record = found.records.get(rid)
             answers = Counter(extracted(rows[i].get("response", ""), record) for i in idx)
             summary = ", ".join(f"{a if a is not None else 'unreadable'} ×{n}" for a, n in answers.most_common()) \
                 if record is not None and record.options else ""
-            resp = "".join(response_block(i, rows[i], record, scale, max_new) for i in idx)
-            parts.append(f'<div class="item rollout" data-step="{step}" data-id="{esc(rid)}">'
-                         f"{prompt_block(record, rid, found)}<div>"
+            identical: dict[tuple, list[int]] = {}  # G samples often repeat a response: show it once, counted
+            for i in idx:
+                key = tuple(rows[i].get("tokens") or ()), tuple(rows[i].get("token_kl") or ())
+                identical.setdefault(key, []).append(i)
+            resp = "".join(response_block(same, rows[same[0]], record, scale, max_new) for same in identical.values())
+            anchor = f' id="step-{step}"' if k == 0 else ""
+            items.append(f'<div class="item rollout"{anchor} data-step="{step}" data-id="{esc(rid)}">'
+                         f"{prompt_block(record, rid, found)}<div><div class='stephead'>step {step}</div>"
                          + (f'<div class="meta">answers of the {len(idx)} samples: {esc(summary)}</div>' if summary else "")
                          + f"{resp}</div></div>")
-    return "".join(parts)
+    longest = max((len(r.get("tokens") or ()) for rows in kept.values() for r in rows), default=0)
+    wide = "gallery wide" if longest <= SHORT_RESPONSES else "rollouts"  # short answers: two rollouts a row
+    return "".join(parts) + f'<div class="{wide}">' + "".join(items) + "</div>"
 
 
 def training_page(run_dir: Path, limits: Limits) -> str:
@@ -284,7 +304,7 @@ def training_page(run_dir: Path, limits: Limits) -> str:
         alerts.append(f"{metrics[-1]['bad_records']} bad record(s) were skipped at load (data.skip_bad)")
     if found.note and found.records:
         alerts.append(found.note)
-    summary = glance(metrics, cfg, n_steps) + "".join(f'<div class="warn">{esc(a)}</div>' for a in alerts)
+    summary = glance(run_dir, metrics, cfg, n_steps) + "".join(f'<div class="warn">{esc(a)}</div>' for a in alerts)
     full_cfg = (config_brief(cfg) + f'<details><summary>config.yaml</summary><pre class="config">'
                 f'{esc(yaml.safe_dump(cfg, sort_keys=False))}</pre></details>')
     sections = [("summary", "At a glance", summary), ("curves", "Curves", CURVES_KEY + plot_grid(curve_svgs(metrics))),
