@@ -27,7 +27,7 @@ from .document import badge, card, cards, esc, fmt, page, plot_grid, table
 from .plots import Marks, Series, curve
 from .records import Found, training_records
 from .thumbnails import figure, record_thumbnails
-from .tokens import TokenScale, coloured_tokens, legend
+from .tokens import TokenScale, colour_css, coloured_tokens, legend
 from .limits import Limits
 
 CURVES = [  # (title, [(metric key, label, style)], ylim, log scale)
@@ -70,28 +70,33 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 def chosen_samples(path: Path, max_steps: int) -> tuple[dict[int, list[dict]], int]:
     """{step: rows} of at most `max_steps` steps spread evenly over samples.jsonl (first and last included), and
-    the number of steps with samples. Only the lines of those steps are parsed."""
+    the number of steps with samples. One pass reads each line's step from its start (rows are written as
+    `{"step": N, ...}`) and keeps only offsets; only the lines of the chosen steps are parsed."""
     if not path.exists():
         return {}, 0
-    by_step: dict[int, list[str]] = {}
-    head = re.compile(r'^\{"step":\s*(\d+)')
-    for line in path.read_text(encoding="utf-8").splitlines():
-        m = head.match(line)
-        if m:
-            by_step.setdefault(int(m.group(1)), []).append(line)
-    steps = sorted(by_step)
-    if not steps:
-        return {}, 0
-    idx = sorted({round(i) for i in np.linspace(0, len(steps) - 1, min(max_steps, len(steps)))})
-    out = {}
-    for i in idx:
-        rows = []
-        for line in by_step[steps[i]]:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        out[steps[i]] = rows
+    where: dict[int, list[tuple[int, int]]] = {}
+    head = re.compile(rb'^\{"step":\s*(\d+)')
+    with open(path, "rb") as f:
+        pos = 0
+        for line in f:
+            m = head.match(line)
+            if m:
+                where.setdefault(int(m.group(1)), []).append((pos, len(line)))
+            pos += len(line)
+        steps = sorted(where)
+        if not steps:
+            return {}, 0
+        idx = sorted({round(i) for i in np.linspace(0, len(steps) - 1, min(max_steps, len(steps)))})
+        out = {}
+        for i in idx:
+            rows = []
+            for start, size in where[steps[i]]:
+                f.seek(start)
+                try:
+                    rows.append(json.loads(f.read(size)))
+                except json.JSONDecodeError:  # a torn last line
+                    continue
+            out[steps[i]] = rows
     return out, len(steps)
 
 
@@ -309,4 +314,5 @@ def training_page(run_dir: Path, limits: Limits) -> str:
                 f'{esc(yaml.safe_dump(cfg, sort_keys=False))}</pre></details>')
     sections = [("summary", "At a glance", summary), ("curves", "Curves", CURVES_KEY + plot_grid(curve_svgs(metrics))),
                 ("rollouts", "Rollouts", rollouts(chosen, n_steps, found, cfg, limits)), ("config", "Config", full_cfg)]
-    return page(f"{run_dir.name}", "training run", sections, meta=f"{run_dir.resolve()} · {one_line(cfg)}")
+    return page(f"{run_dir.name}", "training run", sections, meta=f"{run_dir.resolve()} · {one_line(cfg)}",
+                css=colour_css())
