@@ -79,9 +79,14 @@ def image_of(el: dict) -> Image.Image:
 
 
 def expected_kl_colour(kl: float, p95: float) -> str:
-    """White -> (228, 87, 46), linear, full at the page's 95th percentile (docs/report.md), written out here."""
-    w = min(1.0, max(0.0, kl / p95))
+    """White -> (228, 87, 46) in 20 linear steps, full at the page's 95th percentile (docs/report.md), written out."""
+    w = round(20 * min(1.0, max(0.0, kl / p95))) / 20
     return "#" + "".join(f"{round(255 + (c - 255) * w):02x}" for c in (228, 87, 46))
+
+
+def colour_rules(html: str) -> dict[str, str]:
+    """{class: colour} of the page's colour-step rules (.k12{--kl:#...})."""
+    return dict(re.findall(r"\.(k\d+|r-?\d+|kx|rx)\{--(?:kl|lr):(#[0-9a-f]{6})\}", html))
 
 
 # ----------------------------------------------------------------------------- training run
@@ -100,6 +105,8 @@ def test_training_run_page_shows_every_rollout_with_its_token_values(report_run)
     assert sorted(by_step) == [1, 2, 3]
     assert len(samples) == 12  # 3 steps x 4 rows, all within the default limits
     p95 = float(np.percentile([v for r in samples for v in r["token_kl"]], 95))
+    rules = colour_rules(html)
+    r95 = float(np.percentile([abs(t - s) for r in samples for s, t in zip(r["student_logprob"], r["teacher_logprob"])], 95))
     colours, seen = [], set()
     for resp in tree.all("resp"):
         item = next(p for p in reversed(resp["parents"]) if "rollout" in p["attrs"].get("class", ""))
@@ -115,10 +122,14 @@ def test_training_run_page_shows_every_rollout_with_its_token_values(report_run)
         assert [float(s["attrs"]["data-lps"]) for s in spans] == row["student_logprob"]
         assert [float(s["attrs"]["data-lpt"]) for s in spans] == row["teacher_logprob"]
         for s, kl in zip(spans, row["token_kl"], strict=True):
-            style = dict(part.split(":", 1) for part in s["attrs"]["style"].split(";"))
-            assert style["--kl"] == expected_kl_colour(kl, p95)
-            colours.append((kl, int(style["--kl"][3:5], 16)))  # the green channel falls as KL grows
-            assert f"KL {kl:.4f}" in s["attrs"]["title"]
+            step = next(c for c in s["attrs"]["class"].split() if re.fullmatch(r"k\d+", c))
+            assert rules[step] == expected_kl_colour(kl, p95)
+            colours.append((kl, int(rules[step][3:5], 16)))  # the green channel falls as KL grows
+            d = float(s["attrs"]["data-lpt"]) - float(s["attrs"]["data-lps"])  # blue: teacher more likely; red: less
+            w = round(20 * min(1.0, max(-1.0, d / r95)))
+            rgb = (33, 102, 172) if w > 0 else (215, 48, 31)
+            ratio = next(c for c in s["attrs"]["class"].split() if re.fullmatch(r"r-?\d+", c))
+            assert rules[ratio] == "#" + "".join(f"{round(255 + (c - 255) * abs(w) / 20):02x}" for c in rgb)
     assert len(seen) == len(samples), "every sampled row is on the page"
     colours.sort()
     assert all(g1 >= g2 for (_, g1), (_, g2) in zip(colours, colours[1:])), "higher KL must never be paler"

@@ -83,3 +83,23 @@ def test_the_error_check_can_fail(chromium, tmp_path):
     errors = "\n".join(render(page, tmp_path / "broken.png", chromium=chromium, height=600).errors)
     assert "script error" in errors and "missing" in errors
     assert "console.error: boom" in errors and "resource failed: http://example.invalid/a.png" in errors
+
+
+def test_hovering_a_token_shows_its_values(chromium, report_run, tmp_path):
+    """A mouseover on a token fills the tooltip with the values samples.jsonl holds for it."""
+    import json
+
+    page = build_report(report_run, tmp_path / "page.html")
+    hover = "document.querySelector('.tok').dispatchEvent(new MouseEvent('mouseover', {bubbles: true}));"
+    shot = render(page, tmp_path / "hover.png", chromium=chromium, height=800, script=hover)
+    assert shot.errors == []
+    tip = re.search(r'<div class="tip"(?![^>]*hidden)[^>]*>([^<]*)</div>', shot.dom)
+    assert tip, "the tooltip is shown (no hidden attribute) after the mouseover"
+    row = json.loads((report_run / "samples.jsonl").read_text().splitlines()[0])
+
+    def shown(v: float, digits: int) -> str:  # as the page prints it: rounded, never "-0.000"
+        return f"{round(v, digits) + 0.0:.{digits}f}"
+
+    s, t = row["student_logprob"][0], row["teacher_logprob"][0]
+    assert f"KL {shown(row['token_kl'][0], 4)}" in tip.group(1)
+    assert f"log p_S {shown(s, 3)}  log p_T {shown(t, 3)}  log p_T - log p_S {shown(t - s, 3)}" in tip.group(1)

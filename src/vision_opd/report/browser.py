@@ -66,9 +66,10 @@ def find_chromium() -> str | None:
     return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
 
 
-def render(page: Path, png: Path, *, width: int = 1366, height: int = 2000, fragment: str = "",
+def render(page: Path, png: Path, *, width: int = 1366, height: int = 2000, fragment: str = "", script: str = "",
            chromium: str | None = None, timeout: float = 120.0) -> Rendered:
-    """Render `page` (an HTML file) at width x height CSS pixels into `png`; the address ends with `fragment`."""
+    """Render `page` (an HTML file) at width x height CSS pixels into `png`; the address ends with `fragment`;
+    `script` (JavaScript) runs after the page's own, e.g. to dispatch an event."""
     exe = chromium or find_chromium()
     if exe is None:
         raise BrowserError("no Chromium found: apt-get install chromium (or set VISION_OPD_CHROMIUM)")
@@ -77,7 +78,11 @@ def render(page: Path, png: Path, *, width: int = 1366, height: int = 2000, frag
     text = Path(page).read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix="vision-opd-browser-") as tmp:
         copy = Path(tmp) / "page.html"
-        copy.write_text(text.replace("<head>", "<head>" + HOOK, 1), encoding="utf-8")
+        text = text.replace("<head>", "<head>" + HOOK, 1)
+        if script:
+            head, sep, tail = text.rpartition("</body>")
+            text = f"{head}<script>{script}</script>{sep}{tail}"
+        copy.write_text(text, encoding="utf-8")
         profile = Path(tmp) / "profile"  # a new, empty profile every time
         profile.mkdir()
         cmd = [exe, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}", "--dump-dom",

@@ -19,7 +19,7 @@ from .limits import Limits
 from .plots import Series, curve
 from .records import view_config
 from .thumbnails import figure, record_thumbnails
-from .tokens import TokenScale, coloured_tokens, legend
+from .tokens import TokenScale, colour_css, coloured_tokens, legend
 from .training import curve_svgs, read_jsonl
 
 PHASES = (("before", "before"), ("after", "after Vision-OPD"))
@@ -100,4 +100,5 @@ def demo_page(path: Path, limits: Limits) -> str:
     sections = [("result", "The gap, before and after", result_block(s)),
                 ("curves", "Curves", curves_block(s, metrics)),
                 ("examples", "What the student and the teacher see", examples_block(ex, limits))]
-    return page("label-free Vision-OPD on the synthetic world", "demo", sections, meta=str(path.resolve()))
+    return page("label-free Vision-OPD on the synthetic world", "demo", sections, meta=str(path.resolve()),
+                css=colour_css())

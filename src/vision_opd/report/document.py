@@ -6,7 +6,7 @@ A page is a header, a sticky navigation bar with one link per section, and the s
 does two things, each from its buttons or from the address on load: the right/wrong filter of a gallery
 (`#show=wrong`: items that do not match get the `hidden` attribute, so a DOM dump shows the filter's effect)
 and the token colouring (`#colour=ratio`: the sampled token's log-ratio instead of its KL, a class on the
-body). Every piece of text goes through `esc`.
+body); it also shows a token's values when the pointer is over it. Every piece of text goes through `esc`.
 """
 
 from __future__ import annotations
@@ -74,6 +74,9 @@ figcaption { font-size:11.5px; color:var(--muted); max-width:180px; }
 .tokens { font-family:var(--mono); font-size:14px; white-space:pre-wrap; word-break:break-word; line-height:1.75; }
 .tok { border-radius:2px; padding:1px 0; background:var(--kl); box-shadow:inset -1px 0 0 rgba(0,0,0,.10); }
 body.ratio .tok { background:var(--lr); }
+.tip { position:fixed; z-index:10; background:#1d2330; color:#fff; font:12px var(--mono); padding:3px 7px;
+  border-radius:4px; pointer-events:none; white-space:pre; }
+.tip[hidden] { display:none; }
 .tok.special { color:#6b7280; font-size:11px; border:1px solid #c9ced6; padding:0 2px; }
 .tok.ctrl { color:#9aa1ab; }
 .text { font-family:var(--mono); font-size:13px; white-space:pre-wrap; word-break:break-word; }
@@ -128,6 +131,29 @@ SCRIPT = """
   }
   var mode = /colour=(kl|ratio)/.exec(location.hash);
   if (mode) colour(mode[1]);
+  var tip = document.createElement('div');
+  tip.className = 'tip';
+  tip.hidden = true;
+  document.body.appendChild(tip);
+  function num(v, d) {  // no "-0.000"
+    if (v === null) return '—';
+    var x = Number(Number(v).toFixed(d));
+    return (x === 0 ? 0 : x).toFixed(d);
+  }
+  document.addEventListener('mouseover', function (e) {
+    var t = e.target.closest ? e.target.closest('.tok') : null;
+    if (!t) { tip.hidden = true; return; }
+    var kl = t.getAttribute('data-kl'), s = t.getAttribute('data-lps'), p = t.getAttribute('data-lpt');
+    var text = JSON.stringify(t.textContent) + '  KL ' + num(kl, 4);
+    if (s !== null) {
+      text += '  log p_S ' + num(s, 3) + '  log p_T ' + num(p, 3) + '  log p_T - log p_S ' + num(Number(p) - Number(s), 3);
+    }
+    tip.textContent = text;
+    tip.hidden = false;
+    var r = t.getBoundingClientRect();
+    tip.style.left = Math.max(4, Math.min(r.left, window.innerWidth - tip.offsetWidth - 4)) + 'px';
+    tip.style.top = (r.bottom + 4) + 'px';
+  });
 })();
 """
 
@@ -207,13 +233,13 @@ def plot_grid(svgs: Sequence[str]) -> str:
     return '<div class="plots">' + "".join(f'<div class="plot">{s}</div>' for s in svgs) + "</div>"
 
 
-def page(title: str, kind: str, sections: Sequence[tuple[str, str, str]], *, meta: str = "") -> str:
-    """The whole document: sections are (anchor, heading, inner html)."""
+def page(title: str, kind: str, sections: Sequence[tuple[str, str, str]], *, meta: str = "", css: str = "") -> str:
+    """The whole document: sections are (anchor, heading, inner html); `css` is added to the style sheet."""
     nav = "".join(f'<a href="#{esc(a)}">{esc(h)}</a>' for a, h, _ in sections)
     body = "".join(f'<section id="{esc(a)}"><h2>{esc(h)}</h2>{inner}</section>' for a, h, inner in sections)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{esc(title)}</title><style>{CSS}</style></head>
+<title>{esc(title)}</title><style>{CSS}{css}</style></head>
 <body><header><h1><span class="kind">{esc(kind)}</span>{esc(title)}</h1><div class="sub">{esc(meta)}</div></header>
 <nav>{nav}</nav><main>{body}</main><script>{SCRIPT}</script></body></html>
 """

@@ -3,14 +3,16 @@
     scale = TokenScale.of(samples)                 # one scale for the page, so colours compare across rollouts
     html = coloured_tokens(row["tokens"], row["token_kl"], row.get("student_logprob"), row.get("teacher_logprob"), scale)
 
-Two colourings of the same spans (the page's toggle switches between them, CSS variables `--kl` / `--lr`):
-- KL: white -> orange-red with the token's KL(S||T) over the vocabulary (samples.jsonl `token_kl`), linear,
-  full colour at the page's 95th percentile (`TokenScale.kl_max`) and above.
-- log-ratio: log p_T(y) - log p_S(y) of the sampled token y (samples.jsonl `teacher_logprob - student_logprob`):
-  blue where the teacher finds the token more likely than the student (training pushes it up), red where less
-  (pushed down), full colour at the 95th percentile of |log-ratio|.
-Hovering a token shows its text, KL and both log-probs (`title`). Whitespace and control characters are made
-visible (newline, tab, control pictures), special tokens such as `<|im_end|>` are drawn as small tags.
+Two colourings of the same spans (the page's toggle switches between them, CSS variables `--kl` / `--lr`), each in
+LEVELS = 20 linear steps (a class per step, so a long rollout costs about 100 bytes a token):
+- KL: white -> orange-red with the token's KL(S||T) over the vocabulary (samples.jsonl `token_kl`), step
+  round(20 * min(1, KL / kl_max)), full colour at the page's 95th percentile (`TokenScale.kl_max`) and above.
+- log-ratio: d = log p_T(y) - log p_S(y) of the sampled token y (samples.jsonl `teacher_logprob - student_logprob`):
+  step round(20 * clip(d / ratio_max, -1, 1)), blue where the teacher finds the token more likely than the student
+  (training pushes it up), red where less likely (pushed down), ratio_max = the 95th percentile of |d|.
+Hovering a token shows its text, KL and both log-probs (the page's script reads the data-* attributes).
+Whitespace and control characters are made visible (newline, tab, control pictures), special tokens such as
+`<|im_end|>` are drawn as small tags.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ KL_RGB = (228, 87, 46)  # the colour of a token at the top of the KL scale
 MORE_RGB = (33, 102, 172)  # the teacher finds the token more likely than the student
 LESS_RGB = (215, 48, 31)  # ... less likely
 _SPECIAL = re.compile(r"^<\|[^|<>]{1,40}\|>$|^<(/?)(think|tool_call|answer)>$")
+LEVELS = 20  # colour steps from white to full colour (per sign for the log-ratio)
 
 
 @dataclass(frozen=True)
@@ -57,23 +60,30 @@ def _p95(values: list[float]) -> float:
 
 def _mix(rgb: tuple[int, int, int], weight: float) -> str:
     """White mixed with `rgb` by `weight` in [0, 1], as #rrggbb."""
-    w = max(0.0, min(1.0, weight)) if math.isfinite(weight) else 1.0
+    w = max(0.0, min(1.0, weight))
     return "#" + "".join(f"{round(255 + (c - 255) * w):02x}" for c in rgb)
 
 
-def kl_colour(kl: float | None, scale: TokenScale) -> str:
-    """The KL colouring of one token (grey when the value is missing or not finite)."""
+def kl_level(kl: float | None, scale: TokenScale) -> int | None:
+    """The KL colour step of one token, 0 (white) .. LEVELS (full colour); None when missing or not finite."""
     if kl is None or not math.isfinite(kl):
-        return "#d0d4da"
-    return _mix(KL_RGB, kl / scale.kl_max)
+        return None
+    return round(LEVELS * max(0.0, min(1.0, kl / scale.kl_max)))
 
 
-def ratio_colour(student_logprob: float | None, teacher_logprob: float | None, scale: TokenScale) -> str:
-    """The log-ratio colouring of one token: blue when log p_T > log p_S, red when lower, white when equal."""
+def ratio_level(student_logprob: float | None, teacher_logprob: float | None, scale: TokenScale) -> int | None:
+    """The log-ratio colour step, -LEVELS (teacher far less likely, red) .. +LEVELS (far more likely, blue)."""
     if student_logprob is None or teacher_logprob is None or not math.isfinite(teacher_logprob - student_logprob):
-        return "#d0d4da"
+        return None
     d = teacher_logprob - student_logprob
-    return _mix(MORE_RGB if d > 0 else LESS_RGB, abs(d) / scale.ratio_max)
+    return round(LEVELS * max(-1.0, min(1.0, d / scale.ratio_max)))
+
+
+def colour_css() -> str:
+    """The classes of the colour steps: .kN sets --kl, .rN / .r-N set --lr (missing values: .kx / .rx, grey)."""
+    rules = [f".k{i}{{--kl:{_mix(KL_RGB, i / LEVELS)}}}" for i in range(LEVELS + 1)]
+    rules += [f".r{i}{{--lr:{_mix(MORE_RGB if i > 0 else LESS_RGB, abs(i) / LEVELS)}}}" for i in range(-LEVELS, LEVELS + 1)]
+    return "".join(rules) + ".kx{--kl:#d0d4da}.rx{--lr:#d0d4da}"
 
 
 def visible(token: str) -> tuple[str, str]:
@@ -98,13 +108,10 @@ def visible(token: str) -> tuple[str, str]:
     return "".join(out) or "∅", "ctrl" if ctrl else ""
 
 
-def _num(v: float | None, digits: int = 3) -> str:
-    return "—" if v is None else f"{v:.{digits}f}" if math.isfinite(v) else str(v)
-
-
 def coloured_tokens(tokens: Sequence[str], token_kl: Sequence[float], student_logprob: Sequence[float] | None,
                     teacher_logprob: Sequence[float] | None, scale: TokenScale) -> str:
-    """One span per token, coloured by both schemes; data-kl / data-lps / data-lpt hold the values shown."""
+    """One span per token: its colour steps as classes (`colour_css`), its values as data-kl / data-lps / data-lpt
+    (the page's script shows them on hover)."""
     n = len(tokens)
     lps = list(student_logprob) if student_logprob is not None else [None] * n
     lpt = list(teacher_logprob) if teacher_logprob is not None else [None] * n
@@ -115,12 +122,10 @@ def coloured_tokens(tokens: Sequence[str], token_kl: Sequence[float], student_lo
     spans = []
     for tok, kl, s, t in zip(tokens, kls, lps, lpt, strict=True):
         text, cls = visible(tok)
-        title = f"{tok!r}  KL {_num(kl, 4)}  log p_S {_num(s)}  log p_T {_num(t)}"
-        if s is not None and t is not None:
-            title += f"  (log p_T - log p_S {_num(t - s)})"
+        k, r = kl_level(kl, scale), ratio_level(s, t, scale)
+        classes = f"tok k{'x' if k is None else k} r{'x' if r is None else r}" + (f" {cls}" if cls else "")
         data = f' data-kl="{kl}"' + (f' data-lps="{s}" data-lpt="{t}"' if s is not None else "")
-        spans.append(f'<span class="tok {cls}" style="--kl:{kl_colour(kl, scale)};--lr:{ratio_colour(s, t, scale)}"'
-                     f'{data} title="{esc(title)}">{esc(text)}</span>')
+        spans.append(f'<span class="{classes}"{data}>{esc(text)}</span>')
     return '<div class="tokens">' + "".join(spans) + "</div>"
 
 
