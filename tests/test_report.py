@@ -254,6 +254,31 @@ def test_eval_page_gallery_outcomes_and_filter_counts(report_eval):
     assert f"{results['accuracy']:.3f}" in text(tree.all("card")[0])
 
 
+def test_eval_page_counts_each_failure_kind_and_names_it_on_the_item(report_eval, tmp_path):
+    """The outcome table has results.json's count of every failure kind; an item says its kind, and an answer the
+    judge read is marked as such."""
+    folder = tmp_path / "eval"
+    shutil.copytree(report_eval, folder)
+    samples = rows_of(folder / "samples.jsonl")
+    wrong = [s for s in samples if s["extracted"] is not None and not s["correct"]]
+    refused, judged = wrong[0], wrong[1]
+    refused.update(extracted=None, failure="refused", method="none", response="I cannot determine the answer.")
+    judged.update(method="judge")
+    (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    results = json.loads((folder / "results.json").read_text())
+    results["failures"] = {**results["failures"], "refused": results["failures"]["refused"] + 1}
+    (folder / "results.json").write_text(json.dumps(results))
+    tree = Tree(build_html(folder))
+    cells = [[text(td) for td in tree.all(tag="td", within=tr)] for tr in tree.all(tag="tr")]
+    rows = {c[0]: c[1] for c in cells if len(c) == 3}  # the outcome table: outcome, items, share
+    for kind, count in results["failures"].items():
+        assert rows[f"no answer: {kind}"] == str(count)
+    assert rows["answer read by the judge (right or wrong)"] == "1"
+    items = {it["attrs"]["data-id"]: it for it in tree.all("item")}
+    assert "failure: refused" in text(items[refused["id"]]) and items[refused["id"]]["attrs"]["data-outcome"] == "unread"
+    assert "answer read by the judge" in text(items[judged["id"]])
+
+
 def test_eval_gallery_keeps_every_outcome_under_a_small_limit(report_eval):
     tree = Tree(build_html(report_eval, Limits(max_items=4)))
     outcomes = [it["attrs"]["data-outcome"] for it in tree.all("item")]

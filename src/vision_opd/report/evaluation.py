@@ -2,7 +2,7 @@
 
     html = eval_page(Path("runs/eval"), Limits())
 
-Accuracy with its 95% interval, per category, the failure counts (wrong answer, unreadable, truncated), the
+Accuracy with its 95% interval, per category, the outcome counts (wrong answer, each failure kind, truncated), the
 response lengths, the settings that made the number, and a gallery of items (the image, the question, the
 response, the extracted answer, right or wrong) that the buttons filter by outcome. The gallery and the item
 card are shared with the gap page (gap.py).
@@ -75,6 +75,10 @@ def response_text(text: str) -> str:
 def sample_lines(s: dict) -> str:
     """One sample's response, its extracted answer against the gold one, and its length."""
     meta = [f"gold {s.get('gold')}", f"{fmt(s.get('response_tokens'))} tokens" + (" (truncated)" if s.get("truncated") else "")]
+    if s.get("failure"):
+        meta.append(f"failure: {s['failure']}" + (f" ({s['error']})" if s.get("error") else ""))
+    if s.get("method") == "judge":
+        meta.append("answer read by the judge")
     return (f'<div class="toolbar">{badge(s.get("correct"), s.get("extracted"))}<span class="meta">{esc(" · ".join(meta))}'
             f"</span></div>{response_text(str(s.get('response', '')))}")
 
@@ -117,14 +121,19 @@ def gallery(group: str, samples: Sequence[dict], found: Found, max_items: int) -
     return "".join(parts) + '<div class="gallery">' + "".join(cards_html) + "</div>"
 
 
-def failure_table(samples: Sequence[dict]) -> str:
+def failure_table(samples: Sequence[dict], failures: dict[str, int] | None = None) -> str:
+    """Right, wrong answer, no answer (by failure kind when results.json counts them), truncated, judged."""
     n = max(1, len(samples))
     right = sum(1 for s in samples if s.get("correct"))
     unread = sum(1 for s in samples if s.get("extracted") is None)
     wrong = len(samples) - right - unread
     trunc = sum(1 for s in samples if s.get("truncated"))
-    rows = [("right", right), ("wrong answer", wrong), ("unreadable (no answer extracted)", unread),
-            ("truncated at max_new_tokens (any outcome)", trunc)]
+    no_answer = [(f"no answer: {k}", v) for k, v in failures.items()] if failures else \
+        [("unreadable (no answer extracted)", unread)]
+    rows = [("right", right), ("wrong answer", wrong), *no_answer, ("truncated at max_new_tokens (any outcome)", trunc)]
+    judged = sum(1 for s in samples if s.get("method") == "judge")
+    if judged:
+        rows.append(("answer read by the judge (right or wrong)", judged))
     return table(["outcome", "items", "share"], [(esc(k), fmt(v), f"{v / n:.3f} {bar(v / n)}") for k, v in rows])
 
 
@@ -161,6 +170,8 @@ def eval_page(path: Path, limits: Limits) -> str:
     lo, hi = (r.get("accuracy_ci95") or [None, None])[:2]
     top = cards([card("accuracy", fmt(r.get("accuracy")), f"95% CI [{fmt(lo)}, {fmt(hi)}] · n {r.get('n')}"),
                  card("unreadable", fmt(r.get("unextracted_rate")), "no answer extracted", alert=(r.get("unextracted_rate") or 0) > 0.1),
+                 *([card("judged accuracy", fmt(r["judged"].get("accuracy")), "the judge read the unextractable")]
+                   if r.get("judged") else []),
                  *length_cards(r), card("seconds per item", fmt(r.get("seconds_per_item"), 3)),
                  card("skipped (no answer)", fmt(r.get("skipped_no_answer")))])
     cats = r.get("per_category_ci95") or {}
@@ -172,7 +183,7 @@ def eval_page(path: Path, limits: Limits) -> str:
     max_new = ((settings.get("model") or {}).get("decoding") or {}).get("max_new_tokens")
     plots.append(histogram("response length", [s.get("response_tokens") for s in samples], xlabel="tokens (dashed: limit)",
                            limit=max_new))
-    summary = (top + plot_grid(plots) + "<h3>outcomes</h3>" + failure_table(samples) + "<h3>per category</h3>" + category_table(r))
+    summary = (top + plot_grid(plots) + "<h3>outcomes</h3>" + failure_table(samples, r.get("failures")) + "<h3>per category</h3>" + category_table(r))
     official = r.get("official")
     if official and set(official) - {"overall", "accuracy", "per_category"}:
         summary += f'<details><summary>official aggregate</summary><pre class="config">{esc(json.dumps(official, indent=1))}</pre></details>'
