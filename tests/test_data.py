@@ -45,11 +45,35 @@ def test_crop_and_resize_to_pixel_budget():
 
 
 def test_red_box_drawn_outside_the_evidence():
+    """The outline lies outside the expanded box: every pixel the teacher's crop shows stays as it was."""
     img = Image.new("RGB", (50, 50), (255, 255, 255))
     out = draw_red_box(img, (20, 20, 30, 30), expand_ratio=0.0, line_width=1)
-    assert out.getpixel((20, 20)) == (255, 0, 0)
-    assert out.getpixel((25, 25)) == (255, 255, 255)
-    assert img.getpixel((20, 20)) == (255, 255, 255)  # input untouched
+    assert out.getpixel((19, 19)) == (255, 0, 0) and out.getpixel((30, 30)) == (255, 0, 0)
+    assert out.getpixel((20, 20)) == (255, 255, 255) and out.getpixel((29, 29)) == (255, 255, 255)
+    assert img.getpixel((19, 19)) == (255, 255, 255)  # input untouched
+
+
+def _pixel_grid(w: int, h: int) -> Image.Image:
+    """An image whose every pixel is unique: (x, y, x + y) as colour, so a region identifies itself."""
+    img = Image.new("RGB", (w, h))
+    img.putdata([(x, y, (x + y) % 256) for y in range(h) for x in range(w)])
+    return img
+
+
+def test_red_box_of_the_recipe_leaves_the_expanded_box_untouched():
+    """A 30x30 box, expanded 5% per side, outline 5 px: no pixel of the expanded box is painted, and a ring of
+    5 px around it is red (drawn inward, 41% of the box would be covered)."""
+    img = _pixel_grid(100, 100)
+    box = (35, 35, 65, 65)
+    out = draw_red_box(img, box, expand_ratio=0.05, line_width=5)
+    x1, y1, x2, y2 = 33, 33, 67, 67  # 35 - 1.5 -> 33.5 floored, 65 + 1.5 -> 66.5 ceiled
+    assert out.crop((x1, y1, x2, y2)).tobytes() == img.crop((x1, y1, x2, y2)).tobytes()
+    ring = [(x, y) for x in range(x1 - 5, x2 + 5) for y in range(y1 - 5, y2 + 5) if not (x1 <= x < x2 and y1 <= y < y2)]
+    assert all(out.getpixel(p) == (255, 0, 0) for p in ring)
+    assert out.getpixel((x1 - 6, y1 - 6)) == img.getpixel((x1 - 6, y1 - 6))  # nothing beyond the ring
+    # at the image border the ring is cut off; the evidence is still untouched
+    edge = draw_red_box(img, (0, 0, 20, 20), expand_ratio=0.05, line_width=5)
+    assert edge.crop((0, 0, 21, 21)).tobytes() == img.crop((0, 0, 21, 21)).tobytes()
 
 
 def test_records_round_trip_and_relative_paths(tmp_path, img_path):

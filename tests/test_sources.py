@@ -72,7 +72,7 @@ def test_sixk_layout_loads_into_records(sixk):
         assert r.options == opts and r.answer == ans and r.box == tuple(float(v) for v in box)
         assert r.image.startswith(str(root / "images")) and r.teacher_image.startswith(str(root / "teacher_images"))
         assert r.meta["red_box_drawn"] is True and r.meta["format"] == "vision_opd_6k"
-    assert Image.open(records[0].image).getpixel((9, 11)) == (255, 0, 0)  # the drawn box, as published
+    assert Image.open(records[0].image).getpixel((8, 10)) == (255, 0, 0)  # the drawn box, as published
     # the folder works as well as the file
     assert [r.id for r in load_source(sixk.parent)] == ["row1", "row2", "row3"]
 

@@ -81,8 +81,15 @@ def crop_image(
 
 
 def draw_red_box(img: Image.Image, box: Box, *, expand_ratio: float = 0.05, line_width: int = 5) -> Image.Image:
-    """A copy of `img` with a red outline around the expanded evidence box (the reference recipe's student input)."""
+    """A copy of `img` with a red outline around the expanded evidence box (the reference recipe's student input).
+
+    The outline lies entirely outside the expanded box (rounded outward to whole pixels): a ring `line_width`
+    pixels wide around it, cut off at the image border. Every pixel of the evidence stays as it was, so the box
+    marks the region without covering it (drawn inward, a 5 px line would paint 41% of a 30 x 30 box).
+    """
     out = img.copy()
     x1, y1, x2, y2 = clamp_box(expand_box(box, expand_ratio), img.width, img.height)
-    ImageDraw.Draw(out).rectangle([x1, y1, x2 - 1, y2 - 1], outline=(255, 0, 0), width=line_width)
+    x1, y1, x2, y2 = math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)
+    w = line_width
+    ImageDraw.Draw(out).rectangle([x1 - w, y1 - w, x2 - 1 + w, y2 - 1 + w], outline=(255, 0, 0), width=w)
     return out
