@@ -76,6 +76,33 @@ def test_red_box_of_the_recipe_leaves_the_expanded_box_untouched():
     assert edge.crop((0, 0, 21, 21)).tobytes() == img.crop((0, 0, 21, 21)).tobytes()
 
 
+def test_teacher_crop_pixels_are_the_expanded_box():
+    """The teacher's crop holds exactly the pixels of the evidence box grown by views.expand_ratio per side, then
+    enlarged by views.teacher_upscale (bicubic, the same call as `resize`)."""
+    img = _pixel_grid(120, 90)
+    box = (40, 30, 60, 50)  # 20 x 20; expand 0.25 -> 5 px per side -> (35, 25, 65, 55)
+    cfg = ViewConfig(expand_ratio=0.25, min_side=1, teacher_upscale=1.0)
+    crop = crop_image(img, box, expand_ratio=cfg.expand_ratio, min_side=cfg.min_side, upscale=cfg.teacher_upscale)
+    assert crop.tobytes() == img.crop((35, 25, 65, 55)).tobytes()
+    big = crop_image(img, box, expand_ratio=0.25, min_side=1, upscale=2.0)
+    assert big.size == (60, 60)
+    assert big.tobytes() == img.crop((35, 25, 65, 55)).resize((60, 60), Image.Resampling.BICUBIC).tobytes()
+
+
+def test_teacher_view_crop_is_the_expanded_box_of_the_record(tmp_path):
+    img = _pixel_grid(120, 90)
+    img.save(tmp_path / "grid.png")
+    r = Record("g", str(tmp_path / "grid.png"), "Q?", ["a", "b"], box=(40, 30, 60, 50))
+    default = teacher_view(r, ViewConfig(expand_ratio=0.25, min_side=1)).images[0]
+    assert default.size == (60, 60)  # the default follows the reference recipe: the crop enlarged 2x
+    assert default.tobytes() == img.crop((35, 25, 65, 55)).resize((60, 60), Image.Resampling.BICUBIC).tobytes()
+    t = teacher_view(r, ViewConfig(expand_ratio=0.25, min_side=1, teacher_upscale=1.0)).images[0]
+    assert t.tobytes() == img.crop((35, 25, 65, 55)).tobytes()
+    # a pixel budget, when set, decides the crop's size instead of the upscale factor
+    budget = teacher_view(r, ViewConfig(expand_ratio=0.25, min_side=1, teacher_pixels=45 * 45)).images[0]
+    assert budget.size == (45, 45)
+
+
 def test_records_round_trip_and_relative_paths(tmp_path, img_path):
     p = _write(tmp_path, [{"id": 1, "image": "im.png", "problem": "Q?", "options": ["x", "y"], "answer": "y", "bbox": [1, 2, 3, 4]}])
     (r,) = read_records(p)

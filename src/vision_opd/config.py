@@ -161,6 +161,9 @@ class Config:
              "teacher.device applies to a frozen or EMA teacher (a live teacher is the student)")
         need(self.views.teacher_source in ("box", "given", "full", "proposer"),
              f"views.teacher_source={self.views.teacher_source!r}: choose box, given, proposer or full")
+        need(self.views.teacher_upscale > 0, f"views.teacher_upscale={self.views.teacher_upscale}: must be > 0 (1 = the crop's own size)")
+        need(self.views.teacher_pixels is None or self.views.teacher_pixels > 0,
+             f"views.teacher_pixels={self.views.teacher_pixels}: must be > 0, or null for views.teacher_upscale")
         need(self.teacher.proposer in ("attention", "grounding", "confidence", "rarity"),
              f"teacher.proposer={self.teacher.proposer!r}: choose attention, grounding, confidence or rarity")
         return self

@@ -2,7 +2,8 @@
 
 The teacher's crop is built as the reference recipe does (docs/method.md): expand the evidence box
 by `expand_ratio` of its width/height on each side, clamp it to the image, grow it to `min_side`
-pixels (centred, still clamped), crop, and resize so the crop has about `target_pixels` pixels.
+pixels (centred, still clamped), crop, and enlarge it `upscale` times per side (the recipe: about 2x),
+or, when `target_pixels` is given, resize it to about that many pixels instead.
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ def resize_to_pixels(img: Image.Image, target_pixels: int | None) -> Image.Image
     return img.resize((nw, nh), Image.Resampling.BICUBIC)
 
 
+def upscale_image(img: Image.Image, factor: float) -> Image.Image:
+    """Each side multiplied by `factor` (bicubic, rounded, at least 1 px); 1 keeps the image as it is."""
+    if factor == 1:
+        return img
+    size = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
+    return img if size == img.size else img.resize(size, Image.Resampling.BICUBIC)
+
+
 def crop_image(
     img: Image.Image,
     box: Box,
@@ -74,10 +83,12 @@ def crop_image(
     expand_ratio: float = 0.05,
     min_side: float = 28,
     target_pixels: int | None = None,
+    upscale: float = 1.0,
 ) -> Image.Image:
-    """The teacher's crop of `img` around the evidence `box`."""
-    region = crop_region(box, img.width, img.height, expand_ratio=expand_ratio, min_side=min_side)
-    return resize_to_pixels(img.crop(region), target_pixels)
+    """The teacher's crop of `img` around the evidence `box`: the region enlarged `upscale` times per side, or
+    resized to about `target_pixels` pixels when that is given (then `upscale` does not apply)."""
+    region = img.crop(crop_region(box, img.width, img.height, expand_ratio=expand_ratio, min_side=min_side))
+    return resize_to_pixels(region, target_pixels) if target_pixels else upscale_image(region, upscale)
 
 
 def draw_red_box(img: Image.Image, box: Box, *, expand_ratio: float = 0.05, line_width: int = 5) -> Image.Image:

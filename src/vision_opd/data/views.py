@@ -2,10 +2,10 @@
 
 student_view(record): the full image (optionally with the red box and the hint sentence, the reference
 recipe's training input, off by default because benchmarks never have it: docs/method.md).
-teacher_view(record): the evidence crop (box expanded, clamped, grown to a minimum side, resized to a
-pixel budget) or the record's own teacher image. Both return a View (PIL images + text); `encode_views`
-turns a list of Views into model inputs through the same processor call, so the two views can differ
-only in their pixels, never in how they were preprocessed.
+teacher_view(record): the evidence crop (box expanded, clamped, grown to a minimum side, enlarged 2x as in the
+reference recipe, or resized to a pixel budget) or the record's own teacher image. Both return a View (PIL
+images + text); `encode_views` turns a list of Views into model inputs through the same processor call, so the
+two views can differ only in their pixels, never in how they were preprocessed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ class ViewConfig:
     hint: bool = False  # student: append the HINT sentence
     expand_ratio: float = 0.05  # teacher crop: grow the box by this share of its width/height per side
     min_side: int = 28  # teacher crop: minimum side in pixels (before resizing)
-    teacher_pixels: int | None = None  # teacher crop: resize to about this many pixels (None: keep)
+    teacher_upscale: float = 2.0  # teacher crop: enlarge each side this many times (bicubic), as the reference recipe
+                                  # does (about 2x), so small evidence gets more vision tokens; 1 = the crop's own size
+    teacher_pixels: int | None = None  # teacher crop: resize to about this many pixels instead of teacher_upscale (None: off)
     teacher_source: str = "box"  # "box": crop the evidence box; "given": the record's teacher_image; "proposer": crop
                                  # the label-free proposed box (record.meta["proposed_box"], see proposers/); "full": the full image (a control)
     teacher_text: str | None = None  # a different text prompt for the teacher ({question} is filled in); None = same text
@@ -86,7 +88,7 @@ def teacher_view(record: Record, cfg: ViewConfig = ViewConfig()) -> View:
     else:
         raise ValueError(f"unknown views.teacher_source {cfg.teacher_source!r}; choose box, given, proposer or full")
     crop = crop_image(img, tuple(box), expand_ratio=cfg.expand_ratio, min_side=cfg.min_side,
-                      target_pixels=cfg.teacher_pixels)
+                      target_pixels=cfg.teacher_pixels, upscale=cfg.teacher_upscale)
     return View([crop], text)
 
 

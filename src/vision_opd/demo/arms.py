@@ -26,7 +26,7 @@ from ..config import Config
 from ..data.records import Record
 from .world import WorldConfig
 from ..data.views import ViewConfig, encode_views, student_view, teacher_view
-from .pretrain import PretrainConfig, evaluate_views, labelled_stream, load_demo_model, supervised_step
+from .pretrain import DEMO_VIEWS, PretrainConfig, evaluate_views, labelled_stream, load_demo_model, supervised_step
 from ..rollout import sample
 
 LOSSES = {  # name -> (loss.kind, loss.alpha)
@@ -102,7 +102,7 @@ def proposed_records(model, processor, records: list[Record], name: str, views: 
 
 
 def run_arm(cfg: ArmConfig, model_dir: str | Path, opd_records: list[Record], eval_records: list[Record], *,
-            views: ViewConfig = ViewConfig(), progress: bool = True, eval_first: dict | None = None,
+            views: ViewConfig = DEMO_VIEWS, progress: bool = True, eval_first: dict | None = None,
             proposal_cache: Path | None = None) -> dict:
     """Train one arm from the checkpoint in model_dir; returns {"curve": [...], "before", "after", "seconds"}.
 

@@ -41,6 +41,10 @@ from ..data.views import View, ViewConfig, encode_views, prompt_text, student_vi
 from .accuracy import accuracy
 from ..scoring import response_logits
 
+# The views the demo model was pre-trained and is measured with: the teacher's crop at its own size (the processor's
+# fixed 168 x 168 budget then resizes it), not the 2x enlargement of the real-model default (views.teacher_upscale).
+DEMO_VIEWS = ViewConfig(teacher_upscale=1.0)
+
 # The demo model: a Qwen2-VL shrunk to ~0.27M parameters (1.1 MB in float32); Qwen2-VL rather than 2.5-VL
 # because its vision tower has no window attention: ~25% faster on this CPU at the same accuracy budget.
 DEMO_MODEL = dict(family="qwen2_vl", image_size=168, hidden=64, layers=2, vision_hidden=48, vision_depth=2)
@@ -98,7 +102,8 @@ def labelled_stream(seed: int, world: WorldConfig, views: ViewConfig, easy_share
             yield View([img], prompt_text(Record("x", "", q, opts))), opts[ans]
         else:
             img, q, opts, ans, box = make_item(rng, world, qtype)
-            crop = crop_image(img, box, expand_ratio=views.expand_ratio, min_side=views.min_side, target_pixels=views.teacher_pixels)
+            crop = crop_image(img, box, expand_ratio=views.expand_ratio, min_side=views.min_side, target_pixels=views.teacher_pixels,
+                              upscale=views.teacher_upscale)
             yield View([crop], prompt_text(Record("x", "", q, opts))), opts[ans]
 
 
@@ -146,7 +151,7 @@ def evaluate_views(model, processor, records: list[Record], views: ViewConfig, *
             "crop_per_category": crop["per_category"]}
 
 
-def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), *, views: ViewConfig = ViewConfig(),
+def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), *, views: ViewConfig = DEMO_VIEWS,
              progress: bool = True) -> dict:
     """Pre-train the demo model to its validation plateau; save it to out_dir/model; return the summary."""
     out = Path(out_dir)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from .world import WorldConfig
-from .pretrain import PretrainConfig, eval_split, evaluate_views, load_demo_model, pretrain
+from .pretrain import DEMO_VIEWS, PretrainConfig, eval_split, evaluate_views, load_demo_model, pretrain
 
 ASSET_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 N_EXAMPLES = 6  # held-out items shown in report.html
@@ -112,12 +112,12 @@ def demo(out: str | Path = "runs/demo", *, model_dir: str | Path | None = None, 
     opd, held = prepare_data(out, world, n_opd, n_eval)
     print(f"[demo] model {model_dir}; {len(opd)} unlabelled hard images for Vision-OPD; {len(held)} held-out items")
     model, processor = load_demo_model(model_dir)
-    before = evaluate_views(model, processor, held, _views(), progress=progress)
+    before = evaluate_views(model, processor, held, DEMO_VIEWS, progress=progress)
     print(f"[demo] before: full {before['full']:.3f}  crop {before['crop']:.3f}  gap {before['crop'] - before['full']:+.3f}")
     cfg = ArmConfig(arm="opd", steps=steps, eval_every=eval_every, seed=seed, lr=lr, teacher=teacher, loss=loss, world=world,
                     crop_source=crop_source,
                     easy_share=easy_share_of(model_dir))
-    res = run_arm(cfg, model_dir, opd, held, views=_views(), progress=progress, eval_first=before,
+    res = run_arm(cfg, model_dir, opd, held, views=DEMO_VIEWS, progress=progress, eval_first=before,
                   proposal_cache=out / f"proposals_{crop_source}.jsonl")
     if res["proposals"]:
         p = res["proposals"]
@@ -158,16 +158,10 @@ def _html_report(out: Path, before, after, processor, records, teacher: str) -> 
     note = {"before": "the initial model on the crop",
             "after": "the initial model on the crop (the frozen teacher)" if frozen
             else f"the trained model on the crop (a {teacher} teacher follows the student)"}
-    phases = {"before": view_answers(before, before, processor, records, _views()),
-              "after": view_answers(after, before if frozen else after, processor, records, _views())}
-    write_examples(out / "examples.json", records, phases, _views(), note)
+    phases = {"before": view_answers(before, before, processor, records, DEMO_VIEWS),
+              "after": view_answers(after, before if frozen else after, processor, records, DEMO_VIEWS)}
+    write_examples(out / "examples.json", records, phases, DEMO_VIEWS, note)
     return build_report(out)
-
-
-def _views():
-    from ..data.views import ViewConfig
-
-    return ViewConfig()
 
 
 def _table(s: dict) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .run import ASSET_MODEL, easy_share_of, prepare_data, world_of
 from .arms import ArmConfig, run_arm
-from .pretrain import evaluate_views, load_demo_model
+from .pretrain import DEMO_VIEWS, evaluate_views, load_demo_model
 
 STUDY_ARMS = {
     "opd": dict(arm="opd"),
@@ -69,7 +69,7 @@ def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 1
     world = world_of(model_dir)
     opd, held = prepare_data(out, world, n_opd, n_eval, eval_split_name=split)
     model, processor = load_demo_model(model_dir)
-    before = evaluate_views(model, processor, held, _views())
+    before = evaluate_views(model, processor, held, DEMO_VIEWS)
     print(f"[study] before ({split}): full {before['full']:.3f} crop {before['crop']:.3f}")
     results_path = out / "study.json"
     runs = json.loads(results_path.read_text())["runs"] if results_path.exists() else []
@@ -81,7 +81,7 @@ def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 1
                 continue
             cfg = ArmConfig(seed=seed, steps=steps, eval_every=eval_every, world=world, easy_share=easy_share_of(model_dir),
                             **STUDY_ARMS[name])
-            r = run_arm(cfg, model_dir, opd, held, views=_views(), progress=progress, eval_first=before,
+            r = run_arm(cfg, model_dir, opd, held, views=DEMO_VIEWS, progress=progress, eval_first=before,
                         proposal_cache=out / f"proposals_{cfg.crop_source}.jsonl")
             row = {"name": name, "seed": seed, "steps": steps, "split": split, "full_before": before["full"],
                    "crop_before": before["crop"], "full_after": r["after"]["full"], "crop_after": r["after"]["crop"],
@@ -116,8 +116,3 @@ def study_table(runs: list[dict], names: list[str]) -> str:
                      f"{gain[0]:+.3f} +- {gain[1]:.3f} | {dcrop[0]:+.3f} +- {dcrop[1]:.3f} | {closed[0]:.2f} +- {closed[1]:.2f} |")
     return "\n".join(lines)
 
-
-def _views():
-    from ..data.views import ViewConfig
-
-    return ViewConfig()

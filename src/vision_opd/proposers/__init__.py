@@ -32,7 +32,8 @@ def make_proposer(name: str, views=None):
     if name not in PROPOSERS:
         raise ValueError(f"unknown proposer {name!r}; choose one of {sorted(PROPOSERS)}")
     if name == "confidence" and views is not None:
-        return ConfidenceProposer(expand_ratio=views.expand_ratio, min_side=views.min_side, target_pixels=views.teacher_pixels)
+        return ConfidenceProposer(expand_ratio=views.expand_ratio, min_side=views.min_side, target_pixels=views.teacher_pixels,
+                                  upscale=views.teacher_upscale)
     return PROPOSERS[name]()
 
 

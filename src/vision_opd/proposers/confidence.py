@@ -2,8 +2,8 @@
 
 For every candidate window (multi-scale sliding windows over the image, `fractions` of its sides, stride
 `stride` x the window) the model reads the question on that window's crop, prepared exactly as the
-teacher's crop is (`data.crops.crop_image`: expanded, grown to a minimum side, resized to the teacher's
-pixel budget). The score of a window is the model's confidence in its first answer token: the largest
+teacher's crop is (`data.crops.crop_image`: expanded, grown to a minimum side, enlarged or resized to the
+teacher's pixel budget). The score of a window is the model's confidence in its first answer token: the largest
 next-token probability after the prompt. The best-scoring window is the proposal; when no window makes
 the model more confident than the full image does, the proposer falls back to the full image (the crop
 would add nothing the student does not see).
@@ -78,7 +78,8 @@ class ConfidenceProposer:
     stride: float = 0.5
     expand_ratio: float = 0.05  # the crop around a window, as the teacher's crop (views.ViewConfig defaults)
     min_side: float = 28
-    target_pixels: int | None = None  # the teacher crop's pixel budget (views.teacher_pixels; None: the processor's)
+    target_pixels: int | None = None  # the teacher crop's pixel budget (views.teacher_pixels; None: upscale applies)
+    upscale: float = 2.0  # the teacher crop's enlargement (views.teacher_upscale)
     batch_size: int = 64
     name: str = "confidence"
     needs_prompt: bool = True  # propose_records passes the full prompt (question + options + instruction)
@@ -87,7 +88,7 @@ class ConfidenceProposer:
         W, H = image.size
         boxes = sliding_windows(W, H, self.fractions, self.stride)
         crops = [crop_image(image, b, expand_ratio=self.expand_ratio, min_side=self.min_side,
-                            target_pixels=self.target_pixels) for b in boxes]
+                            target_pixels=self.target_pixels, upscale=self.upscale) for b in boxes]
         conf = answer_confidence(model, processor, [image] + crops, question, self.batch_size)
         full, win = float(conf[0]), conf[1:]
         best = int(win.argmax())
