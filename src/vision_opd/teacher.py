@@ -8,7 +8,8 @@ live:   the student's current weights, used under no_grad (no copy).
 Full fine-tuning keeps a copy of the model for frozen/ema. With LoRA (peft) there is no second copy of the
 base weights: a frozen teacher is the base with the adapter disabled, and an EMA teacher is an EMA over
 the adapter weights only, swapped into the adapter for the teacher's forward passes.
-Always score the teacher inside `with teacher.scoring() as model:` (it also sets no_grad and eval mode).
+Always score the teacher inside `with teacher.scoring() as model:` (it sets no_grad and eval mode, and gives a
+shared student its train mode back afterwards).
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ from .models.parts import strip_wrappers, unwrap
 
 def is_peft(model) -> bool:
     return hasattr(strip_wrappers(model), "disable_adapter") and hasattr(strip_wrappers(model), "peft_config")
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """`model` in eval mode inside the block; every module's own train/eval mode restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def adapter_params(model) -> dict[str, torch.nn.Parameter]:
@@ -69,20 +82,24 @@ class Teacher:
 
     @contextlib.contextmanager
     def scoring(self):
-        """Context in which the returned model computes the teacher's distributions (no grad)."""
+        """Context in which the returned model computes the teacher's distributions: no grad, eval mode (no dropout),
+        whichever model holds the weights; a live or LoRA teacher is the student's own modules, whose train/eval
+        mode is given back on exit, module by module."""
         with torch.no_grad():
             if not self.lora or self.mode == "live":
-                yield self.module()
+                with eval_mode(self.module()) as model:
+                    yield model
             elif self.mode == "frozen":
-                with self._student.disable_adapter():
-                    yield self._student
+                with self._student.disable_adapter(), eval_mode(self._student) as model:
+                    yield model
             else:  # LoRA + EMA: swap the EMA adapter weights in, and the student's back out afterwards
                 params = adapter_params(self._student)
                 saved = {n: p.detach().clone() for n, p in params.items()}
                 for n, p in params.items():
                     p.copy_(self.ema_adapter[n])
                 try:
-                    yield self._student
+                    with eval_mode(self._student) as model:
+                        yield model
                 finally:
                     for n, p in params.items():
                         p.copy_(saved[n])
