@@ -187,3 +187,29 @@ def test_teacher_on_proposed_crops_without_boxes(tmp_path, synth_dir):
     assert len(cache) == 12  # one proposal per record, computed once
     m = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert m["tokens"] > 0 and m["skipped"] == 0
+
+
+def test_held_out_evaluation_uses_the_benchmark_views(tmp_path, synth_dir):
+    """Trained with the recipe's red box and hint, the held-out "full" view is still the bare image (no box, no
+    hint, as in every benchmark), and an evaluation record without a box is evaluated on the full view only."""
+    from vision_opd.data.validate import read_records
+    from vision_opd.data.views import ViewConfig
+    from vision_opd.eval.views import view_of
+    from vision_opd.train import train
+
+    rows = [json.loads(x) for x in (synth_dir / "train.jsonl").read_text().splitlines()]
+    held = synth_dir / "held_mixed.jsonl"  # same folder: image paths stay relative
+    held.write_text("".join(json.dumps({k: v for k, v in r.items() if not (i == 0 and k == "box")}) + "\n"
+                            for i, r in enumerate(rows[:4])))
+    recs = read_records(held)
+    assert recs[0].box is None
+    recipe = ViewConfig(red_box=True, hint=True)
+    for r in recs:
+        full = view_of(r, "full", recipe)
+        assert full.images[0].tobytes() == view_of(r, "full", ViewConfig()).images[0].tobytes()
+        assert full.text == view_of(r, "full", ViewConfig()).text
+    cfg = _cfg(tmp_path, synth_dir, "train.steps=1", "train.eval_every=1", f"data.eval_file={held}",
+               "train.eval_max_new_tokens=2", "views.red_box=true", "views.hint=true")
+    m = json.loads((train(cfg) / "metrics.jsonl").read_text().splitlines()[0])  # the boxless record stops nothing
+    assert m["eval_full_acc"] in {k / 4 for k in range(5)}  # 4 records in the full view
+    assert m["eval_crop_acc"] in {k / 3 for k in range(4)}  # 3 with a box in the crop view

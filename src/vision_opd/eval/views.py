@@ -8,7 +8,7 @@ back (record.meta["proposal_fallback"]), so the view is defined on every item, a
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from ..data.crops import draw_red_box
 from ..data.records import Record
@@ -32,9 +32,13 @@ def view_available(record: Record, view: str) -> bool:
 
 
 def view_of(record: Record, view: str, cfg: ViewConfig = ViewConfig()) -> View:
-    """The `view` of a record with the benchmark prompt (`format_prompt`): the same text in every view."""
+    """The `view` of a record with the benchmark prompt (`format_prompt`): the same text in every view.
+
+    full = the bare image, as every benchmark shows it: a training config's red box and hint (views.red_box,
+    views.hint) never reach an evaluation view, so held-out accuracy during training is the benchmark's.
+    """
     text = format_prompt(record)
-    full = student_view(record, cfg).images
+    full = student_view(record, replace(cfg, red_box=False, hint=False)).images
     if view == "full" or (view == "proposed" and record.meta.get("proposal_fallback")):
         return View(full, text)
     if view == "redbox":
