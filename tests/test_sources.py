@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -83,6 +84,58 @@ def test_sixk_original_student_image(sixk):
     assert records[0].teacher_image.endswith("000000_00e1ee5de37b9cc685b1b0af4eaaa0ef.png")
     with pytest.raises(ValueError, match="student_image"):
         load_source(sixk, student_image="clean")
+
+
+def test_proposers_never_see_the_drawn_answer_box(sixk):
+    """Vision-OPD-6K `images/` have the evidence box drawn in red: a "label-free" proposer run on them would read
+    the answer's box from its pixels. Proposals (and the teacher's crops) use the clean original image; without
+    one, proposing refuses before any work, naming the record and the fix."""
+    import shutil
+
+    from vision_opd.data.views import ViewConfig, teacher_view
+    from vision_opd.proposers import Proposal, propose_records
+
+    records = load_source(sixk)  # student_image=images (the default): the red box is drawn
+    assert all(r.meta["red_box_drawn"] for r in records)
+    seen = []
+
+    def spy(model, processor, image, question):
+        seen.append(image)
+        return Proposal((0.0, 0.0, float(image.width), float(image.height)), 0.0, 0, fallback=True)
+
+    propose_records(None, None, records, spy, progress=False)
+    root = sixk.parent
+    for r, img in zip(records, seen, strict=True):
+        clean = Image.open(root / "original_images" / Path(r.image).name).convert("RGB")
+        assert img.tobytes() == clean.tobytes(), f"{r.id}: the proposer saw the image with the red box"
+    r = records[0]
+    r.meta["proposed_box"] = list(r.box)
+    crop = teacher_view(r, ViewConfig(teacher_source="proposer", expand_ratio=0.5, teacher_upscale=1.0)).images[0]
+    assert (255, 0, 0) not in set(crop.getdata()), "the teacher's crop comes from the clean image too"
+    shutil.rmtree(root / "original_images")  # the official preparation does not extract original_images
+    bare = load_source(sixk)
+    seen.clear()
+    with pytest.raises(ValueError, match=r"row1.*red box.*data\.student_image=original"):
+        propose_records(None, None, bare, spy, progress=False)
+    assert not seen, "refused before any proposal was computed"
+
+
+def test_train_with_a_proposer_on_drawn_boxes_refuses_before_the_model_loads(sixk, tmp_path, capsys, monkeypatch):
+    """`vision-opd train views.teacher_source=proposer` on Vision-OPD-6K images/ without original_images/: one line
+    naming the record and the fix, exit 2, and no model loaded."""
+    import shutil
+
+    import vision_opd.train as T
+    from vision_opd.cli import main
+
+    shutil.rmtree(sixk.parent / "original_images")
+    loads = []
+    monkeypatch.setattr(T, "load_model", lambda *a, **k: loads.append(1) or (_ for _ in ()).throw(AssertionError))
+    rc = main(["train", f"data.train_file={sixk}", f"train.out_dir={tmp_path / 'run'}", "views.teacher_source=proposer",
+               "train.progress=false"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "row1" in err and "data.student_image=original" in err and "Traceback" not in err
+    assert not loads, "refused before the model was loaded"
 
 
 @pytest.mark.parametrize("line, change, message", [

@@ -222,8 +222,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     device = accelerator.device if accelerator else resolve_device(cfg.train.device)
 
     # load: model, processor, data, teacher, optimizer
+    records, n_bad = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)  # checked first
     model, processor = load_model(cfg.model, seed=cfg.train.seed, device=device)
-    records, n_bad = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)
     if cfg.train.prompts_per_step < world:
         raise ValueError(f"train.prompts_per_step={cfg.train.prompts_per_step} is smaller than the {world} processes")
     suppress_ids = vision_token_ids(unwrap(model), processor)

@@ -13,7 +13,8 @@ first row's keys (`teacher_images` + `problem` + `bbox` = Vision-OPD-6K, otherwi
 Vision-OPD-6K rows (docs/benchmarks.md) have no id: the id is `row{line}`. The question is
 `extra_info.question` (or `problem`) with `<image>`, the red-box hint sentence, the lettered options and the
 answer instruction removed; the options come from the `A. ...` lines. `images[0]` already has the red box
-drawn (`meta["red_box_drawn"] = True`); `student_image="original"` uses the clean `original_images[0]`.
+drawn (`meta["red_box_drawn"] = True`; the clean `original_images[0]`, when extracted, is `meta["clean_image"]`,
+which proposers and teacher crops read instead); `student_image="original"` uses the clean image as the student's.
 
 Images embedded in parquet / hub rows are written once to a cache folder (`ImageCache`, content-addressed),
 so no image is held in memory: the views decode them lazily, per batch. Every record is checked as it
@@ -34,7 +35,7 @@ from .files import ImageCache, default_cache_dir, image_to_path, is_hub_id, iter
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError
 from .records import LETTERS, Record, RecordError, parse_box, record_from_dict
 from .validate import Problem, ValidationReport, check_record, load_records_checked, raise_if_bad
-from .views import HINT
+from .views import HINT, proposal_image
 
 FORMATS = ("auto", "records", "vision_opd_6k", "parquet", "hub")
 STUDENT_IMAGES = ("images", "original")
@@ -215,8 +216,23 @@ def sixk_record(row: dict, *, n: int, where: str, to_path: Callable[[Any, str, s
     # only the student image in use is resolved: the official preparation does not extract original_images
     image = first_image("images" if student_image == "images" else "original_images")
     meta = {"format": "vision_opd_6k", "line": n, "red_box_drawn": student_image == "images"}
+    if student_image == "images" and (clean := _extracted_original(row, to_path, where)):
+        meta["clean_image"] = clean  # what proposers and teacher crops read: never the drawn answer box
     return Record(id=f"row{n}", image=image, question=question,
                   options=options, answer=answer, box=box, teacher_image=teacher, meta=meta)
+
+
+def _extracted_original(row: dict, to_path: Callable[[Any, str, str], str], where: str) -> str | None:
+    """The clean `original_images[0]` when it is a local file that exists (not extracted: None). Images embedded in
+    parquet / hub rows are not written out for this (data.student_image=original uses them)."""
+    value = row.get("original_images")
+    value = value[0] if isinstance(value, list) and value else value
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return to_path(value, "original_images", where)
+    except RecordError:
+        return None
 
 
 def _answer(value: Any, options: list[str] | None, where: str) -> str | None:
@@ -343,6 +359,9 @@ def load_train_records(data_cfg, views_cfg, *, progress: bool = False) -> tuple[
     if views_cfg.red_box and any(r.meta.get("red_box_drawn") for r in records):
         raise RecordError(f"{data_cfg.train_file}: the student images already have the red box drawn (Vision-OPD-6K "
                           "images); set views.red_box=false, or data.student_image=original to draw it on the clean image")
+    if views_cfg.teacher_source == "proposer":  # before the model loads: a proposer never reads a drawn box
+        for r in records:
+            proposal_image(r)
     if report.problems:
         print(f"[vision-opd] skipped {len(report.problems)} bad record(s) of {data_cfg.train_file}:\n" +
               "\n".join(f"  {p.message}" for p in report.problems[:20]))

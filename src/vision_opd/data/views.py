@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .crops import crop_image, draw_red_box
 from .images import DEFAULT_MAX_IMAGE_PIXELS, open_image
-from .records import LETTERS, Record
+from .records import LETTERS, Record, RecordError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -65,6 +65,23 @@ def student_view(record: Record, cfg: ViewConfig = ViewConfig()) -> View:
     return View([img], text)
 
 
+def crop_source(record: Record) -> str:
+    """The image the teacher's crop (and a proposer) reads: the clean original when the record's own image has the
+    red box drawn (Vision-OPD-6K `images/`: meta["clean_image"] once original_images/ is extracted), else the image."""
+    return record.meta.get("clean_image") or record.image
+
+
+def proposal_image(record: Record) -> str:
+    """The image a label-free proposer reads: the clean one (`crop_source`). An image with the red box drawn and no
+    clean original would hand the answer's box to the proposer: refused, naming the record and the fix."""
+    if record.meta.get("red_box_drawn") and not record.meta.get("clean_image"):
+        raise RecordError(f"record {record.id!r}: its image has the red box drawn around the evidence (Vision-OPD-6K "
+                          "images/), so a proposer would find that box instead of proposing one without labels; extract "
+                          "original_images/ next to the data file (the clean images are then used), or set "
+                          "data.student_image=original")
+    return crop_source(record)
+
+
 def teacher_view(record: Record, cfg: ViewConfig = ViewConfig()) -> View:
     text = prompt_text(record)
     if cfg.teacher_text is not None:
@@ -73,9 +90,9 @@ def teacher_view(record: Record, cfg: ViewConfig = ViewConfig()) -> View:
         if not record.teacher_image:
             raise ValueError(f"record {record.id!r}: views.teacher_source=given but the record has no teacher_image")
         return View([open_image(record.teacher_image, max_pixels=cfg.max_image_pixels)], text)
-    img = open_image(record.image, max_pixels=cfg.max_image_pixels)
     if cfg.teacher_source == "full":
-        return View([img], text)
+        return View([open_image(record.image, max_pixels=cfg.max_image_pixels)], text)
+    img = open_image(crop_source(record), max_pixels=cfg.max_image_pixels)
     if cfg.teacher_source == "proposer":
         box = record.meta.get("proposed_box")
         if box is None:

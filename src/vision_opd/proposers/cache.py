@@ -26,7 +26,7 @@ import numpy as np
 
 from ..data.images import DEFAULT_MAX_IMAGE_PIXELS, open_image
 from ..data.records import Record
-from ..data.views import prompt_text
+from ..data.views import prompt_text, proposal_image
 from .window import Proposal, iou
 
 log = logging.getLogger(__name__)
@@ -118,12 +118,14 @@ def propose_records(model, processor, records: Sequence[Record], proposer: Calla
                     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, Proposal]:
     """{record id: Proposal} for every record, computing only those not in `cache`.
 
-    The proposer sees the full image (as decoded for the student view) and the bare question (no options:
-    the options do not say where to look, and the grounding prompt wraps the question in its own text), or,
-    for a proposer with `needs_prompt` (confidence search), the full prompt with options and instruction.
+    The proposer sees the full image (as decoded for the student view, but never with a drawn red box:
+    `proposal_image`) and the bare question (no options: the options do not say where to look, and the
+    grounding prompt wraps the question in its own text), or, for a proposer with `needs_prompt` (confidence
+    search), the full prompt with options and instruction.
     """
     from tqdm.auto import tqdm
 
+    images = {r.id: proposal_image(r) for r in records}  # every record checked before any work
     name, settings = proposer_name(proposer), settings_hash(proposer, model)
     out: dict[str, Proposal] = {}
     computed = 0
@@ -132,7 +134,7 @@ def propose_records(model, processor, records: Sequence[Record], proposer: Calla
         p = cache.get(key) if cache is not None else None
         if p is None:
             text = prompt_text(r) if getattr(proposer, "needs_prompt", False) else r.question
-            p = proposer(model, processor, open_image(r.image, max_pixels=max_image_pixels), text)
+            p = proposer(model, processor, open_image(images[r.id], max_pixels=max_image_pixels), text)
             computed += 1
             if cache is not None:
                 cache.put(key, r.id, name, settings, p)
