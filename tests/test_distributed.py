@@ -1,7 +1,7 @@
 """Data parallel (DDP) and sharded (FSDP) training on 2 CPU processes (gloo, launched with torchrun as a user
-would) give the same weights as one process on the same data. The two-process runs score each prompt once for its
-responses (`train.share_prompts`, the default, inside the wrapped module's forward); the one-process reference
-scores every row with its own prompt."""
+would) give the same weights as one process on the same data, also when the prompts do not divide by the ranks.
+The two-process runs score each prompt once for its responses (`train.share_prompts`, the default, inside the
+wrapped module's forward); the one-process reference scores every row with its own prompt."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def _free_port() -> int:
 
 def _args(synth_dir, out, *extra):
     # greedy rollouts: the runs then see the same responses, so any difference comes from the distributed
-    # gradient (sharding of prompts and weights, normalisation by the global token count, sync), not sampling
-    return [f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={out}", "train.steps=3", "train.prompts_per_step=4",
+    # gradient (sharding of prompts and weights, normalisation by the global token count, sync), not sampling.
+    # 3 prompts over 2 ranks: rank 1 pads its share with a repeated prompt whose tokens count for nothing.
+    return [f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={out}", "train.steps=3", "train.prompts_per_step=3",
             "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4", "rollout.do_sample=false", "train.micro_batch_size=2",
             "train.progress=false", "optim.warmup_steps=0", "optim.lr=1e-3", "views.teacher_pixels=12544", "train.device=cpu",
             "teacher.mode=ema", "teacher.ema_rate=0.5", "train.save_every=2", *extra]
@@ -62,7 +63,8 @@ def _compare(one, two):
     m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert len(m1) == len(m2) == 3  # written once, by rank 0
     for a, b in zip(m1, m2, strict=True):
-        assert a["tokens"] == b["tokens"]  # the global token count
+        assert a["tokens"] == b["tokens"]  # the global token count: the padding prompt's tokens are not in it
+        assert a["response_len"] == pytest.approx(b["response_len"]) and a["truncation_rate"] == b["truncation_rate"]
         # the gradient norm is scale-sensitive (unlike Adam's update): it checks the normalisation
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)  # a sum of near-zero terms: summation order shows
@@ -78,12 +80,13 @@ def _compare(one, two):
         torch.testing.assert_close(tb[k], ta[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
-def test_ddp_two_processes_equal_one(tmp_path, synth_dir, single):
+def test_ddp_two_processes_equal_one_with_prompts_not_divisible_by_ranks(tmp_path, synth_dir, single):
     _torchrun(_args(synth_dir, tmp_path / "two"))
     _compare(single, tmp_path / "two")
 
 
-def test_fsdp_two_processes_equal_one_and_resume(tmp_path, synth_dir, single):
+def test_fsdp_two_processes_equal_one_with_prompts_not_divisible_by_ranks_and_resume(tmp_path, synth_dir, single):
+    """3 prompts over 2 FSDP ranks used to hang (2 micro-batches on rank 0, 1 on rank 1, an all-gather in each)."""
     run = tmp_path / "fsdp"
     _torchrun(_args(synth_dir, run, "train.distributed=fsdp"))
     _compare(single, run)

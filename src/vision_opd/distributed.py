@@ -8,12 +8,17 @@ train.distributed = fsdp: `torch.distributed.fsdp.fully_shard` (FSDP2) on every 
 tower and the root, so parameters, gradients and optimizer state are sharded; works over gloo on CPUs and
 NCCL on GPUs. Under FSDP both views are scored through the model's own forward (logits of the response
 positions), since sharded weights cannot be used outside it, and generation runs with synced_gpus.
+
+Every rank runs the same collectives: `Ranks.shard` gives every rank the same number of items (padding a short
+share with repeats of its last item, which the caller leaves out of the results), so every rank runs the same
+number of forwards (FSDP all-gathers in each one); the step's padding prompts count for nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -27,6 +32,27 @@ def make_accelerator(cpu: bool):
     from accelerate import Accelerator
 
     return Accelerator(cpu=cpu or not torch.cuda.is_available())
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the ranks, and an even share of a list for each."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def of(cls, accelerator) -> "Ranks":
+        return cls(accelerator.process_index, accelerator.num_processes) if accelerator is not None else cls()
+
+    def shard(self, items: list) -> tuple[list, int]:
+        """(this rank's share, how many of it are real): items rank, rank + world, ..., padded to
+        ceil(len / world) with repeats of the share's last item (of the first item when the share is empty), so
+        that every rank gets the same number; the padding is for the caller to leave out of every result."""
+        mine = list(items[self.rank::self.world])
+        size = -(-len(items) // self.world)
+        fill = mine[-1:] or list(items[:1])
+        return mine + fill * (size - len(mine)), len(mine)
 
 
 def is_fsdp(model) -> bool:

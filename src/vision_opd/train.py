@@ -32,7 +32,7 @@ from .data.records import Record
 from .data.sources import load_train_records
 from .data.validate import read_records
 from .data.views import encode_views, student_view, teacher_view
-from .distributed import (full_model_state, full_optimizer_state, grad_sync, is_fsdp, load_full_optimizer_state,
+from .distributed import (Ranks, full_model_state, full_optimizer_state, grad_sync, is_fsdp, load_full_optimizer_state,
                           make_accelerator, shard_fsdp)
 from .divergence import token_divergence, token_divergence_from_hidden
 from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingStopped, wait_for_signal_test_hook
@@ -92,12 +92,15 @@ TOKEN_METRICS = ("reverse_kl", "student_logprob", "teacher_logprob")  # per-toke
 
 
 def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: list[Record], optimizer, scheduler,
-                    suppress_ids: list[int], device: torch.device, accelerator=None) -> StepResult:
+                    suppress_ids: list[int], device: torch.device, accelerator=None, n_real: int | None = None) -> StepResult:
     """One optimizer step of Vision-OPD on `records` (this rank's share of the step's prompts).
 
     With an accelerate `accelerator` over N processes, the loss of each rank is its token sum divided by the
     *global* response-token count, times N (DDP averages gradients over ranks), so N ranks give the same
-    gradient as one process over all prompts; gradients sync once, on the last micro-batch.
+    gradient as one process over all prompts; gradients sync once, on the last micro-batch. Only the first
+    `n_real` records (default: all) count: the rest pad this rank's share to the others' size (`Ranks.shard`), so
+    every rank runs the same forwards, and their tokens are left out of the loss, the token count and the metrics.
+    Whether the step is skipped (a non-finite loss or gradient) is decided from all ranks' values together.
     """
     world = accelerator.num_processes if accelerator is not None else 1
 
@@ -121,7 +124,9 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
                     top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens, suppress_ids=suppress_ids,
                     do_sample=cfg.rollout.do_sample, synced_gpus=is_fsdp(model) and world > 1)
     t2 = time.perf_counter()
-    num_tokens = global_sum(ro.response_mask_B_T.sum())  # the step's token count (all ranks): every micro-batch divides by it
+    real_B = ro.prompt_index_B < (len(records) if n_real is None else n_real)  # padding prompts: no loss, no metrics
+    loss_mask_B_T = ro.response_mask_B_T * real_B[:, None]
+    num_tokens = global_sum(loss_mask_B_T.sum())  # the step's token count (all ranks): every micro-batch divides by it
     fsdp = is_fsdp(model)
     t_device = teacher.device or device
     if not fsdp:
@@ -137,7 +142,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         rows = torch.arange(start, min(B, start + mb), device=device)
         mask = ro.response_mask_B_T[rows]
         T = max(1, int(mask.sum(-1).max().item()))  # trim trailing padding of this micro-batch
-        ids, mask = ro.response_ids_B_T[rows, :T], mask[:, :T]
+        ids, mask, counted = ro.response_ids_B_T[rows, :T], mask[:, :T], loss_mask_B_T[rows, :T]
         prompts = ro.prompt_index_B[rows]
         # 3. teacher: crop view, no grad, read at the same response tokens
         ta = time.perf_counter()
@@ -157,13 +162,14 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
                     s_hidden = score(model, s_inputs, prompts, ids, mask)
                 per_tok, tok_metrics = token_divergence_from_hidden(
                     s_hidden[sel], t_out[sel].detach(), s_head.weight, ids[sel], spec, teacher_lm_head_weight=t_weight)
-            loss = masked_token_mean(per_tok, torch.ones_like(per_tok), num_tokens)
+            counted_N = counted[sel].bool()  # False on the tokens of padding prompts
+            loss = masked_token_mean(per_tok, counted_N, num_tokens)
             (loss * world).backward()
         t_teacher += tb - ta
         t_student += time.perf_counter() - tb
         sums["loss"] += loss.item()
-        sums["reverse_kl"] += tok_metrics["reverse_kl"].sum().item()
-        sums["top1_agree"] += tok_metrics["top1_agree"].sum().item()
+        sums["reverse_kl"] += tok_metrics["reverse_kl"][counted_N].sum().item()
+        sums["top1_agree"] += tok_metrics["top1_agree"][counted_N].sum().item()
         lengths = mask.sum(-1).long().tolist()
         for name in TOKEN_METRICS:
             token_values[name].extend(v.tolist() for v in torch.split(tok_metrics[name].detach().cpu(), lengths))
@@ -172,17 +178,18 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
     finite = bool(torch.isfinite(grad_norm)) and math.isfinite(sums["loss"])
-    if finite:  # a non-finite loss or gradient skips the whole step (no optimizer, schedule or EMA update)
+    finite = global_sum(torch.tensor(0.0 if finite else 1.0, device=device)).item() == 0  # every rank decides alike
+    if finite:  # a non-finite loss or gradient on any rank skips the whole step (no optimizer, schedule or EMA update)
         optimizer.step()
         scheduler.step()
         teacher.update()
     optimizer.zero_grad(set_to_none=True)
     t3 = time.perf_counter()
     n = max(1.0, num_tokens.item())
-    lengths = ro.lengths_B.float()
+    lengths = ro.lengths_B.float()[real_B]
     tot = global_sum(torch.tensor([sums["loss"], sums["reverse_kl"], sums["top1_agree"], lengths.sum().item(),
-                                   float(lengths.numel()), ro.truncated_B.float().sum().item()], device=device))
-    len_max = lengths.max()
+                                   float(lengths.numel()), ro.truncated_B[real_B].float().sum().item()], device=device))
+    len_max = lengths.max() if lengths.numel() else torch.zeros((), device=device)
     if world > 1:
         len_max = accelerator.reduce(len_max.clone(), reduction="max")
     metrics = {
@@ -209,7 +216,8 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
 def train(cfg: Config, *, resume: bool = False) -> Path:
     """Run Vision-OPD as configured; returns the run directory."""
     accelerator = make_accelerator(cpu=cfg.train.device == "cpu")  # None in a single process
-    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    ranks = Ranks.of(accelerator)
+    rank, world = ranks.rank, ranks.world
     is_main = rank == 0
     run_dir = Path(cfg.train.out_dir)
     config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
@@ -316,9 +324,10 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
                initial=start_step, total=cfg.train.steps)
     try:
         for step in bar:
-            batch = [records[i] for i in stream.take(cfg.train.prompts_per_step)][rank::world]  # this rank's prompts
+            # this rank's prompts, padded to the same count on every rank (the padding counts for nothing)
+            batch, n_real = ranks.shard([records[i] for i in stream.take(cfg.train.prompts_per_step)])
             result = vision_opd_step(cfg, model, teacher, processor, batch, optimizer, scheduler, suppress_ids, device,
-                                     accelerator)
+                                     accelerator, n_real=n_real)
             m = {"step": step + 1, **result.metrics, "bad_records": n_bad}
             m["collapse"] = watch.update(m)
             if eval_records and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps):
