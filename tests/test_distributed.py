@@ -1,7 +1,9 @@
-"""Data parallel (DDP) and sharded (FSDP) training on 2 CPU processes (gloo, launched with torchrun as a user
-would) give the same weights as one process on the same data, also when the prompts do not divide by the ranks.
-The two-process runs score each prompt once for its responses (`train.share_prompts`, the default, inside the
-wrapped module's forward); the one-process reference scores every row with its own prompt."""
+"""Several processes (2 CPU processes over gloo, launched with torchrun as a user would): DDP and FSDP give the same
+weights and held-out accuracy as one process, also when the prompts do not divide by the ranks; proposals and
+evaluation are shared out and gathered; every rank samples its own noise and gets its own RNG back on resume; a
+non-finite step is skipped by every rank or by none; the process-group timeout is a config key. The two-process
+runs score each prompt once for its responses (`train.share_prompts`, the default, inside the wrapped module's
+forward); the one-process reference scores every row with its own prompt."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -32,12 +35,13 @@ def _args(synth_dir, out, *extra):
     return [f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={out}", "train.steps=3", "train.prompts_per_step=3",
             "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4", "rollout.do_sample=false", "train.micro_batch_size=2",
             "train.progress=false", "optim.warmup_steps=0", "optim.lr=1e-3", "views.teacher_pixels=12544", "train.device=cpu",
-            "teacher.mode=ema", "teacher.ema_rate=0.5", "train.save_every=2", *extra]
+            "teacher.mode=ema", "teacher.ema_rate=0.5", "train.save_every=2", f"data.eval_file={synth_dir / 'train.jsonl'}",
+            "train.eval_every=3", "train.eval_max_new_tokens=3", "train.eval_batch_size=4", *extra]
 
 
-def _torchrun(args, *flags):
+def _torchrun(args, *flags, module: bool = True):
     cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "vision_opd.cli", "train", *args, *flags]
+           *(["-m", "vision_opd.cli", "train"] if module else []), *args, *flags]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "train.share_prompts:" not in res.stdout  # the prompts were shared (no fallback to the per-row path)
@@ -58,9 +62,12 @@ def _weights(ckpt):
     return AutoModelForImageTextToText.from_pretrained(ckpt).state_dict()  # gathered checkpoints load like any other
 
 
+def _metrics(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def _compare(one, two):
-    m1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
-    m2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    m1, m2 = _metrics(one), _metrics(two)
     assert len(m1) == len(m2) == 3  # written once, by rank 0
     for a, b in zip(m1, m2, strict=True):
         assert a["tokens"] == b["tokens"]  # the global token count: the padding prompt's tokens are not in it
@@ -68,6 +75,8 @@ def _compare(one, two):
         # the gradient norm is scale-sensitive (unlike Adam's update): it checks the normalisation
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)  # a sum of near-zero terms: summation order shows
+    # held-out accuracy, every rank evaluating a share: the same numbers as one process evaluating everything
+    assert (m2[-1]["eval_full_acc"], m2[-1]["eval_crop_acc"]) == (m1[-1]["eval_full_acc"], m1[-1]["eval_crop_acc"])
     last = "checkpoints/step_000003"
     wa, wb = _weights(one / last), _weights(two / last)
     assert wa.keys() == wb.keys()
@@ -97,3 +106,141 @@ def test_fsdp_two_processes_equal_one_with_prompts_not_divisible_by_ranks_and_re
     res = _torchrun(_args(synth_dir, run, "train.distributed=fsdp"), "--resume")
     assert "resumed from" in res.stdout
     _compare(single, run)
+
+
+def test_proposals_shared_out_and_every_rank_rng_saved_and_restored(tmp_path, synth_dir):
+    """Sampled rollouts over 2 ranks with label-free proposals: every record proposed once (by one rank, gathered)
+    and as one process proposes it; the checkpoint holds both ranks' RNG states, which differ (each rank draws its
+    own noise); a resumed run ends with the weights of the uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from vision_opd.checkpoint import load_trainer_state
+    from vision_opd.config import load_config
+    from vision_opd.data.sources import load_train_records
+    from vision_opd.models.loading import load_model
+    from vision_opd.proposers import propose_with
+
+    run = tmp_path / "sampled"
+    args = _args(synth_dir, run, "rollout.do_sample=true", "views.teacher_source=proposer", "teacher.keep_fallback=true",
+                 "train.eval_every=0")
+    _torchrun(args)
+    cache = [json.loads(x) for x in (run / "proposals_attention.jsonl").read_text().splitlines()]
+    cfg = load_config(None, args)
+    records, _ = load_train_records(cfg.data, cfg.views)
+    assert sorted(c["id"] for c in cache) == sorted(r.id for r in records)  # each once, written by the main process
+    model, proc = load_model(cfg.model, seed=cfg.train.seed)
+    alone = propose_with(model, proc, records, "attention", cfg.views, progress=False)
+    for c in cache:
+        assert c["proposal"]["box"] == pytest.approx(list(alone[c["id"]].box)), c["id"]
+    rng = load_trainer_state(run / "checkpoints" / "step_000002")["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
+    uninterrupted = load_file(str(run / "checkpoints" / "step_000003" / "model.safetensors"))
+    shutil.rmtree(run / "checkpoints" / "step_000003")
+    _torchrun(args, "--resume")
+    resumed = load_file(str(run / "checkpoints" / "step_000003" / "model.safetensors"))
+    for k, v in uninterrupted.items():
+        torch.testing.assert_close(resumed[k], v, atol=1e-6, rtol=1e-6, msg=k)
+
+
+RANK_SCRIPT = textwrap.dedent('''
+    """Train with rank 1's loss made non-finite at step 1 (its gradient stays the same, finite one); record each rank's
+    prompts per step, student forwards, rollouts and final weights."""
+    import json, os, sys
+    import vision_opd.train as T
+    from vision_opd.config import load_config
+
+    rank, out = int(os.environ["RANK"]), sys.argv[1]
+    real_step, real_mean = T.vision_opd_step, T.masked_token_mean
+    seen = {"step": 0, "model": None, "rollouts": [], "prompts": [], "forwards": []}
+
+    def step(cfg, model, teacher, processor, records, *args, **kw):
+        seen["step"] += 1
+        seen["model"] = model
+        calls = []
+        hook = model.register_forward_pre_hook(lambda *a: calls.append(1))  # the student's forwards (DDP/FSDP wrapper)
+        res = real_step(cfg, model, teacher, processor, records, *args, **kw)
+        hook.remove()
+        seen["prompts"].append(len(records))
+        seen["forwards"].append(len(calls))
+        ro = res.rollout
+        seen["rollouts"].append([ids[:int(m.sum())] for ids, m in zip(ro.response_ids_B_T.tolist(), ro.response_mask_B_T,
+                                                                       strict=True)])  # each response, no padding
+        return res
+
+    def mean(values, mask, num_tokens):
+        loss = real_mean(values, mask, num_tokens)
+        return loss + float("inf") if rank == 1 and seen["step"] == 1 else loss
+
+    T.vision_opd_step, T.masked_token_mean = step, mean
+    T.train(load_config(None, sys.argv[2:]))
+    params = {n: p.detach().double().sum().item() for n, p in seen["model"].named_parameters()}
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({k: seen[k] for k in ("rollouts", "prompts", "forwards")} | {"params": params}, f)
+''')
+
+
+def test_ranks_run_alike_sample_their_own_noise_and_skip_a_nonfinite_step_together(tmp_path, synth_dir):
+    """DDP, 3 prompts over 2 ranks: both ranks take 2 prompts (one a padding repeat) and run the same forwards. Every
+    prompt is the same item, so ranks with one seed would sample the same responses. Rank 1 alone sees a non-finite
+    loss at step 1: both ranks skip that step, and the replicas stay identical."""
+    rows = [json.loads(x) for x in (synth_dir / "train.jsonl").read_text().splitlines()]
+    same = synth_dir / "same_item.jsonl"  # same folder: image paths stay relative
+    same.write_text("".join(json.dumps({**rows[0], "id": f"copy{i}"}) + "\n" for i in range(8)))
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    run = tmp_path / "run"
+    _torchrun([str(script), str(tmp_path), *_args(synth_dir, run, f"data.train_file={same}", "rollout.do_sample=true",
+                                                  "train.prompts_per_step=3", "train.steps=2", "train.eval_every=0",
+                                                  "rollout.max_new_tokens=6")], module=False)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    problems = []  # every check reported at once: each names the defect it guards against
+    if not (r0["prompts"] == r1["prompts"] == [2, 2] and r0["forwards"] == r1["forwards"]):
+        problems.append(f"the ranks ran different work: prompts {r0['prompts']} / {r1['prompts']}, "
+                        f"forwards {r0['forwards']} / {r1['forwards']}")
+    n = min(len(r0["rollouts"][0]), len(r1["rollouts"][0]))
+    if r0["rollouts"][0][:n] == r1["rollouts"][0][:n]:
+        problems.append("the ranks drew the same sampling noise")
+    skipped = [m["skipped"] for m in _metrics(run)]
+    if skipped != [1, 0]:  # rank 0's own loss was finite: skipped all the same
+        problems.append(f"skipped per step {skipped}, not [1, 0]")
+    if r0["params"] != pytest.approx(r1["params"], rel=1e-12, abs=1e-12):
+        problems.append("the replicas drifted apart")
+    assert not problems, "; ".join(problems)
+
+
+TIMEOUT_SCRIPT = textwrap.dedent('''
+    import os, sys, time
+    import torch.distributed as dist
+    from vision_opd.config import load_config
+    from vision_opd.distributed import make_accelerator
+
+    out, timeout, busy = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    rank = int(os.environ["RANK"])
+    open(f"{out}.ready{rank}", "w").close()  # start the process group together (the timeout also bounds its start)
+    while not all(os.path.exists(f"{out}.ready{r}") for r in (0, 1)):
+        time.sleep(0.05)
+    cfg = load_config(None, [f"train.dist_timeout_s={timeout}", "train.device=cpu"])
+    acc = make_accelerator(cpu=cfg.train.device == "cpu", timeout_s=cfg.train.dist_timeout_s)  # as train() does
+    if rank == 1:
+        time.sleep(busy)  # this rank is busy far longer than the timeout, then leaves
+        os._exit(0)
+    t0 = time.time()
+    try:
+        dist.barrier()
+        outcome = "passed"
+    except Exception as e:
+        outcome = type(e).__name__
+    with open(out, "w") as f:
+        f.write(f"{outcome} {time.time() - t0:.1f}")
+    os._exit(0)
+''')
+
+
+def test_process_group_timeout_is_the_config_key(tmp_path):
+    """train.dist_timeout_s=2 reaches the process group: a rank waiting in a collective gives up after about 2 s
+    (without it, 30 minutes) instead of waiting for a rank that is busy for 12 s."""
+    script = tmp_path / "timeout.py"
+    script.write_text(TIMEOUT_SCRIPT)
+    _torchrun([str(script), str(tmp_path / "out.txt"), "2", "12"], module=False)
+    outcome, seconds = (tmp_path / "out.txt").read_text().split()
+    assert outcome != "passed" and float(seconds) < 8, (outcome, seconds)

@@ -4,8 +4,8 @@ Layout of one checkpoint, `RUN/checkpoints/step_000020/`:
     model.safetensors, config.json, ...   the student, Hugging Face format (`from_pretrained` loads it)
     tokenizer / processor files
     teacher/model.safetensors             the EMA teacher's weights (frozen/live: absent; frozen is rebuilt from the base)
-    trainer_state.pt                      optimizer, scheduler, step, data cursor, RNG states (tensors only:
-                                          loaded with torch.load(weights_only=True))
+    trainer_state.pt                      optimizer, scheduler, step, data cursor, every rank's RNG states
+                                          (tensors only: loaded with torch.load(weights_only=True))
     config.yaml                           the resolved config
     COMPLETE                              written last; a folder without it is ignored
 """
@@ -80,10 +80,12 @@ def _rng_from_tensors(state: dict) -> dict:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer_state: dict, teacher_state: dict | None,
-                    config_yaml: str, keep_last: int = 3, state_dict: dict | None = None) -> Path:
+                    config_yaml: str, keep_last: int = 3, state_dict: dict | None = None,
+                    rng_states: list[dict] | None = None) -> Path:
     """Write a complete checkpoint atomically (tmp folder + rename) and prune to the last `keep_last`.
 
-    `state_dict` overrides the model's own (FSDP: the gathered full state)."""
+    `state_dict` overrides the model's own (FSDP: the gathered full state); `rng_states` are every rank's
+    `rng_state()` in rank order (None: this process's only)."""
     from safetensors.torch import save_file
 
     final = step_dir(Path(run_dir), step)
@@ -98,7 +100,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer
         (tmp / "teacher").mkdir()
         save_file({k: v.detach().cpu().contiguous() for k, v in teacher_state.items()}, str(tmp / "teacher" / "model.safetensors"))
     state = dict(trainer_state)
-    state["rng"] = _rng_to_tensors(rng_state())
+    state["rng"] = [_rng_to_tensors(r) for r in (rng_states or [rng_state()])]
     torch.save(state, tmp / STATE_FILE)
     _test_pause(step)
     (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
@@ -124,7 +126,8 @@ def _test_pause(step: int) -> None:
 
 def load_trainer_state(ckpt: Path) -> dict:
     state = torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
-    state["rng"] = _rng_from_tensors(state["rng"])
+    rng = state["rng"]
+    state["rng"] = [_rng_from_tensors(r) for r in (rng if isinstance(rng, list) else [rng])]  # one per rank
     return state
 
 

@@ -112,6 +112,8 @@ class TrainConfig:
     eval_batch_size: int = 16
     progress: bool = True
     distributed: str = "ddp"  # ddp | fsdp (only when launched over several processes; see distributed.py)
+    dist_timeout_s: int = 1800  # several processes: the longest a rank may wait in a collective (a checkpoint write,
+                                # a share of the proposals or of the evaluation) before the job aborts
     mixed_precision: str = "fp32"  # fp32 (no autocast) | bf16: bf16 autocast over the model's (fp32 master) weights
     keep_last: int = 3  # checkpoints kept
     max_consecutive_skips: int = 5  # stop after this many consecutive non-finite steps
@@ -155,6 +157,7 @@ class Config:
         need(self.data.format in ("auto", "records", "vision_opd_6k", "parquet", "hub"),
              f"data.format={self.data.format!r}: choose auto, records, vision_opd_6k, parquet or hub")
         need(self.data.student_image in ("images", "original"), f"data.student_image={self.data.student_image!r}: choose images or original")
+        need(self.train.dist_timeout_s > 0, f"train.dist_timeout_s={self.train.dist_timeout_s}: must be > 0 (seconds)")
         need(self.train.distributed in ("ddp", "fsdp"), f"train.distributed={self.train.distributed!r}: choose ddp or fsdp")
         need(self.train.mixed_precision in ("fp32", "bf16"), f"train.mixed_precision={self.train.mixed_precision!r}: choose fp32 or bf16")
         need(self.teacher.device is None or self.teacher.mode != "live",

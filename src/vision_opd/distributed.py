@@ -11,7 +11,8 @@ positions), since sharded weights cannot be used outside it, and generation runs
 
 Every rank runs the same collectives: `Ranks.shard` gives every rank the same number of items (padding a short
 share with repeats of its last item, which the caller leaves out of the results), so every rank runs the same
-number of forwards (FSDP all-gathers in each one); the step's padding prompts count for nothing.
+number of forwards (FSDP all-gathers in each one); work that one rank used to do alone (proposals, held-out
+evaluation) is sharded and gathered with `Ranks.gather`; `train.dist_timeout_s` bounds any wait.
 """
 
 from __future__ import annotations
@@ -19,24 +20,35 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 
 from .models.parts import unwrap
 
 
-def make_accelerator(cpu: bool):
-    """An accelerate Accelerator when launched over several processes (accelerate launch / torchrun), else None."""
+def make_accelerator(cpu: bool, timeout_s: int = 1800):
+    """An accelerate Accelerator when launched over several processes (accelerate launch / torchrun), else None.
+
+    `timeout_s` is the process group's timeout: how long a rank may wait in a collective before the job aborts."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    from accelerate import Accelerator
+    from accelerate import Accelerator, InitProcessGroupKwargs
 
-    return Accelerator(cpu=cpu or not torch.cuda.is_available())
+    return Accelerator(cpu=cpu or not torch.cuda.is_available(),
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The sampling seed of `rank`: ranks draw independent noise (rank 0 keeps `seed`; a large stride keeps runs
+    with neighbouring seeds from sharing a rank's stream)."""
+    return seed + 1_000_003 * rank
 
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's place among the ranks, and an even share of a list for each."""
+    """This process's place among the ranks, with the two things sharded work needs: an even share, a gather."""
 
     rank: int = 0
     world: int = 1
@@ -53,6 +65,14 @@ class Ranks:
         size = -(-len(items) // self.world)
         fill = mine[-1:] or list(items[:1])
         return mine + fill * (size - len(mine)), len(mine)
+
+    def gather(self, obj: Any) -> list[Any]:
+        """`obj` of every rank, in rank order, on every rank (a collective: every rank must call it)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
 
 
 def is_fsdp(model) -> bool:

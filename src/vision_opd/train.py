@@ -33,7 +33,7 @@ from .data.sources import load_train_records
 from .data.validate import read_records
 from .data.views import encode_views, student_view, teacher_view
 from .distributed import (Ranks, full_model_state, full_optimizer_state, grad_sync, is_fsdp, load_full_optimizer_state,
-                          make_accelerator, shard_fsdp)
+                          make_accelerator, rank_seed, shard_fsdp)
 from .divergence import token_divergence, token_divergence_from_hidden
 from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingStopped, wait_for_signal_test_hook
 from .losses import DivergenceSpec, masked_token_mean
@@ -215,7 +215,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
 
 def train(cfg: Config, *, resume: bool = False) -> Path:
     """Run Vision-OPD as configured; returns the run directory."""
-    accelerator = make_accelerator(cpu=cfg.train.device == "cpu")  # None in a single process
+    accelerator = make_accelerator(cpu=cfg.train.device == "cpu", timeout_s=cfg.train.dist_timeout_s)  # None: 1 process
     ranks = Ranks.of(accelerator)
     rank, world = ranks.rank, ranks.world
     is_main = rank == 0
@@ -239,21 +239,12 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         from .models.lora import apply_lora
 
         model = apply_lora(model, cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, cfg.model.lora_target)
-    if cfg.views.teacher_source == "proposer":  # the main process computes and caches; the others read the cache
+    if cfg.views.teacher_source == "proposer":  # every rank proposes a share, all gather; the main process caches
         from .proposers import attach_proposals
 
-        def propose(main: bool):
-            return attach_proposals(unwrap(model), processor, records, cfg.teacher.proposer, cfg.views,
-                                    run_dir / f"proposals_{cfg.teacher.proposer}.jsonl",
-                                    keep_fallback=cfg.teacher.keep_fallback, verbose=main,
-                                    progress=cfg.train.progress and main)
-
-        if is_main:
-            records = propose(True)
-        if accelerator:
-            accelerator.wait_for_everyone()
-            if not is_main:
-                records = propose(False)
+        records = attach_proposals(unwrap(model), processor, records, cfg.teacher.proposer, cfg.views,
+                                   run_dir / f"proposals_{cfg.teacher.proposer}.jsonl", keep_fallback=cfg.teacher.keep_fallback,
+                                   verbose=is_main, progress=cfg.train.progress and is_main, ranks=ranks)
     teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate, device=cfg.teacher.device)  # the *initial* weights
     set_trainable(model, freeze_vision=cfg.model.freeze_vision, gradient_checkpointing=cfg.model.gradient_checkpointing)
     fsdp = accelerator is not None and cfg.train.distributed == "fsdp"
@@ -270,6 +261,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     stream = PromptStream(len(records), cfg.train.seed, cfg.data.shuffle)
     start_step = 0
+    seed_everything(rank_seed(cfg.train.seed, rank))  # the weights are alike on every rank; the sampling noise is not
     if last is not None:
         state = ckpt.load_trainer_state(last)
         if fsdp:
@@ -280,7 +272,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         teacher.load_state_dict(ckpt.load_teacher_state(last))
         stream.cursor = int(state["cursor"])
         start_step = int(state["step"])
-        ckpt.set_rng_state(state["rng"])
+        if rank < len(state["rng"]):  # each rank its own (a rank the checkpoint has none for keeps its fresh seed)
+            ckpt.set_rng_state(state["rng"][rank])
         if is_main:
             print(f"[vision-opd] resumed from {last} at step {start_step}")
 
@@ -290,10 +283,11 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         weights = full_model_state(model) if fsdp else None
         state = {"optimizer": opt_state, "scheduler": scheduler.state_dict(), "step": step, "cursor": stream.cursor}
         path = ckpt.step_dir(run_dir, step)
+        rng = ranks.gather(ckpt.rng_state())  # every rank's RNG, written by the main process
         if is_main:
             path = ckpt.save_checkpoint(run_dir, step, model=strip_wrappers(model), processor=processor, trainer_state=state,
                                         teacher_state=teacher.state_dict(), config_yaml=config_yaml,
-                                        keep_last=cfg.train.keep_last, state_dict=weights)
+                                        keep_last=cfg.train.keep_last, state_dict=weights, rng_states=rng)
         if accelerator:
             accelerator.wait_for_everyone()
         return path
@@ -301,19 +295,16 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     eval_records = read_records(cfg.data.eval_file) if cfg.data.eval_file and cfg.train.eval_every else None
 
     def evaluate(step: int) -> dict:
-        """Held-out greedy accuracy on the full and crop views (main process; the others wait)."""
-        out = {}
-        if is_main or fsdp:  # FSDP: every rank takes part in the (sharded) forward passes
-            from .eval.run import evaluate_records
+        """Held-out greedy accuracy on the benchmark's full and crop views, every rank on a share (eval/heldout.py)."""
+        from .eval.heldout import evaluate_heldout
 
-            r = evaluate_records(unwrap(model), processor, eval_records, views=("full", "crop"),
-                                 batch_size=cfg.train.eval_batch_size, max_new_tokens=cfg.train.eval_max_new_tokens,
-                                 view_cfg=cfg.views)
-            out = {"eval_full_acc": r.get("full", {}).get("accuracy"), "eval_crop_acc": r.get("crop", {}).get("accuracy"),
-                   "eval_seconds": r["seconds"]}
+        r = evaluate_heldout(unwrap(model), processor, eval_records, views=("full", "crop"),
+                             batch_size=cfg.train.eval_batch_size, max_new_tokens=cfg.train.eval_max_new_tokens,
+                             view_cfg=cfg.views, ranks=ranks, synced_gpus=fsdp)
+        out = {"eval_full_acc": r.get("full", {}).get("accuracy"), "eval_crop_acc": r.get("crop", {}).get("accuracy"),
+               "eval_seconds": r["seconds"]}
+        if is_main:
             print(f"[vision-opd] step {step}: held-out accuracy full {out['eval_full_acc']}, crop {out['eval_crop_acc']}")
-        if accelerator:
-            accelerator.wait_for_everyone()
         return out
 
     # loop: rollout, score, loss, step, log, save (a SIGINT/SIGTERM saves a checkpoint, then the run exits)

@@ -35,11 +35,13 @@ class HFGenerator:
     """
 
     def __init__(self, model, processor, *, max_new_tokens: int = 32, min_pixels: int | None = None,
-                 max_pixels: int | None = None, enable_thinking: bool | None = None, name: str = ""):
+                 max_pixels: int | None = None, enable_thinking: bool | None = None, name: str = "",
+                 synced_gpus: bool = False):
         from ..models.parts import unwrap
         from ..models.loading import vision_token_ids
 
         self.model, self.processor, self.name = model, processor, name
+        self.synced_gpus = synced_gpus  # FSDP: every rank runs the same decoding steps (sharded weights gather in each)
         self.max_new_tokens, self.enable_thinking = max_new_tokens, enable_thinking
         self.suppress = vision_token_ids(unwrap(model), processor)
         size = getattr(processor.image_processor, "size", None) or {}
@@ -65,7 +67,7 @@ class HFGenerator:
         chats = chat_texts(self.processor, views, self.enable_thinking)
         inputs = self.encode(views, chats).to(next(self.model.parameters()).device)
         ro = sample(self.model, self.processor, inputs, samples_per_prompt=1, max_new_tokens=self.max_new_tokens,
-                    suppress_ids=self.suppress, do_sample=False)
+                    suppress_ids=self.suppress, do_sample=False, synced_gpus=self.synced_gpus)
         eos = set(eos_ids_of(self.model, self.processor))
         texts = []
         for ids_T, mask_T, chat in zip(ro.response_ids_B_T.tolist(), ro.response_mask_B_T.tolist(), chats, strict=True):

@@ -7,7 +7,7 @@
 (`samples.generate_samples`: HF model in-process or an OpenAI-compatible server), asks the optional LLM judge about
 the responses no rule could read (`judge.apply_judge`), and writes results.json: the summary (`summary.summarise`:
 rule-only and judged scores, failure kinds, intervals of the official statistic), settings and provenance.
-`evaluate_records` is the file-free version the training loop calls.
+`evaluate_records` is the file-free version (`eval.heldout` runs it over ranks for the training loop).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def evaluate(generator, benchmark: str, data: str | Path, out: str | Path, *, li
 
 def evaluate_records(model, processor, records: Sequence[Record], views: Sequence[str] = ("full", "crop"),
                      batch_size: int = 16, max_new_tokens: int = 16, view_cfg: ViewConfig = ViewConfig()) -> dict[str, Any]:
-    """Greedy accuracy per view, no files: for the training loop every N steps.
+    """Greedy accuracy per view, no files (the training loop shares it out over ranks: `eval.heldout`).
 
     Returns {view: {"accuracy", "n", "per_category", "unextracted_rate", "failures", "mean_response_tokens",
     "truncation_rate"}, "gap": {"crop-full": ...} for each non-full view, "skipped": {view: count}, "seconds"}.
@@ -75,7 +75,13 @@ def evaluate_records(model, processor, records: Sequence[Record], views: Sequenc
     gen = HFGenerator(model, processor, max_new_tokens=max_new_tokens)
     scorable = [r for r in records if r.answer is not None]
     by_view = generate_samples(gen, scorable, list(views), batch_size=batch_size, view_cfg=view_cfg)
-    summary: dict[str, Any] = {"skipped": {v: len(records) - len(by_view[v]) for v in views}}
+    return {**summarise_views(by_view, records), "seconds": time.perf_counter() - t0}
+
+
+def summarise_views(by_view: dict[str, list[dict[str, Any]]], records: Sequence[Record]) -> dict[str, Any]:
+    """`evaluate_records`' summary of {view: samples} (without "seconds")."""
+    scorable = [r for r in records if r.answer is not None]
+    summary: dict[str, Any] = {"skipped": {v: len(records) - len(s) for v, s in by_view.items()}}
     for v, samples in by_view.items():
         if not samples:
             continue
@@ -86,9 +92,8 @@ def evaluate_records(model, processor, records: Sequence[Record], views: Sequenc
                       "truncation_rate": s["response_tokens"]["truncation_rate"]}
     if "full" in summary:
         summary["gap"] = {f"{v}-full": summary[v]["accuracy"] - summary["full"]["accuracy"]
-                          for v in views if v != "full" and v in summary}
-    summary["seconds"] = time.perf_counter() - t0
+                          for v in by_view if v != "full" and v in summary}
     return summary
 
 
-__all__ = ["RESULTS", "evaluate", "evaluate_records", "judge_samples"]
+__all__ = ["RESULTS", "evaluate", "evaluate_records", "judge_samples", "summarise_views"]

@@ -113,45 +113,68 @@ class ProposalCache:
             f.write(json.dumps(obj) + "\n")
 
 
+ROUND = 8  # several processes: records each rank proposes between two gathers (a crash loses at most one round)
+
+
 def propose_records(model, processor, records: Sequence[Record], proposer: Callable,
                     cache: ProposalCache | None = None, *, progress: bool = True,
-                    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> dict[str, Proposal]:
+                    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, ranks=None) -> dict[str, Proposal]:
     """{record id: Proposal} for every record, computing only those not in `cache`.
 
     The proposer sees the full image (as decoded for the student view, but never with a drawn red box:
     `proposal_image`) and the bare question (no options: the options do not say where to look, and the
     grounding prompt wraps the question in its own text), or, for a proposer with `needs_prompt` (confidence
     search), the full prompt with options and instruction.
+
+    `ranks` (`distributed.Ranks`: rank, world, gather) over several processes: the records missing from the cache
+    are shared out among the ranks, and every `ROUND` records per rank the new proposals are gathered, so every rank
+    ends with all of them in about 1/world of the time; only rank 0 writes the cache.
     """
     from tqdm.auto import tqdm
 
     images = {r.id: proposal_image(r) for r in records}  # every record checked before any work
     name, settings = proposer_name(proposer), settings_hash(proposer, model)
+    key = {r.id: ProposalCache.key(r.id, name, settings) for r in records}
     out: dict[str, Proposal] = {}
-    computed = 0
-    for r in tqdm(records, desc=f"propose ({name})", disable=not progress, leave=False):
-        key = ProposalCache.key(r.id, name, settings)
-        p = cache.get(key) if cache is not None else None
-        if p is None:
-            text = prompt_text(r) if getattr(proposer, "needs_prompt", False) else r.question
-            p = proposer(model, processor, open_image(images[r.id], max_pixels=max_image_pixels), text)
-            computed += 1
-            if cache is not None:
-                cache.put(key, r.id, name, settings, p)
-        out[r.id] = p
-    log.info("proposals: %d computed, %d from the cache", computed, len(records) - computed)
-    return out
+    for r in records:
+        if cache is not None and (p := cache.get(key[r.id])) is not None:
+            out[r.id] = p
+    todo = [r for r in records if r.id not in out]
+
+    def compute(r: Record) -> Proposal:
+        text = prompt_text(r) if getattr(proposer, "needs_prompt", False) else r.question
+        return proposer(model, processor, open_image(images[r.id], max_pixels=max_image_pixels), text)
+
+    def store(rid: str, p: Proposal) -> None:
+        out[rid] = p
+        if cache is not None and (ranks is None or ranks.rank == 0):
+            cache.put(key[rid], rid, name, settings, p)
+
+    if ranks is None or ranks.world == 1:
+        for r in tqdm(todo, desc=f"propose ({name})", disable=not progress, leave=False):
+            store(r.id, compute(r))
+    else:
+        by_id = {r.id: r for r in records}
+        ids = ranks.gather([r.id for r in todo])[0]  # rank 0's list: every rank has read the cache before it is written
+        mine = [by_id[i] for i in ids[ranks.rank::ranks.world]]
+        rounds = -(-len(ids) // (ranks.world * ROUND))  # the same on every rank
+        for k in tqdm(range(rounds), desc=f"propose ({name}, {ranks.world} ranks)", disable=not progress, leave=False):
+            done = [(r.id, proposal_to_json(compute(r))) for r in mine[k * ROUND:(k + 1) * ROUND]]
+            for rid, p in (x for part in ranks.gather(done) for x in part):
+                store(rid, proposal_from_json(p))
+    log.info("proposals: %d computed, %d from the cache", len(todo), len(records) - len(todo))
+    return {r.id: out[r.id] for r in records}
 
 
 def propose_with(model, processor, records: Sequence[Record], name: str, views=None, cache_path: str | Path | None = None,
-                 *, progress: bool = True) -> dict[str, Proposal]:
+                 *, progress: bool = True, ranks=None) -> dict[str, Proposal]:
     """`propose_records` with the proposer called `name` (`make_proposer`: its crops follow `views`), the image
     decoding of `views` and, when given, a cache file: the one way training, the gap probe and the demo propose."""
     from . import make_proposer
 
     kw = {} if views is None else {"max_image_pixels": views.max_image_pixels}
     cache = ProposalCache(cache_path) if cache_path else None
-    return propose_records(model, processor, records, make_proposer(name, views), cache, progress=progress, **kw)
+    return propose_records(model, processor, records, make_proposer(name, views), cache, progress=progress, ranks=ranks, **kw)
 
 
 def apply_proposals(records: Sequence[Record], proposals: dict[str, Proposal], *, keep_fallback: bool = False,
@@ -198,13 +221,14 @@ def evaluate_proposals(records: Sequence[Record], proposals: dict[str, Proposal]
 
 
 def attach_proposals(model, processor, records: Sequence[Record], name: str, views, cache_path: str | Path, *,
-                     keep_fallback: bool = False, verbose: bool = True, progress: bool = True) -> list[Record]:
-    """Label-free evidence boxes from `model` for `views.teacher_source=proposer` (cached in `cache_path`).
+                     keep_fallback: bool = False, verbose: bool = True, progress: bool = True, ranks=None) -> list[Record]:
+    """Label-free evidence boxes from `model` for `views.teacher_source=proposer` (cached in `cache_path`; with
+    `ranks`, computed by every rank on a share and gathered, see `propose_records`).
 
     Each kept record gets meta["proposed_box"]; its true box (if any) is left alone for evaluation. Records whose
     proposal fell back to the full image carry no crop signal and are dropped unless keep_fallback.
     """
-    proposals = propose_with(model, processor, records, name, views, cache_path, progress=progress)
+    proposals = propose_with(model, processor, records, name, views, cache_path, progress=progress, ranks=ranks)
     kept = apply_proposals(records, proposals, keep_fallback=keep_fallback)
     if verbose:
         n_fallback = sum(proposals[r.id].fallback for r in records)
