@@ -179,6 +179,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
     finite = bool(torch.isfinite(grad_norm)) and math.isfinite(sums["loss"])
     finite = global_sum(torch.tensor(0.0 if finite else 1.0, device=device)).item() == 0  # every rank decides alike
+    lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (the schedule then moves on to the next)
     if finite:  # a non-finite loss or gradient on any rank skips the whole step (no optimizer, schedule or EMA update)
         optimizer.step()
         scheduler.step()
@@ -201,7 +202,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         "truncation_rate": tot[5].item() / tot[4].item(),
         "tokens": int(n),
         "grad_norm": grad_norm.item(),
-        "lr": optimizer.param_groups[0]["lr"],
+        "lr": lr,
         "skipped": 0 if finite else 1,
         "sec_views": t1 - t0,
         "sec_rollout": t2 - t1,
