@@ -184,3 +184,15 @@ def test_every_path_in_the_docs_exists(doc):
     assert not missing, f"{doc.name} names paths that are not in the repository: {missing}"
     scratch = sorted(set(re.findall(r"/tmp/[\w./-]+\.py", text)))
     assert not scratch, f"{doc.name} cites scratch scripts outside the repository: {scratch}"
+
+
+def test_every_optional_test_dependency_is_in_the_test_extra():
+    """A test that skips when a package is missing runs in CI only if `make test` installs it (the test extra)."""
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    installed = {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower() for req in extra}
+    skipped = {m.split(".")[0].lower() for f in (ROOT / "tests").glob("*.py")
+               for m in re.findall(r"importorskip\(\s*[\"']([\w.]+)[\"']", f.read_text(encoding="utf-8"))}
+    assert skipped, "the scanner finds importorskip calls"
+    assert not skipped - installed, f"add to the test extra in pyproject.toml: {sorted(skipped - installed)}"
