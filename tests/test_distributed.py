@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +43,16 @@ def _args(synth_dir, out, *extra):
 def _torchrun(args, *flags, module: bool = True):
     cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            *(["-m", "vision_opd.cli", "train"] if module else []), *args, *flags]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    # a session of its own: a run that hangs is killed with every worker it started, not just the launcher
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"no end in 300 s (a hang): {' '.join(cmd[5:])}\n{out[-2000:]}{err[-2000:]}")
+    res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "train.share_prompts:" not in res.stdout  # the prompts were shared (no fallback to the per-row path)
     return res
