@@ -118,10 +118,38 @@ def test_fsdp_two_processes_equal_one_with_prompts_not_divisible_by_ranks_and_re
     _compare(single, run)
 
 
-def test_proposals_shared_out_and_every_rank_rng_saved_and_restored(tmp_path, synth_dir):
-    """Sampled rollouts over 2 ranks with label-free proposals: every record proposed once (by one rank, gathered)
-    and as one process proposes it; the checkpoint holds both ranks' RNG states, which differ (each rank draws its
-    own noise); a resumed run ends with the weights of the uninterrupted one."""
+SHARE_SCRIPT = textwrap.dedent('''
+    """Train as `vision-opd train` does, counting on each rank the images a proposer read and the prompts evaluated."""
+    import json, os, sys
+    import vision_opd.eval.hf_backend as R
+    import vision_opd.proposers.cache as C
+    from vision_opd.config import load_config
+    from vision_opd.train import train
+
+    rank, out = int(os.environ["RANK"]), sys.argv[1]
+    counts = {"proposed": 0, "evaluated": 0}
+    real_open, real_call = C.open_image, R.HFGenerator.__call__
+
+    def open_counted(*args, **kw):
+        counts["proposed"] += 1
+        return real_open(*args, **kw)
+
+    def call_counted(self, views):
+        counts["evaluated"] += len(views)
+        return real_call(self, views)
+
+    C.open_image, R.HFGenerator.__call__ = open_counted, call_counted
+    train(load_config(None, sys.argv[2:]))
+    with open(os.path.join(out, f"counts{rank}.json"), "w") as f:
+        json.dump(counts, f)
+''')
+
+
+def test_proposals_and_evaluation_shared_out_and_every_rank_rng_saved_and_restored(tmp_path, synth_dir):
+    """Sampled rollouts over 2 ranks with label-free proposals and a held-out evaluation: each rank proposes half
+    the records and evaluates half the prompts (no rank works alone while the others wait), every record is
+    proposed once and as one process proposes it; the checkpoint holds both ranks' RNG states, which differ (each
+    rank draws its own noise); a resumed run ends with the weights of the uninterrupted one."""
     from safetensors.torch import load_file
 
     from vision_opd.checkpoint import load_trainer_state
@@ -131,12 +159,18 @@ def test_proposals_shared_out_and_every_rank_rng_saved_and_restored(tmp_path, sy
     from vision_opd.proposers import propose_with
 
     run = tmp_path / "sampled"
-    args = _args(synth_dir, run, "rollout.do_sample=true", "views.teacher_source=proposer", "teacher.keep_fallback=true",
-                 "train.eval_every=0")
-    _torchrun(args)
-    cache = [json.loads(x) for x in (run / "proposals_attention.jsonl").read_text().splitlines()]
+    args = _args(synth_dir, run, "rollout.do_sample=true", "views.teacher_source=proposer", "teacher.keep_fallback=true")
+    script = tmp_path / "share.py"
+    script.write_text(SHARE_SCRIPT)
+    _torchrun([str(script), str(tmp_path), *args], module=False)
     cfg = load_config(None, args)
     records, _ = load_train_records(cfg.data, cfg.views)
+    c0, c1 = (json.loads((tmp_path / f"counts{r}.json").read_text()) for r in (0, 1))
+    assert (c0["proposed"], c1["proposed"]) == (6, 6), (c0, c1)  # 12 records, half each
+    assert c0["evaluated"] == c1["evaluated"] == 12, (c0, c1)  # 12 held-out records x (full, crop), half each
+    m = _metrics(run)[-1]
+    assert m["eval_full_acc"] is not None and m["eval_crop_acc"] is not None
+    cache = [json.loads(x) for x in (run / "proposals_attention.jsonl").read_text().splitlines()]
     assert sorted(c["id"] for c in cache) == sorted(r.id for r in records)  # each once, written by the main process
     model, proc = load_model(cfg.model, seed=cfg.train.seed)
     alone = propose_with(model, proc, records, "attention", cfg.views, progress=False)
