@@ -1,0 +1,187 @@
+"""Plant one small bug at a time in a copy of src/ and run the tests that must catch it: caught or missed.
+
+Each mutant is one textual change (`old` -> `new`, which must occur exactly once in its file) that breaks what a
+step, a view, an interval or a rank does while leaving every import working. The copy of src/ is put first on
+PYTHONPATH, so the tests (and the processes they start: the CLI, torchrun workers) import the mutant; the
+worktree is never changed. A mutant is caught when its tests fail; before the mutants, the same tests are run
+once on the code as it is and must pass, so a failure is the mutant's.
+
+    python scripts/mutants.py                 # every mutant against its named tests (about 25 minutes on 1 core)
+    python scripts/mutants.py M1 M4           # some of them
+    python scripts/mutants.py --suite M1      # against the whole suite instead (stops at the first failure)
+    python scripts/mutants.py --list
+
+The table it prints is in docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP, DATA, DIST = "tests/test_step.py", "tests/test_data.py", "tests/test_distributed.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    what: str  # the bug, in words
+    path: str  # the file under the repository root
+    old: str
+    new: str
+    tests: tuple[str, ...]  # the tests that must catch it
+
+
+MUTANTS = (
+    # the planted bugs that the suite used to miss
+    Mutant("M1", "the step ascends the divergence (loss sign flipped)", "src/vision_opd/train.py",
+           "(loss * world).backward()", "(-loss * world).backward()",
+           (f"{STEP}::test_a_few_steps_on_the_demo_model_lower_the_divergence",)),
+    Mutant("M2", "each micro-batch divided by its own token count, not the step's", "src/vision_opd/train.py",
+           "loss = masked_token_mean(per_tok, counted_N, num_tokens)",
+           "loss = masked_token_mean(per_tok, counted_N, counted_N.sum())",
+           (f"{STEP}::test_step_loss_kl_and_update_equal_an_independent_recomputation",)),
+    Mutant("M3", "the rollout temperature does not reach the divergence", "src/vision_opd/train.py",
+           "alpha=cfg.loss.alpha, temperature=cfg.rollout.temperature", "alpha=cfg.loss.alpha, temperature=1.0",
+           (f"{STEP}::test_step_loss_kl_and_update_equal_an_independent_recomputation",)),
+    Mutant("M4", "the teacher crop not expanded by views.expand_ratio", "src/vision_opd/data/crops.py",
+           "b = clamp_box(expand_box(box, expand_ratio), width, height)", "b = clamp_box(box, width, height)",
+           (f"{DATA}::test_teacher_crop_pixels_are_the_expanded_box",
+            f"{DATA}::test_teacher_view_crop_is_the_expanded_box_of_the_record")),
+    Mutant("M5", "the gap probe reports full-crop as crop-full (sign flipped)", "src/vision_opd/eval/gap.py",
+           "differences[f\"{v}-{base}\"] = d = paired_difference(by_view[v], by_view[base], usable, benchmark)",
+           "differences[f\"{v}-{base}\"] = d = paired_difference(by_view[base], by_view[v], usable, benchmark)",
+           ("tests/test_gap_stats.py::test_the_gap_cli_results_recomputed_from_samples_jsonl",)),
+    Mutant("M6", "a 99.95% interval reported as the 95% CI", "src/vision_opd/eval/statistics.py",
+           "    tail = (1 - level) / 2 * 100\n    lo, hi = np.percentile(out,",
+           "    tail = (1 - level) / 2\n    lo, hi = np.percentile(out,",
+           ("tests/test_gap_stats.py::test_the_paired_interval_is_a_95_percent_interval",
+            "tests/test_gap_stats.py::test_the_gap_cli_results_recomputed_from_samples_jsonl")),
+    Mutant("M7", "the LoRA EMA with r and 1 - r swapped", "src/vision_opd/teacher.py",
+           "self.ema_adapter[n].lerp_(p.detach().to(self.ema_adapter[n].dtype), self.rate)",
+           "self.ema_adapter[n].lerp_(p.detach().to(self.ema_adapter[n].dtype), 1 - self.rate)",
+           ("tests/test_lora.py::test_lora_teacher_shares_the_base",)),
+    Mutant("M8", "optim.grad_clip ignored", "src/vision_opd/train.py",
+           'cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")', 'float("inf")',
+           (f"{STEP}::test_grad_clip_bounds_the_update",)),
+    Mutant("M9", "the first warm-up step at lr 0", "src/vision_opd/train.py",
+           "return (step + 1) / warm", "return step / warm",
+           (f"{STEP}::test_first_warmup_step_uses_lr_over_warmup_steps",)),
+    # each correctness fix undone
+    Mutant("M10", "proposers and teacher crops read the image with the answer's box drawn", "src/vision_opd/data/views.py",
+           'return record.meta.get("clean_image") or record.image', "return record.image",
+           ("tests/test_sources.py::test_proposers_never_see_the_drawn_answer_box",)),
+    Mutant("M11", "a proposer on drawn boxes without clean images is not refused", "src/vision_opd/data/views.py",
+           'if record.meta.get("red_box_drawn") and not record.meta.get("clean_image"):', "if False:",
+           ("tests/test_sources.py::test_train_with_a_proposer_on_drawn_boxes_refuses_before_the_model_loads",)),
+    Mutant("M12", "held-out evaluation on the training views (red box, hint)", "src/vision_opd/eval/views.py",
+           "full = student_view(record, replace(cfg, red_box=False, hint=False)).images",
+           "full = student_view(record, cfg).images",
+           ("tests/test_train.py::test_held_out_evaluation_uses_the_benchmark_views",)),
+    Mutant("M13", "the red box drawn inward, over the evidence", "src/vision_opd/data/crops.py",
+           "rectangle([x1 - w, y1 - w, x2 - 1 + w, y2 - 1 + w]", "rectangle([x1, y1, x2 - 1, y2 - 1]",
+           (f"{DATA}::test_red_box_of_the_recipe_leaves_the_expanded_box_untouched",)),
+    Mutant("M14", "the teacher scores in train mode (dropout on)", "src/vision_opd/teacher.py",
+           "    model.eval()\n    try:\n        yield model", "    try:\n        yield model",
+           ("tests/test_teacher.py::test_teacher_scores_in_eval_mode",)),
+    Mutant("M15", "the teacher crop not enlarged by default", "src/vision_opd/data/views.py",
+           "teacher_upscale: float = 2.0", "teacher_upscale: float = 1.0",
+           (f"{DATA}::test_teacher_view_crop_is_the_expanded_box_of_the_record",)),
+    Mutant("M16", "prompts not divisible by the ranks: shares not padded", "src/vision_opd/distributed.py",
+           "return mine + fill * (size - len(mine)), len(mine)", "return mine, len(mine)",
+           (f"{DIST}::test_ranks_run_alike_sample_their_own_noise_and_skip_a_nonfinite_step_together",)),
+    Mutant("M17", "rank 0 proposes every record while the others wait", "src/vision_opd/proposers/cache.py",
+           "mine = [by_id[i] for i in ids[ranks.rank::ranks.world]]\n        rounds = -(-len(ids) // (ranks.world * ROUND))",
+           "mine = [by_id[i] for i in ids] if ranks.rank == 0 else []\n        rounds = -(-len(ids) // ROUND)",
+           (f"{DIST}::test_proposals_and_evaluation_shared_out_and_every_rank_rng_saved_and_restored",)),
+    Mutant("M18", "rank 0 evaluates the held-out prompts while the others wait", "src/vision_opd/eval/heldout.py",
+           "share, n_real = ranks.shard(todo)",
+           "share, n_real = (todo, len(todo)) if ranks.rank == 0 else ([], 0)",
+           (f"{DIST}::test_proposals_and_evaluation_shared_out_and_every_rank_rng_saved_and_restored",)),
+    Mutant("M19", "the process-group timeout is not train.dist_timeout_s", "src/vision_opd/distributed.py",
+           "kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))]", "kwargs_handlers=[]",
+           (f"{DIST}::test_process_group_timeout_is_the_config_key",)),
+    Mutant("M20", "every rank samples with the same seed", "src/vision_opd/distributed.py",
+           "return seed + 1_000_003 * rank", "return seed",
+           (f"{DIST}::test_ranks_run_alike_sample_their_own_noise_and_skip_a_nonfinite_step_together",)),
+    Mutant("M21", "only rank 0's RNG state is saved", "src/vision_opd/train.py",
+           "rng = ranks.gather(ckpt.rng_state())", "rng = [ckpt.rng_state()]",
+           (f"{DIST}::test_proposals_and_evaluation_shared_out_and_every_rank_rng_saved_and_restored",)),
+    Mutant("M22", "skipping a non-finite step decided per rank", "src/vision_opd/train.py",
+           "    finite = global_sum(torch.tensor(0.0 if finite else 1.0, device=device)).item() == 0",
+           "    pass",
+           (f"{DIST}::test_ranks_run_alike_sample_their_own_noise_and_skip_a_nonfinite_step_together",)),
+)
+
+
+def pytest_run(tests: list[str], src: Path | None) -> tuple[int, str, float]:
+    """(pytest's exit code, its first assertion line or last line, seconds) with `src` first on the path."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [os.environ.get("PYTHONPATH")])])
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                         cwd=ROOT, capture_output=True, text=True, env=env)
+    lines = [line for line in res.stdout.splitlines() if line.strip()]
+    why = next((line[1:].strip() for line in lines if line.startswith("E ")), lines[-1] if lines else res.stderr[-200:])
+    return res.returncode, why[:140], time.perf_counter() - t0
+
+
+def plant(m: Mutant, into: Path) -> Path:
+    """A copy of src/ under `into` with `m` planted; its src folder."""
+    src = into / "src"
+    shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    f = into / m.path
+    text = f.read_text(encoding="utf-8")
+    if text.count(m.old) != 1:
+        raise SystemExit(f"{m.id}: the text to change occurs {text.count(m.old)} times in {m.path} (expected once); "
+                         "update the mutant to the code")
+    f.write_text(text.replace(m.old, m.new), encoding="utf-8")
+    return src
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("ids", nargs="*", help="mutant ids (default: all)")
+    ap.add_argument("--suite", action="store_true", help="run the whole suite against each mutant, not its named tests")
+    ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    args = ap.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.ids or m.id in args.ids]
+    if unknown := set(args.ids) - {m.id for m in MUTANTS}:
+        ap.error(f"unknown mutant(s) {', '.join(sorted(unknown))}; see --list")
+    if args.list:
+        for m in chosen:
+            print(f"{m.id:4} {m.what}  [{m.path}]")
+        return 0
+    named = sorted({t for m in chosen for t in m.tests})
+    rc, why, sec = pytest_run(["tests"] if args.suite else named, None)
+    print(f"baseline (the code as it is): {'pass' if rc == 0 else 'FAIL'} in {sec:.0f} s", flush=True)
+    if rc != 0:
+        print(f"  {why}\nthe tests must pass before a mutant can be judged")
+        return 1
+    print("| id | planted bug | file | caught by | result | first failure | s |\n|---|---|---|---|---|---|---|")
+    missed = 0
+    for m in chosen:
+        with tempfile.TemporaryDirectory(prefix=f"mutant-{m.id}-") as tmp:
+            src = plant(m, Path(tmp))
+            rc, why, sec = pytest_run(["tests"] if args.suite else list(m.tests), src)
+        caught = rc == 1  # tests failed (2+ = pytest could not run them: not a catch)
+        missed += not caught
+        by = "the suite" if args.suite else ", ".join(f"`{t.split('::')[-1]}`" for t in m.tests)
+        why = why.replace("|", "/")
+        print(f"| {m.id} | {m.what} | `{m.path}` | {by} | {'caught' if caught else f'MISSED (rc {rc})'} | {why} | {sec:.0f} |",
+              flush=True)
+    print(f"{len(chosen) - missed} of {len(chosen)} caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
