@@ -21,7 +21,7 @@ from vision_opd.divergence import (
 from vision_opd.losses import DivergenceSpec, generalized_jsd_plain, masked_token_mean
 
 ALPHAS = (0.0, 0.25, 0.5, 1.0)
-KINDS = ("jsd", "topk", "sampled")
+KINDS = ("jsd", "topk", "sampled", "ce")
 
 
 def _logits(*shape, seed=0, scale=2.0):
@@ -499,6 +499,49 @@ def test_sampled_token_logprobs_need_the_ids():
     zs, zt = _logits(6, 9, seed=40), _logits(6, 9, seed=41)
     for chunk_size in (None, 4):
         _, metrics = token_divergence(zs, zt, None, DivergenceSpec("jsd", chunk_size=chunk_size))
-        assert set(metrics) == {"reverse_kl", "top1_agree"}
+        assert set(metrics) == {"reverse_kl", "top1_agree", "student_entropy", "teacher_entropy"}
     with pytest.raises(AssertionError, match="sampled_ids must be integer"):
         token_divergence(zs, zt, torch.zeros(5, dtype=torch.long), DivergenceSpec("jsd"))
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 100])
+@pytest.mark.parametrize("kind", KINDS)
+def test_entropies_of_both_views(kind, chunk_size):
+    """student_entropy / teacher_entropy = -sum p log p of log_softmax(logits / T), on both paths."""
+    temperature = 0.7
+    hs, ht, w, b, w_teacher, ids = _hidden_case()
+    spec = DivergenceSpec(kind, alpha=0.5, temperature=temperature, top_k=5, chunk_size=chunk_size)
+    zs, zt = hs @ w.T + b, ht @ w_teacher.T
+    ls, lt = F.log_softmax(zs / temperature, dim=-1), F.log_softmax(zt / temperature, dim=-1)
+    expected_s, expected_t = -(ls.exp() * ls).sum(-1), -(lt.exp() * lt).sum(-1)
+    _, from_logits = token_divergence(zs.requires_grad_(True), zt, ids, spec)
+    _, from_hidden = token_divergence_from_hidden(hs, ht, w, ids, spec, lm_head_bias=b, teacher_lm_head_weight=w_teacher)
+    for metrics in (from_logits, from_hidden):
+        torch.testing.assert_close(metrics["student_entropy"], expected_s, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(metrics["teacher_entropy"], expected_t, rtol=1e-5, atol=1e-5)
+        assert not metrics["student_entropy"].requires_grad
+    assert not torch.allclose(expected_s, expected_t)
+    _, uniform = token_divergence(torch.zeros(3, 7), torch.zeros(3, 7), ids[:3] % 7, DivergenceSpec(kind, top_k=2))
+    torch.testing.assert_close(uniform["student_entropy"], torch.full((3,), math.log(7)))  # by hand: log V
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2, 100])
+def test_ce_is_cross_entropy_on_the_tokens_with_the_teacher_unused(chunk_size):
+    """kind "ce": -log softmax(z)[y], equal to F.cross_entropy in value and gradient; the teacher's logits
+    change nothing (sequence-level KD reads only the teacher's tokens)."""
+    hs0, ht, w0, b0, w_teacher, ids = _hidden_case()
+    spec = DivergenceSpec("ce", chunk_size=chunk_size)
+    hs, w = hs0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+    ref = F.cross_entropy(hs @ w.T + b0, ids, reduction="none")
+    ref.mean().backward()
+    ref_grads = hs.grad.clone(), w.grad.clone()
+    for teacher_hidden in (ht, torch.randn_like(ht)):
+        hs, w = hs0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+        values, _ = token_divergence_from_hidden(hs, teacher_hidden, w, ids, spec, lm_head_bias=b0,
+                                                 teacher_lm_head_weight=w_teacher)
+        torch.testing.assert_close(values, ref.detach(), rtol=1e-5, atol=1e-6)
+        masked_token_mean(values, torch.ones_like(values), values.numel()).backward()
+        torch.testing.assert_close(hs.grad, ref_grads[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(w.grad, ref_grads[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(AssertionError, match="needs sampled_ids"):
+        token_divergence(hs0 @ w0.T, ht @ w0.T, None, spec)

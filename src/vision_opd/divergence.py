@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .losses import (DEFAULT_CHUNK_SIZE, DivergenceSpec, check_alpha, check_ids, generalized_jsd_plain, logprobs,
-                     sampled_token_loss_plain, topk_tail_jsd_plain)
+from .losses import (DEFAULT_CHUNK_SIZE, DivergenceSpec, check_alpha, check_ids, cross_entropy_plain,
+                     generalized_jsd_plain, logprobs, sampled_token_loss_plain, topk_tail_jsd_plain)
 from .losses_chunked import METRICS, ChunkedHiddenDivergence, ChunkedLogitsDivergence
 
 
@@ -104,10 +104,11 @@ def token_divergence(student_logits_N_V: Tensor, teacher_logits_N_V: Tensor, sam
 
     Returns (values [N] float32 with grad to the student only, metrics) where metrics are detached
     per-token tensors [N]: `reverse_kl` = KL(S||T) over the full vocabulary (for monitoring, at
-    the same temperature) and `top1_agree` = 1.0 where argmax S == argmax T, else 0.0; when
+    the same temperature), `top1_agree` = 1.0 where argmax S == argmax T, else 0.0, `student_entropy` and
+    `teacher_entropy` = -sum p log p of each view (nats, same temperature); when
     `sampled_ids_N` is given, also `student_logprob` and `teacher_logprob` = the sampled token's
     log-prob under each view at the same temperature, log_softmax(logits / temperature)[id].
-    `sampled_ids_N` is required for kind "sampled"; the other kinds use it only for those two metrics.
+    `sampled_ids_N` is required for kinds "sampled" and "ce"; the others use it only for those two metrics.
     """
     assert student_logits_N_V.dim() == 2 and student_logits_N_V.shape == teacher_logits_N_V.shape, (
         f"token_divergence wants [N, V] logits of the same shape, got {tuple(student_logits_N_V.shape)} "
@@ -127,14 +128,17 @@ def _divergence(zs_N_V: Tensor, zt_N_V: Tensor, ids_N: Tensor | None, spec: Dive
         values = generalized_jsd_plain(zs_N_V, zt_N_V, spec.alpha, spec.temperature)
     elif spec.kind == "topk":
         values = topk_tail_jsd_plain(zs_N_V, zt_N_V, spec.alpha, spec.temperature, spec.top_k)
-    else:
+    elif spec.kind == "sampled":
         values = sampled_token_loss_plain(zs_N_V, zt_N_V, ids_N, spec.temperature)
+    else:
+        values = cross_entropy_plain(zs_N_V, ids_N, spec.temperature)
     if not want_metrics:
         return values, {}
     with torch.no_grad():
         logp_s, logp_t = logprobs(zs_N_V, spec.temperature), logprobs(zt_N_V, spec.temperature)
         metrics = {"reverse_kl": (logp_s.exp() * (logp_s - logp_t)).sum(-1),
-                   "top1_agree": (logp_s.argmax(-1) == logp_t.argmax(-1)).float()}
+                   "top1_agree": (logp_s.argmax(-1) == logp_t.argmax(-1)).float(),
+                   "student_entropy": -(logp_s.exp() * logp_s).sum(-1), "teacher_entropy": -(logp_t.exp() * logp_t).sum(-1)}
         if ids_N is not None:
             metrics["student_logprob"] = logp_s.gather(-1, ids_N[:, None]).squeeze(-1)
             metrics["teacher_logprob"] = logp_t.gather(-1, ids_N[:, None]).squeeze(-1)

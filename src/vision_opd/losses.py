@@ -9,6 +9,8 @@ distributions over the vocabulary, from logits divided by the rollout temperatur
 - the same JSD on K+1 buckets: the student's top-k ids plus one tail bucket (`with_tail_bucket`,
   `topk_tail_jsd_plain`);
 - the sampled-token estimator: the policy-gradient surrogate of reverse KL (`sampled_token_loss_plain`);
+- cross-entropy on the response tokens, value = -log S(y): sequence-level KD / SFT when the tokens are the
+  teacher's own responses (`cross_entropy_plain`; the teacher's distribution is not used);
 - `masked_token_mean`: sum over unmasked tokens / a token count passed in (the step's, over all ranks).
 
 These are the plain autograd references and the small pieces the memory-saving execution reuses.
@@ -34,15 +36,16 @@ _TAIL_LOG_MASS_MAX = math.log1p(-1e-7)
 # additionally blocks the element-wise math by rows inside a chunk (losses_chunked.py).
 DEFAULT_CHUNK_SIZE = 256
 
-KINDS = ("jsd", "topk", "sampled")
+KINDS = ("jsd", "topk", "sampled", "ce")
+NEEDS_IDS = ("sampled", "ce")  # kinds whose value reads the response token ids
 
 
 @dataclass(frozen=True)
 class DivergenceSpec:
     """Which divergence, with which knobs. Forward KL is jsd with alpha=0, reverse KL alpha=1."""
 
-    kind: str = "jsd"  # "jsd" | "topk" | "sampled"
-    alpha: float = 0.5  # JSD weight (jsd, topk); unused by "sampled"
+    kind: str = "jsd"  # "jsd" | "topk" | "sampled" | "ce"
+    alpha: float = 0.5  # JSD weight (jsd, topk); unused by "sampled" and "ce"
     temperature: float = 1.0  # rollout temperature; logits of both views are divided by it
     top_k: int = 100  # support size of "topk" (clamped to V)
     chunk_size: int | None = DEFAULT_CHUNK_SIZE  # tokens per chunk; None = plain autograd
@@ -125,6 +128,16 @@ def sampled_token_loss_plain(student_logits: Tensor, teacher_logits: Tensor, sam
     return (logp_s_y - logp_t_y).detach() * logp_s_y
 
 
+def cross_entropy_plain(student_logits: Tensor, target_ids: Tensor, temperature: float = 1.0) -> Tensor:
+    """Per-token cross-entropy on given tokens: value = -log S(y), S = softmax(student_logits / temperature).
+
+    The SFT loss: with the teacher's own responses as y it is sequence-level KD (the teacher's distribution
+    is not read). Its token-mean at temperature 1 is `F.cross_entropy` on the response tokens; the loop builds
+    the spec of `loss.kind=ce` with temperature 1 (the sampling temperature is not part of an SFT target).
+    """
+    return -logprobs(student_logits, temperature).gather(-1, target_ids[..., None]).squeeze(-1)
+
+
 # ---------------------------------------------------------------------------------------------
 # The reducer.
 
@@ -157,9 +170,9 @@ def check_alpha(alpha: float) -> None:
 
 
 def check_ids(ids_N: Tensor | None, spec: DivergenceSpec, n: int) -> None:
-    """Kind "sampled" needs the sampled ids; given ids (any kind) must be integer [N]."""
+    """Kinds "sampled" and "ce" need the response token ids; given ids (any kind) must be integer [N]."""
     if ids_N is None:
-        assert spec.kind != "sampled", "kind 'sampled' needs sampled_ids (the response token ids, [N])"
+        assert spec.kind not in NEEDS_IDS, f"kind {spec.kind!r} needs sampled_ids (the response token ids, [N])"
         return
     assert ids_N.shape == (n,) and not ids_N.is_floating_point(), (
         f"sampled_ids must be integer [N={n}], got {ids_N.dtype} {tuple(ids_N.shape)}")

@@ -1,7 +1,7 @@
 """Memory-saving execution of the divergences in `losses.py`: chunk by chunk over tokens.
 
 What: two custom `torch.autograd.Function`s that evaluate the per-token divergence of a
-`DivergenceSpec` ("jsd", "topk" or "sampled") without ever holding more than one chunk of
+`DivergenceSpec` ("jsd", "topk", "sampled" or "ce") without ever holding more than one chunk of
 [tokens, V] float32 temporaries:
 
 - `ChunkedLogitsDivergence`: input = materialised logits [N, V] of student and teacher.
@@ -23,6 +23,7 @@ g_out = upstream gradient of the token's value; all per row):
 - top-k + tail: autograd on the small [rows, K+1] bucket function gives d = dL/d(log s at the
   top-k ids); then dL/dz = g_out/temperature * (scatter(d) - s * sum(d)).
 - sampled token y:           dL/dz = g_out/temperature * adv * (onehot(y) - s).
+- cross-entropy on y:        dL/dz = g_out/temperature * (s - onehot(y)).
 
 Performance notes (2-core CPU, docs/performance.md): inside a chunk the element-wise math runs
 on row blocks whose [rows, V] float32 temporaries are about `_CPU_BLOCK_BYTES` each (17 rows at
@@ -59,8 +60,9 @@ _TINY = torch.finfo(torch.float32).tiny
 def _block_values(spec: DivergenceSpec, zs: Tensor, zt: Tensor, y: Tensor | None, want_metrics: bool):
     """Per-row values (no grad). Returns (values, aux, metrics): aux are the small per-row tensors
     backward needs besides the student logits (see `_Outputs`); metrics is None unless want_metrics,
-    else (reverse_kl, agree, student_logprob, teacher_logprob), the last two the sampled token's
-    log-prob under each view (log_softmax(z)[y]; None when no sampled ids y are given)."""
+    else (reverse_kl, agree, student_logprob, teacher_logprob, student_entropy, teacher_entropy): the
+    sampled token's log-prob under each view (log_softmax(z)[y]; None when no sampled ids y are given) and
+    each view's entropy -sum p log p (nats, at the spec's temperature)."""
     ls = torch.log_softmax(zs, dim=-1)
     lt = torch.log_softmax(zt, dim=-1)
     a = spec.alpha
@@ -83,11 +85,13 @@ def _block_values(spec: DivergenceSpec, zs: Tensor, zt: Tensor, y: Tensor | None
         lt_K1 = with_tail_bucket(lt.gather(-1, ids))
         values = gjsd_from_logprobs(with_tail_bucket(ls.gather(-1, ids)), lt_K1, a)
         aux = (ids, lt_K1)
-    else:  # sampled
+    elif spec.kind == "sampled":
         lps_y = ls.gather(-1, y[:, None]).squeeze(-1)
         adv = lps_y - lt.gather(-1, y[:, None]).squeeze(-1)
         values = adv * lps_y
         aux = (adv,)
+    else:  # ce
+        values = -ls.gather(-1, y[:, None]).squeeze(-1)
     if not want_metrics:
         return values, aux, None
     reverse_kl = values if (spec.kind == "jsd" and a == 1.0) else torch.linalg.vecdot(ps, ls - lt)
@@ -95,14 +99,15 @@ def _block_values(spec: DivergenceSpec, zs: Tensor, zt: Tensor, y: Tensor | None
     lps_y = lpt_y = None
     if y is not None:
         lps_y, lpt_y = ls.gather(-1, y[:, None]).squeeze(-1), lt.gather(-1, y[:, None]).squeeze(-1)
-    return values, aux, (reverse_kl, agree, lps_y, lpt_y)
+    h_s, h_t = -torch.linalg.vecdot(ps, ls), -torch.linalg.vecdot(lt.exp(), lt)
+    return values, aux, (reverse_kl, agree, lps_y, lpt_y, h_s, h_t)
 
 
 def _block_grad(spec: DivergenceSpec, zs: Tensor, zt: Tensor | None, y: Tensor | None, aux: tuple,
                 grad_rows: Tensor, out: Tensor) -> Tensor:
     """Writes d(sum_r grad_out[r] * value[r]) / d(zs) into `out` (float32 [rows, V], may be zs
     itself), with grad_rows = grad_out / temperature. Only "jsd" needs the teacher logits zt;
-    "topk" and "sampled" get what they need of the teacher from aux."""
+    "topk" and "sampled" get what they need of the teacher from aux, "ce" needs nothing of it."""
     ls = torch.log_softmax(zs, dim=-1)
     a = spec.alpha
     g = grad_rows[:, None]
@@ -126,6 +131,8 @@ def _block_grad(spec: DivergenceSpec, zs: Tensor, zt: Tensor | None, y: Tensor |
             (d,) = torch.autograd.grad(values, ls_K, grad_outputs=grad_rows)
         # log s_i = z_i - logsumexp(z): d/dz = scatter(d) - s * sum(d)
         return torch.mul(ls.exp_(), -d.sum(-1, keepdim=True), out=out).scatter_add_(-1, ids, d)
+    if spec.kind == "ce":  # value = -log s_y: d/dz = s - onehot(y)
+        return torch.mul(ls.exp_(), g, out=out).scatter_add_(-1, y[:, None], -g)
     # sampled: value = adv * log s_y with adv detached; d/dz = adv * (onehot(y) - s)
     (adv,) = aux
     w = adv[:, None] * g
@@ -160,9 +167,9 @@ class _Outputs:
 
         self.values = new(n)
         k = min(spec.top_k, vocab)
-        self.aux = {"jsd": (), "topk": (new(n, k, dtype=torch.long), new(n, k + 1)), "sampled": (new(n),)}[spec.kind]
+        self.aux = {"jsd": (), "topk": (new(n, k, dtype=torch.long), new(n, k + 1)), "sampled": (new(n),), "ce": ()}[spec.kind]
         logprob_n = n if has_ids else 0  # the sampled-token log-probs need the sampled ids
-        sizes = (n, n, logprob_n, logprob_n) if want_metrics else (0, 0, 0, 0)
+        sizes = (n, n, logprob_n, logprob_n, n, n) if want_metrics else (0,) * len(METRICS)
         self.metrics = tuple(new(size) for size in sizes)
 
     def fill(self, rows: slice, out) -> None:
@@ -178,7 +185,7 @@ class _Outputs:
 
 
 # The per-token metrics the Functions return after the values, in this order.
-METRICS = ("reverse_kl", "top1_agree", "student_logprob", "teacher_logprob")
+METRICS = ("reverse_kl", "top1_agree", "student_logprob", "teacher_logprob", "student_entropy", "teacher_entropy")
 
 
 def _rows_of(aux: tuple, rows: slice) -> tuple:
@@ -312,7 +319,7 @@ class ChunkedHiddenDivergence(torch.autograd.Function):
         grad_b = torch.zeros(vocab, dtype=torch.float32, device=device) if need_b else None
         c = min(spec.chunk_size, max(n, 1))
         zs_buf = torch.empty(c, vocab, dtype=torch.float32, device=device)
-        # only "jsd" needs the teacher's logits again; "topk" / "sampled" saved what they need
+        # only "jsd" needs the teacher's logits again; "topk" / "sampled" saved what they need, "ce" needs none
         zt_buf = torch.empty(c, vocab, dtype=torch.float32, device=device) if spec.kind == "jsd" else None
         for start in range(0, n, c):
             stop = min(start + c, n)
