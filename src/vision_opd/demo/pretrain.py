@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..data.crops import crop_image
 from ..data.records import Record
 from ..data.validate import read_records
-from .world import SPLIT_SEEDS, WorldConfig, make_item, write_synthetic
+from .world import SPLIT_SEEDS, WorldConfig, draw_item, response_text, write_synthetic
 from ..data.views import View, ViewConfig, encode_views, prompt_text, student_view, teacher_view
 from .accuracy import accuracy
 from ..scoring import response_logits
@@ -85,8 +85,9 @@ def answer_ids(processor, answer: str) -> list[int]:
 
 
 def labelled_stream(seed: int, world: WorldConfig, views: ViewConfig, easy_share: float, *, hard_full: bool = False):
-    """Infinite (View, answer text) stream of labelled items: crops and easy full images.
+    """Infinite (View, response text) stream of labelled items: crops and easy full images.
 
+    The response is the world's labelled answer (`world.answers`: the option's text, or a short sentence).
     hard_full=True yields hard full images instead (control c: the supervised upper bound).
     """
     rng = random.Random(seed * 1_000_003 + SPLIT_SEEDS["pretrain"])
@@ -95,16 +96,16 @@ def labelled_stream(seed: int, world: WorldConfig, views: ViewConfig, easy_share
         qtype = world.question_types[i % len(world.question_types)]
         i += 1
         if hard_full:
-            img, q, opts, ans, _ = make_item(rng, world, qtype)
-            yield View([img], prompt_text(Record("x", "", q, opts))), opts[ans]
+            it = draw_item(rng, world, qtype)
+            img = it.image
         elif rng.random() < easy_share:
-            img, q, opts, ans, _ = make_item(rng, world.easy(), qtype)
-            yield View([img], prompt_text(Record("x", "", q, opts))), opts[ans]
+            it = draw_item(rng, world.easy(), qtype)
+            img = it.image
         else:
-            img, q, opts, ans, box = make_item(rng, world, qtype)
-            crop = crop_image(img, box, expand_ratio=views.expand_ratio, min_side=views.min_side, target_pixels=views.teacher_pixels,
-                              upscale=views.teacher_upscale)
-            yield View([crop], prompt_text(Record("x", "", q, opts))), opts[ans]
+            it = draw_item(rng, world, qtype)
+            img = crop_image(it.image, it.box, expand_ratio=views.expand_ratio, min_side=views.min_side,
+                             target_pixels=views.teacher_pixels, upscale=views.teacher_upscale)
+        yield View([img], prompt_text(Record("x", "", it.question, it.options))), response_text(it, world.answers)
 
 
 def supervised_step(model, processor, views: list[View], answers: list[str], optimizer, *, grad_clip: float = 1.0,
@@ -144,9 +145,13 @@ def eval_split(data_dir: str | Path, split: str, n: int, world: WorldConfig) -> 
     return read_records(path)
 
 
-def evaluate_views(model, processor, records: list[Record], views: ViewConfig, *, progress: bool = False) -> dict:
-    full = accuracy(model, processor, records, lambda r: student_view(r, views), progress=progress, desc="eval full", max_new_tokens=8)
-    crop = accuracy(model, processor, records, lambda r: teacher_view(r, views), progress=progress, desc="eval crop", max_new_tokens=8)
+def evaluate_views(model, processor, records: list[Record], views: ViewConfig, *, progress: bool = False,
+                   max_new_tokens: int = 8) -> dict:
+    """Greedy accuracy on the hard full images and on their crops (`max_new_tokens`: the world's, `WorldConfig.max_new_tokens`)."""
+    full = accuracy(model, processor, records, lambda r: student_view(r, views), progress=progress, desc="eval full",
+                    max_new_tokens=max_new_tokens)
+    crop = accuracy(model, processor, records, lambda r: teacher_view(r, views), progress=progress, desc="eval crop",
+                    max_new_tokens=max_new_tokens)
     return {"full": full["accuracy"], "crop": crop["accuracy"], "full_per_category": full["per_category"],
             "crop_per_category": crop["per_category"]}
 
@@ -174,8 +179,9 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), *, vie
         losses.append(supervised_step(model, processor, [v for v, _ in batch], [a for _, a in batch], optimizer, scheduler=scheduler))
         done = step == cfg.max_steps or time.perf_counter() - t0 > cfg.time_budget_s
         if step % cfg.eval_every == 0 or done:
-            ev = evaluate_views(model, processor, val, views)
-            easy = accuracy(model, processor, val_easy, lambda r: student_view(r, views), max_new_tokens=8)["accuracy"]
+            ev = evaluate_views(model, processor, val, views, max_new_tokens=cfg.world.max_new_tokens)
+            easy = accuracy(model, processor, val_easy, lambda r: student_view(r, views),
+                            max_new_tokens=cfg.world.max_new_tokens)["accuracy"]
             point = {"step": step, "seconds": round(time.perf_counter() - t0, 1), "loss": sum(losses) / len(losses),
                      "val_full": ev["full"], "val_crop": ev["crop"], "val_easy_full": easy}
             losses = []

@@ -76,6 +76,7 @@ QUESTIONS = {
 # Seeds of the standard splits: labelled pre-training items, unlabelled Vision-OPD items, validation
 # (for every choice made while designing), held-out test (reported only).
 SPLIT_SEEDS = {"pretrain": 1, "opd": 2, "val": 3, "test": 4}
+ANSWER_STYLES = ("short", "sentence")
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,17 @@ class WorldConfig:
     frame: bool = True  # draw the marker (False in the easy regime unless easy_frame)
     easy_frame: bool = False  # keep the frame in easy full images (True lets the labelled data teach "find the frame")
     cell: int = 28  # objects sit centred in the cells of a cell x cell grid (0: free placement); 28 px = one vision token
+    answers: str = "short"  # the labelled response: "short" = the option's text ("red"); "sentence" = a short
+    # sentence naming the framed object's colour, then the asked attribute, then "Answer: X" (`response_text`)
+
+    def __post_init__(self):
+        if self.answers not in ANSWER_STYLES:
+            raise ValueError(f"WorldConfig.answers={self.answers!r}: choose {' or '.join(ANSWER_STYLES)}")
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Enough tokens for a labelled response of this world (greedy evaluation and rollouts)."""
+        return 8 if self.answers == "short" else 24
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,8 +160,44 @@ def _place(rng: random.Random, n: int, size: int, canvas: int, margin: int) -> l
     return spots
 
 
+@dataclass(frozen=True)
+class Item:
+    image: Image.Image
+    question: str
+    options: list[str]
+    answer: int  # index of the true option
+    box: tuple[int, int, int, int]  # the evidence box (the frame)
+    qtype: str
+    colour: str  # the framed object's own colour (named first by a "sentence" response)
+
+
+def response_text(item: Item, answers: str) -> str:
+    """The labelled response of an item: the option's text, or (answers="sentence") a short sentence that names
+    the framed object's colour, then the asked attribute, then the answer:
+
+        colour  "red object. Answer: red"
+        dot     "red object, blue dot. Answer: blue"
+        digit   "red object, digit 4. Answer: 4"
+
+    Every content word is about the framed object, so in a hard full image each of them is a gap token (the
+    student must find the frame to say it), while the template words are the same for every item. The final
+    "Answer: X" is what `eval.answers.extract_choice` reads (the last explicit answer statement wins).
+    """
+    value = item.options[item.answer]
+    if answers == "short":
+        return value
+    middle = {"colour": "", "dot": f", {value} dot", "digit": f", digit {value}", "shape": f", {value} shape"}[item.qtype]
+    return f"{item.colour} object{middle}. Answer: {value}"
+
+
 def make_item(rng: random.Random, cfg: WorldConfig, qtype: str) -> tuple[Image.Image, str, list[str], int, tuple[int, int, int, int]]:
     """(image, question, options, answer index, evidence box) for one item."""
+    it = draw_item(rng, cfg, qtype)
+    return it.image, it.question, it.options, it.answer, it.box
+
+
+def draw_item(rng: random.Random, cfg: WorldConfig, qtype: str) -> Item:
+    """One item with the framed object's attributes (for `response_text`); the same RNG draws as `make_item`."""
     if qtype not in QUESTIONS:
         raise ValueError(f"unknown question type {qtype!r}; choose from {ALL_QUESTION_TYPES}")
     if len(cfg.digits) < cfg.options:
@@ -185,7 +233,7 @@ def make_item(rng: random.Random, cfg: WorldConfig, qtype: str) -> tuple[Image.I
     others = rng.sample([p for p in pool if p != truth], cfg.options - 1)
     options = others + [truth]
     rng.shuffle(options)
-    return img, QUESTIONS[qtype], options, options.index(truth), evidence
+    return Item(img, QUESTIONS[qtype], options, options.index(truth), evidence, qtype, colour)
 
 
 def generate(n: int, seed: int = 0, cfg: WorldConfig = WorldConfig(), *, image_dir: Path | None = None, prefix: str = "item") -> list[tuple[Record, Image.Image]]:
