@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .data.views import ViewConfig
+from .data.views import TEACHER_IMAGES, TEACHER_SOURCES, ViewConfig
 
 
 @dataclass
@@ -62,11 +62,24 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 16
     do_sample: bool = True  # false = greedy rollouts (deterministic; for tests and debugging, not for training)
+    # where the response tokens come from (responses.py): student = on-policy (Vision-OPD) | teacher = the teacher
+    # answers on its own view (off-policy; with loss.kind=ce: sequence-level KD) | mix = per prompt, the student with
+    # probability student_fraction, else the teacher (GKD's lambda)
+    source: str = "student"
+    student_fraction: float = 0.5  # source=mix: the expected share of prompts answered by the student
+    teacher_do_sample: bool = True  # teacher responses sampled at temperature / top_p (true) or greedy (false)
+    drop_unanswered: bool = False  # leave teacher responses with no extractable answer out of the loss (counted)
+    # degenerate responses (degenerate.py): their rates are always logged; drop_degenerate leaves them out of the loss
+    repeat_ngram: int = 4  # a response that repeats one n-gram of this many tokens ...
+    repeat_count: int = 4  # ... at least this many times is repetitive (0 = no repetition check)
+    runaway_tokens: int = 0  # a response with no EOS in max_new_tokens, or at least this many tokens (0: no length cap), is runaway
+    drop_degenerate: bool = False
 
 
 @dataclass
 class LossConfig:
-    kind: str = "jsd"  # jsd (generalized JSD over the full vocabulary) | topk (student top-k + tail) | sampled (sampled-token estimator)
+    kind: str = "jsd"  # jsd (generalized JSD over the full vocabulary) | topk (student top-k + tail) | sampled (sampled-token
+    # estimator) | ce (cross-entropy on the response tokens at temperature 1; needs rollout.source=teacher: sequence KD)
     alpha: float = 0.5  # JSD weight: 0 = forward KL(T||S), 1 = reverse KL(S||T), 0.5 = symmetric JSD
     top_k: int = 100
     chunk_size: int | None = 256  # tokens per chunk for the fused lm_head + divergence; None = plain
@@ -107,6 +120,8 @@ class TrainConfig:
     log_every: int = 1
     save_every: int = 0  # 0 = only at the end
     sample_every: int = 10  # write a few decoded responses to samples.jsonl every N steps (0 = never)
+    dump_tokens_every: int = 0  # every N steps write every response token with both views' log-probs, entropies and its
+    # divergence to tokens.jsonl (token_dump.py; read by `vision-opd inspect RUN`); 0 = never
     eval_every: int = 0  # evaluate data.eval_file (full and crop views, greedy) every N steps and at the end (0 = never)
     eval_max_new_tokens: int = 16
     eval_batch_size: int = 16
@@ -145,7 +160,18 @@ class Config:
             if not cond:
                 raise ConfigError(msg)
 
-        need(self.loss.kind in ("jsd", "topk", "sampled"), f"loss.kind={self.loss.kind!r}: choose jsd, topk or sampled")
+        need(self.loss.kind in ("jsd", "topk", "sampled", "ce"), f"loss.kind={self.loss.kind!r}: choose jsd, topk, sampled or ce")
+        r = self.rollout
+        need(r.source in ("student", "teacher", "mix"), f"rollout.source={r.source!r}: choose student, teacher or mix")
+        need(0.0 <= r.student_fraction <= 1.0, f"rollout.student_fraction={r.student_fraction}: must be in [0, 1]")
+        need(self.loss.kind != "ce" or r.source == "teacher",
+             f"loss.kind=ce trains on the teacher's tokens: set rollout.source=teacher (got {r.source!r})")
+        need(self.loss.kind != "sampled" or r.source == "student",
+             "loss.kind=sampled estimates reverse KL from the student's own samples: it needs rollout.source=student "
+             f"(got {r.source!r}); use jsd, topk or ce on teacher tokens")
+        need(r.repeat_ngram >= 1 and r.repeat_count >= 0 and r.runaway_tokens >= 0,
+             "rollout.repeat_ngram must be >= 1, rollout.repeat_count and rollout.runaway_tokens >= 0")
+        need(self.train.dump_tokens_every >= 0, "train.dump_tokens_every must be >= 0 (0 = never)")
         need(0.0 <= self.loss.alpha <= 1.0, f"loss.alpha={self.loss.alpha}: must be in [0, 1]")
         need(self.loss.top_k >= 1, "loss.top_k must be >= 1")
         need(self.teacher.mode in ("frozen", "ema", "live"), f"teacher.mode={self.teacher.mode!r}: choose frozen, ema or live")
@@ -162,11 +188,18 @@ class Config:
         need(self.train.mixed_precision in ("fp32", "bf16"), f"train.mixed_precision={self.train.mixed_precision!r}: choose fp32 or bf16")
         need(self.teacher.device is None or self.teacher.mode != "live",
              "teacher.device applies to a frozen or EMA teacher (a live teacher is the student)")
-        need(self.views.teacher_source in ("box", "given", "full", "proposer"),
-             f"views.teacher_source={self.views.teacher_source!r}: choose box, given, proposer or full")
-        need(self.views.teacher_upscale > 0, f"views.teacher_upscale={self.views.teacher_upscale}: must be > 0 (1 = the crop's own size)")
-        need(self.views.teacher_pixels is None or self.views.teacher_pixels > 0,
-             f"views.teacher_pixels={self.views.teacher_pixels}: must be > 0, or null for views.teacher_upscale")
+        v = self.views
+        need(v.teacher_source in TEACHER_SOURCES,
+             f"views.teacher_source={v.teacher_source!r}: choose {', '.join(TEACHER_SOURCES)}")
+        need(v.teacher_upscale > 0, f"views.teacher_upscale={v.teacher_upscale}: must be > 0 (1 = the crop's own size)")
+        need(v.teacher_pixels is None or v.teacher_pixels > 0,
+             f"views.teacher_pixels={v.teacher_pixels}: must be > 0, or null for views.teacher_upscale")
+        bad = [n for n in v.teacher_images if n not in TEACHER_IMAGES]
+        need(not bad, f"views.teacher_images: unknown {bad}; choose from {', '.join(TEACHER_IMAGES)}")
+        need("crop" not in v.teacher_images or v.teacher_source in ("box", "given", "proposer"),
+             f"views.teacher_images names crop, which needs views.teacher_source box, given or proposer (got {v.teacher_source!r})")
+        need(v.blur_radius >= 0 and 0.0 <= v.mask_ratio <= 1.0 and v.mask_grid >= 1,
+             "views.blur_radius must be >= 0, views.mask_ratio in [0, 1], views.mask_grid >= 1")
         need(self.teacher.proposer in ("attention", "grounding", "confidence", "rarity"),
              f"teacher.proposer={self.teacher.proposer!r}: choose attention, grounding, confidence or rarity")
         return self

@@ -3,7 +3,7 @@
     vision-opd train --config configs/tiny_cpu.yaml train.steps=20
 
 One step (`vision_opd_step`, numbered 1-6 below): take P prompts; the student samples G responses each on the
-full image (on-policy); the teacher (frozen / ema / live weights) reads the same responses on the crop under
+full image (on-policy; or the teacher on its crop, or a mix per prompt: `rollout.source`, responses.py); the teacher (frozen / ema / live weights) reads the same responses on the crop under
 no_grad; the student reads them on the full image with grad; the loss is a token-level divergence at the
 response tokens, summed per micro-batch and divided by the step's total response-token count (so
 micro-batching gives the same gradient as one big batch); backward, clip, AdamW, schedule, EMA update.
@@ -39,12 +39,13 @@ from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingStopped, wait_fo
 from .losses import DivergenceSpec, masked_token_mean
 from .models.loading import load_model, set_trainable, vision_token_ids
 from .models.parts import backbone_and_head, strip_wrappers, unwrap
-from .rollout import sample
+from .responses import COUNTS, collect_responses, response_metrics
 from .run_log import MetricsLogger, sample_rows
 from .scoring import score_responses
 from .report import report_after_run
 from .stream import PromptStream
 from .teacher import Teacher
+from .token_dump import token_rows, write_token_rows
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,9 +87,11 @@ class StepResult:
     metrics: dict
     rollout: object
     token_values: dict  # {metric: per-sample lists of per-token values} for the sample log (TOKEN_METRICS)
+    responses: object = None  # responses.Responses: who wrote each response, the loss mask
 
 
-TOKEN_METRICS = ("reverse_kl", "student_logprob", "teacher_logprob")  # per-token values kept for samples.jsonl
+# per-token values kept for samples.jsonl and tokens.jsonl ("divergence" = the loss value of each token)
+TOKEN_METRICS = ("reverse_kl", "student_logprob", "teacher_logprob", "student_entropy", "teacher_entropy", "divergence")
 
 
 def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: list[Record], optimizer, scheduler,
@@ -108,24 +111,26 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         return accelerator.reduce(x.detach().clone(), reduction="sum") if world > 1 else x
 
     G, mb = cfg.rollout.samples_per_prompt, cfg.train.micro_batch_size
-    spec = DivergenceSpec(kind=cfg.loss.kind, alpha=cfg.loss.alpha, temperature=cfg.rollout.temperature,
+    temperature = 1.0 if cfg.loss.kind == "ce" else cfg.rollout.temperature  # ce is an SFT loss: logits as they are
+    spec = DivergenceSpec(kind=cfg.loss.kind, alpha=cfg.loss.alpha, temperature=temperature,
                           top_k=cfg.loss.top_k, chunk_size=cfg.loss.chunk_size)
     # each view's forward at the response positions: each prompt once for its rows (train.share_prompts) or per row
-    score = partial(score_responses, vision_start_id=unwrap(model).config.vision_start_token_id,
-                    shared=cfg.train.share_prompts)
+    vstart = unwrap(model).config.vision_start_token_id
+    score = partial(score_responses, vision_start_id=vstart, shared=cfg.train.share_prompts)
     t0 = time.perf_counter()
     # 1. the two views, through one preprocessing path
     s_inputs = encode_views(processor, [student_view(r, cfg.views) for r in records]).to(device)
     t_inputs = encode_views(processor, [teacher_view(r, cfg.views) for r in records]).to(device)
     t1 = time.perf_counter()
-    # 2. on-policy rollout: the student samples G responses per prompt on its own (full-image) view
+    # 2. responses: on-policy, the student samples G per prompt on its own (full-image) view; or the teacher on its
+    #    view, or a mix per prompt (rollout.source); left-out responses (unanswered, degenerate) get a zero loss mask
     with autocast(cfg, device):
-        ro = sample(model, processor, s_inputs, samples_per_prompt=G, temperature=cfg.rollout.temperature,
-                    top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens, suppress_ids=suppress_ids,
-                    do_sample=cfg.rollout.do_sample, synced_gpus=is_fsdp(model) and world > 1)
+        resp = collect_responses(cfg.rollout, model, teacher, processor, records, s_inputs, t_inputs, suppress_ids, vstart,
+                                 synced_gpus=is_fsdp(model) and world > 1)
+    ro = resp.rollout
     t2 = time.perf_counter()
     real_B = ro.prompt_index_B < (len(records) if n_real is None else n_real)  # padding prompts: no loss, no metrics
-    loss_mask_B_T = ro.response_mask_B_T * real_B[:, None]
+    loss_mask_B_T = resp.loss_mask_B_T * real_B[:, None]  # left-out responses and padding prompts: not counted
     num_tokens = global_sum(loss_mask_B_T.sum())  # the step's token count (all ranks): every micro-batch divides by it
     fsdp = is_fsdp(model)
     t_device = teacher.device or device
@@ -140,7 +145,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     B = ro.response_ids_B_T.shape[0]
     for start in range(0, B, mb):
         rows = torch.arange(start, min(B, start + mb), device=device)
-        mask = ro.response_mask_B_T[rows]
+        mask = resp.loss_mask_B_T[rows]
         T = max(1, int(mask.sum(-1).max().item()))  # trim trailing padding of this micro-batch
         ids, mask, counted = ro.response_ids_B_T[rows, :T], mask[:, :T], loss_mask_B_T[rows, :T]
         prompts = ro.prompt_index_B[rows]
@@ -165,6 +170,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
             counted_N = counted[sel].bool()  # False on the tokens of padding prompts
             loss = masked_token_mean(per_tok, counted_N, num_tokens)
             (loss * world).backward()
+        tok_metrics["divergence"] = per_tok
         t_teacher += tb - ta
         t_student += time.perf_counter() - tb
         sums["loss"] += loss.item()
@@ -191,6 +197,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     tot = global_sum(torch.tensor([sums["loss"], sums["reverse_kl"], sums["top1_agree"], lengths.sum().item(),
                                    float(lengths.numel()), ro.truncated_B[real_B].float().sum().item()], device=device))
     len_max = lengths.max() if lengths.numel() else torch.zeros((), device=device)
+    counts = global_sum(torch.tensor([float(resp.counts[k]) for k in COUNTS], device=device))
     if world > 1:
         len_max = accelerator.reduce(len_max.clone(), reduction="max")
     metrics = {
@@ -200,7 +207,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         "response_len": tot[3].item() / tot[4].item(),
         "response_len_max": len_max.item(),
         "truncation_rate": tot[5].item() / tot[4].item(),
-        "tokens": int(n),
+        "tokens": int(num_tokens.item()),  # tokens the loss read (left-out responses excluded)
         "grad_norm": grad_norm.item(),
         "lr": lr,
         "skipped": 0 if finite else 1,
@@ -210,8 +217,9 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         "sec_student": t_student,
         "sec_optim": t3 - tc,
         "sec_step": t3 - t0,
+        **response_metrics(dict(zip(COUNTS, counts.tolist(), strict=True))),
     }
-    return StepResult(metrics, ro, token_values)
+    return StepResult(metrics, ro, token_values, resp)
 
 
 def train(cfg: Config, *, resume: bool = False) -> Path:
@@ -329,6 +337,10 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
             bar.set_postfix(loss=f"{m['loss']:.4f}", kl=f"{m['kl']:.4f}", len=f"{m['response_len']:.1f}")
             if is_main and cfg.train.sample_every and (step + 1) % cfg.train.sample_every == 0:
                 log.log_samples(step + 1, sample_rows(processor, batch, result.rollout, result.token_values))
+            if is_main and cfg.train.dump_tokens_every and (step + 1) % cfg.train.dump_tokens_every == 0:
+                write_token_rows(run_dir / "tokens.jsonl", step + 1, token_rows(processor, batch, result.rollout,
+                                                                                result.token_values,
+                                                                                result.responses.from_teacher_B))
             skips.update(m["skipped"], step + 1)
             watch.check(m["collapse"], step + 1)
             wait_for_signal_test_hook(step + 1, stop)

@@ -9,9 +9,11 @@
     vision-opd eval --model M --benchmark B --data PATH --out DIR   benchmark accuracy (docs/eval.md)
     vision-opd gap --model M --benchmark B --data PATH --out DIR    full vs crop vs red box, paired
     vision-opd report PATH [--out FILE]                    one self-contained HTML page for a run / eval / gap folder
+    vision-opd inspect RUN [RUN ...]                       where the divergence concentrates (tokens.jsonl)
 
 Each module here holds a group of subcommands (`add_parsers` + the `cmd_*` functions they call):
-training.py (train, config, data, synth), evaluation.py (eval, gap), demo.py (pretrain, demo), report.py (report).
+training.py (train, config, data, synth), evaluation.py (eval, gap), demo.py (pretrain, demo), report.py (report),
+analysis.py (inspect).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import argparse
 import os
 import sys
 
-from . import demo, evaluation, report, training
+from . import analysis, demo, evaluation, report, training
 
 
 def _quiet_hf() -> None:
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parsers(sub)
     evaluation.add_parsers(sub)
     report.add_parsers(sub)
+    analysis.add_parsers(sub)
     return p
 
 

@@ -3,9 +3,11 @@
 student_view(record): the full image (optionally with the red box and the hint sentence, the reference
 recipe's training input, off by default because benchmarks never have it: docs/method.md).
 teacher_view(record): the evidence crop (box expanded, clamped, grown to a minimum side, enlarged 2x as in the
-reference recipe, or resized to a pixel budget) or the record's own teacher image. Both return a View (PIL
-images + text); `encode_views` turns a list of Views into model inputs through the same processor call, so the
-two views can differ only in their pixels, never in how they were preprocessed.
+reference recipe, or resized to a pixel budget) or the record's own teacher image; for the controls, the full
+image, no image at all, or a blurred / partly masked full image (`data/degrade.py`); or several of these in one
+prompt, in a given order (a multi-view teacher, `teacher_images`). Both return a View (PIL images + text);
+`encode_views` turns a list of Views into model inputs through the same processor call, so the two views can
+differ only in their pixels, never in how they were preprocessed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .crops import crop_image, draw_red_box
+from .degrade import blurred, masked
 from .images import DEFAULT_MAX_IMAGE_PIXELS, open_image
 from .records import LETTERS, Record, RecordError
 
@@ -22,6 +25,12 @@ if TYPE_CHECKING:
 
 HINT = "Only focus on the objects inside the red bounding box in the image to answer this question."
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+# views.teacher_source: where the teacher's one image comes from; "none" = no image (a text-only teacher)
+TEACHER_SOURCES = ("box", "given", "proposer", "full", "none", "blur", "mask")
+# views.teacher_images: the images a multi-view teacher reads, in order ("crop" = the box / given / proposer crop)
+TEACHER_IMAGES = ("crop", "full", "blur", "mask")
+_SINGLE = {"box": ("crop",), "given": ("crop",), "proposer": ("crop",), "full": ("full",), "none": (), "blur": ("blur",),
+           "mask": ("mask",)}
 
 
 @dataclass(frozen=True)
@@ -34,8 +43,15 @@ class ViewConfig:
                                   # does (about 2x), so small evidence gets more vision tokens; 1 = the crop's own size
     teacher_pixels: int | None = None  # teacher crop: resize to about this many pixels instead of teacher_upscale (None: off)
     teacher_source: str = "box"  # "box": crop the evidence box; "given": the record's teacher_image; "proposer": crop
-                                 # the label-free proposed box (record.meta["proposed_box"], see proposers/); "full": the full image (a control)
-    teacher_text: str | None = None  # a different text prompt for the teacher ({question} is filled in); None = same text
+                                 # the label-free proposed box (record.meta["proposed_box"], see proposers/); controls:
+                                 # "full" (the full image), "none" (text only), "blur" / "mask" (the full image degraded)
+    teacher_text: str | None = None  # a different text prompt for the teacher ({question} is filled in, e.g.
+                                     # "{question}\nThe second image zooms in on the evidence."); None = same text
+    teacher_images: tuple[str, ...] = ()  # multi-view teacher: these images in this order in one prompt, from crop (the
+                                          # box/given/proposer crop), full, blur, mask; () = teacher_source's one image
+    blur_radius: float = 0.02  # blur: Gaussian standard deviation as a share of the image's shorter side
+    mask_ratio: float = 0.5  # mask: share of the grid's cells filled with the image's mean colour
+    mask_grid: int = 8  # mask: the image is cut into mask_grid x mask_grid cells (chosen per record id, fixed)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
@@ -83,16 +99,38 @@ def proposal_image(record: Record) -> str:
 
 
 def teacher_view(record: Record, cfg: ViewConfig = ViewConfig()) -> View:
+    """The teacher's prompt: the same text (or `teacher_text`) with the images `teacher_images` names, in that order,
+    or the one image of `teacher_source` (none for "none")."""
     text = prompt_text(record)
     if cfg.teacher_text is not None:
         text = cfg.teacher_text.format(question=text)
+    if cfg.teacher_source not in TEACHER_SOURCES:
+        raise ValueError(f"unknown views.teacher_source {cfg.teacher_source!r}; choose from {', '.join(TEACHER_SOURCES)}")
+    names = cfg.teacher_images or _SINGLE[cfg.teacher_source]
+    full: list = []  # the full image, opened once
+
+    def image(name: str):
+        if name == "crop":
+            return _crop(record, cfg)
+        if not full:
+            full.append(open_image(record.image, max_pixels=cfg.max_image_pixels))
+        if name == "full":
+            return full[0]
+        if name == "blur":
+            return blurred(full[0], cfg.blur_radius)
+        if name == "mask":
+            return masked(full[0], cfg.mask_ratio, cfg.mask_grid, record.id)
+        raise ValueError(f"views.teacher_images: unknown image {name!r}; choose from {', '.join(TEACHER_IMAGES)}")
+
+    return View([image(n) for n in names], text)
+
+
+def _crop(record: Record, cfg: ViewConfig):
+    """The teacher's evidence crop: of the record's box, its proposed box, or its own teacher_image."""
     if cfg.teacher_source == "given":
         if not record.teacher_image:
             raise ValueError(f"record {record.id!r}: views.teacher_source=given but the record has no teacher_image")
-        return View([open_image(record.teacher_image, max_pixels=cfg.max_image_pixels)], text)
-    if cfg.teacher_source == "full":
-        return View([open_image(record.image, max_pixels=cfg.max_image_pixels)], text)
-    img = open_image(crop_source(record), max_pixels=cfg.max_image_pixels)
+        return open_image(record.teacher_image, max_pixels=cfg.max_image_pixels)
     if cfg.teacher_source == "proposer":
         box = record.meta.get("proposed_box")
         if box is None:
@@ -103,10 +141,11 @@ def teacher_view(record: Record, cfg: ViewConfig = ViewConfig()) -> View:
             raise ValueError(f"record {record.id!r}: the teacher crop needs an evidence box (or use teacher_source=given "
                              "or proposer)")
     else:
-        raise ValueError(f"unknown views.teacher_source {cfg.teacher_source!r}; choose box, given, proposer or full")
-    crop = crop_image(img, tuple(box), expand_ratio=cfg.expand_ratio, min_side=cfg.min_side,
+        raise ValueError(f"views.teacher_images names 'crop', which needs views.teacher_source box, given or proposer "
+                         f"(got {cfg.teacher_source!r})")
+    img = open_image(crop_source(record), max_pixels=cfg.max_image_pixels)
+    return crop_image(img, tuple(box), expand_ratio=cfg.expand_ratio, min_side=cfg.min_side,
                       target_pixels=cfg.teacher_pixels, upscale=cfg.teacher_upscale)
-    return View([crop], text)
 
 
 def chat_text(processor, view: View, *, add_generation_prompt: bool = True) -> str:

@@ -1,16 +1,20 @@
 """The training arms of the demo and its study: Vision-OPD and the controls, one loop each, same budget.
 
-    run_arm("opd", model_dir, data, seed=0, steps=150)      # label-free Vision-OPD (the demo)
-    run_arm("continue", ...)     # (a) pre-training simply continued (labelled crops + easy full images)
-    run_arm("offpolicy", ...)    # (b) the frozen model's greedy crop answers as SFT targets on full images
-    run_arm("supervised", ...)   # (c) hard full images WITH labels (the upper bound)
-    run_arm("opd+continue", ...) # (c2) one Vision-OPD step and one continued pre-training step per step
-    run_arm("opd", ..., teacher="ema" | "live", loss="rkl" | "fkl" | "topk" | "sampled")  # (d), (e)
+    run_arm(ArmConfig("opd"), model_dir, data, ...)   # label-free Vision-OPD (the demo)
+    ArmConfig("continue")        # (a) pre-training simply continued (labelled crops + easy full images)
+    ArmConfig("supervised")      # (c) hard full images WITH labels (the upper bound)
+    ArmConfig("opd+continue")    # (c2) one Vision-OPD step and one continued pre-training step per step
+    ArmConfig("opd", teacher="ema" | "live", loss="rkl" | "fkl" | "topk" | "sampled")          # (d), (e)
+    ArmConfig("opd", source="teacher", loss="ce", teacher_greedy=True, prompts=32, samples=1)  # (b) sequence KD
+    ArmConfig("opd", source="teacher" | "mix", ...)  # off-policy soft targets, GKD's mix (rollout.source)
+    ArmConfig("opd", teacher_source="none" | "blur" | "mask", teacher_images=("crop", "full"))  # controls
 
+Every label-free arm ("opd", "opd+continue") is one `train.vision_opd_step` per step with the arm's config: where the
+tokens come from (student, teacher, mix), which loss, which teacher view: the same loop `vision-opd train` runs.
 Every arm starts from the same pre-trained checkpoint, takes `steps` optimizer steps of the same number
-of items (Vision-OPD: `prompts` prompts x `samples` rollouts; the supervised arms: prompts x samples
-labelled items), and is evaluated on the held-out hard full images and their crops every `eval_every`
-steps. Vision-OPD never reads `Record.answer` (it goes through `train.vision_opd_step`).
+of trajectories (`prompts` prompts x `samples` responses; the supervised arms: prompts x samples labelled
+items), and is evaluated on the held-out hard full images and their crops every `eval_every` steps (the crop
+view is always the true evidence crop, whatever the teacher read). Vision-OPD never reads `Record.answer`.
 """
 
 from __future__ import annotations
@@ -25,9 +29,8 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data.records import Record
 from .world import WorldConfig
-from ..data.views import ViewConfig, encode_views, student_view, teacher_view
+from ..data.views import ViewConfig
 from .pretrain import DEMO_VIEWS, PretrainConfig, evaluate_views, labelled_stream, load_demo_model, supervised_step
-from ..rollout import sample
 
 LOSSES = {  # name -> (loss.kind, loss.alpha)
     "jsd": ("jsd", 0.5),
@@ -35,8 +38,9 @@ LOSSES = {  # name -> (loss.kind, loss.alpha)
     "fkl": ("jsd", 0.0),
     "topk": ("topk", 0.5),
     "sampled": ("sampled", 1.0),
+    "ce": ("ce", 0.5),
 }
-ARMS = ("opd", "continue", "offpolicy", "supervised", "opd+continue")
+ARMS = ("opd", "continue", "supervised", "opd+continue")
 
 
 @dataclass
@@ -49,20 +53,37 @@ class ArmConfig:
     warmup_steps: int = 5
     teacher: str = "frozen"  # frozen | ema | live
     ema_rate: float = 0.05
-    loss: str = "jsd"  # jsd | rkl | fkl | topk | sampled
+    loss: str = "jsd"  # jsd | rkl | fkl | topk | sampled | ce (cross-entropy on the teacher's tokens: source=teacher)
     top_k: int = 8
     temperature: float = 1.0
     eval_every: int = 50
     seed: int = 0
     easy_share: float = PretrainConfig().easy_share  # the `continue` arms' labelled mix (the checkpoint's own)
     crop_source: str = "box"  # the teacher's crop: "box" (the true evidence box) or a proposer's name (no boxes used)
+    source: str = "student"  # rollout.source: student (on-policy) | teacher (off-policy) | mix (per prompt)
+    student_fraction: float = 0.5  # rollout.student_fraction (source=mix)
+    teacher_greedy: bool = False  # teacher responses greedy (sequence KD) instead of sampled
+    drop_unanswered: bool = False  # rollout.drop_unanswered: leave teacher responses with no readable answer out
+    teacher_source: str = "box"  # views.teacher_source of the teacher's prompt: box | full | none | blur | mask
+    teacher_images: tuple[str, ...] = ()  # views.teacher_images: a multi-view teacher, e.g. ("crop", "full")
+    teacher_text: str | None = None  # views.teacher_text (e.g. a teacher-only suffix)
     world: WorldConfig = field(default_factory=WorldConfig)
 
-    def opd_config(self) -> Config:
+    def opd_config(self, views: ViewConfig = DEMO_VIEWS) -> Config:
+        """The `train` config of this arm's Vision-OPD steps; `views` = the study's views, the teacher's part replaced."""
+        from dataclasses import replace
+
         cfg = Config()
         kind, alpha = LOSSES[self.loss]
         cfg.loss.kind, cfg.loss.alpha, cfg.loss.top_k, cfg.loss.chunk_size = kind, alpha, self.top_k, None
-        cfg.rollout.samples_per_prompt, cfg.rollout.temperature, cfg.rollout.max_new_tokens = self.samples, self.temperature, 8
+        r = cfg.rollout
+        r.samples_per_prompt, r.temperature, r.max_new_tokens = self.samples, self.temperature, self.world.max_new_tokens
+        r.source, r.student_fraction, r.teacher_do_sample = self.source, self.student_fraction, not self.teacher_greedy
+        r.drop_unanswered = self.drop_unanswered
+        assert self.crop_source == "box" or self.teacher_source == "box", "crop_source and teacher_source: choose one"
+        source = "proposer" if self.crop_source != "box" else self.teacher_source
+        cfg.views = replace(views, teacher_source=source, teacher_images=tuple(self.teacher_images),
+                            teacher_text=self.teacher_text)
         cfg.teacher.mode, cfg.teacher.ema_rate = self.teacher, self.ema_rate
         cfg.optim.lr, cfg.optim.warmup_steps = self.lr, self.warmup_steps
         cfg.train.steps, cfg.train.prompts_per_step = self.steps, self.prompts
@@ -72,22 +93,12 @@ class ArmConfig:
     def label(self) -> str:
         if self.arm in ("opd", "opd+continue"):
             src = "" if self.crop_source == "box" else f", {self.crop_source} crops"
-            return f"{self.arm} ({self.loss}, {self.teacher} teacher{src})"
+            view = "" if self.teacher_source == "box" and not self.teacher_images else \
+                f", teacher sees {'+'.join(self.teacher_images) or self.teacher_source}"
+            tokens = "" if self.source == "student" else \
+                f", {self.source} tokens{' (greedy)' if self.teacher_greedy else ''}"
+            return f"{self.arm} ({self.loss}, {self.teacher} teacher{src}{view}{tokens})"
         return self.arm
-
-
-def _greedy_answers(model, processor, records: list[Record], views_cfg: ViewConfig, suppress) -> list[str | None]:
-    """The model's greedy answer on each record's crop, as the chosen option's text (None when unreadable)."""
-    from ..eval.choice import extract_choice
-
-    inputs = encode_views(processor, [teacher_view(r, views_cfg) for r in records])
-    ro = sample(model, processor, inputs, samples_per_prompt=1, max_new_tokens=8, suppress_ids=suppress, do_sample=False)
-    out = []
-    for r, ids, m in zip(records, ro.response_ids_B_T, ro.response_mask_B_T, strict=True):
-        text = processor.tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
-        letter = extract_choice(text, r.options)
-        out.append(None if letter is None else r.options["ABCDEFGHIJKLMNOPQRSTUVWXYZ".index(letter)])
-    return out
 
 
 def proposed_records(model, processor, records: list[Record], name: str, views: ViewConfig, cache_path: Path | None,
@@ -119,17 +130,13 @@ def run_arm(cfg: ArmConfig, model_dir: str | Path, opd_records: list[Record], ev
     seed_everything(cfg.seed)
     model, processor = load_demo_model(model_dir)
     suppress = vision_token_ids(unwrap(model), processor)
-    ocfg = cfg.opd_config()
-    ocfg.views = views
+    ocfg = cfg.opd_config(views)
     proposals = None
     if cfg.crop_source != "box" and cfg.arm in ("opd", "opd+continue"):
-        from dataclasses import replace
-
         opd_records, proposals = proposed_records(model, processor, opd_records, cfg.crop_source, views, proposal_cache,
                                                   progress)
         if not opd_records:
             raise ValueError(f"every {cfg.crop_source} proposal fell back to the full image: nothing to distil")
-        ocfg.views = replace(views, teacher_source="proposer")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(ocfg))
     teacher = Teacher(model, cfg.teacher if "opd" in cfg.arm else "frozen", cfg.ema_rate)
@@ -138,7 +145,8 @@ def run_arm(cfg: ArmConfig, model_dir: str | Path, opd_records: list[Record], ev
     # labelled streams: a fresh seed per arm seed, disjoint from the pre-training run's own stream (seed 0)
     labelled = labelled_stream(1000 + cfg.seed, cfg.world, views, cfg.easy_share)
     hard_labelled = labelled_stream(2000 + cfg.seed, cfg.world, views, 0.0, hard_full=True)
-    before = eval_first or evaluate_views(model, processor, eval_records, views)
+    n_tokens = cfg.world.max_new_tokens
+    before = eval_first or evaluate_views(model, processor, eval_records, views, max_new_tokens=n_tokens)
     curve = [{"step": 0, "full": before["full"], "crop": before["crop"], "seconds": 0.0}]
     t0 = time.perf_counter()
     train_s = 0.0
@@ -157,16 +165,10 @@ def run_arm(cfg: ArmConfig, model_dir: str | Path, opd_records: list[Record], ev
         elif cfg.arm == "supervised":
             items = [next(hard_labelled) for _ in range(n_items)]
             m["sft_loss"] = supervised_step(model, processor, [v for v, _ in items], [a for _, a in items], optimizer, scheduler=scheduler)
-        elif cfg.arm == "offpolicy":
-            batch = [opd_records[i] for i in stream.take(n_items)]
-            letters = _greedy_answers(teacher.module(), processor, batch, views, suppress)
-            keep = [(student_view(r, views), a) for r, a in zip(batch, letters, strict=True) if a is not None]
-            if keep:
-                m["sft_loss"] = supervised_step(model, processor, [v for v, _ in keep], [a for _, a in keep], optimizer, scheduler=scheduler)
         train_s += time.perf_counter() - ts
         logs.append({"step": step, **{k: v for k, v in m.items() if isinstance(v, (int, float))}})
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            ev = evaluate_views(model, processor, eval_records, views)
+            ev = evaluate_views(model, processor, eval_records, views, max_new_tokens=n_tokens)
             curve.append({"step": step, "full": ev["full"], "crop": ev["crop"], "seconds": round(train_s, 1)})
             bar.set_postfix(full=f"{ev['full']:.2f}", crop=f"{ev['crop']:.2f}")
     after = ev

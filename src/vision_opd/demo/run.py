@@ -112,7 +112,7 @@ def demo(out: str | Path = "runs/demo", *, model_dir: str | Path | None = None, 
     opd, held = prepare_data(out, world, n_opd, n_eval)
     print(f"[demo] model {model_dir}; {len(opd)} unlabelled hard images for Vision-OPD; {len(held)} held-out items")
     model, processor = load_demo_model(model_dir)
-    before = evaluate_views(model, processor, held, DEMO_VIEWS, progress=progress)
+    before = evaluate_views(model, processor, held, DEMO_VIEWS, progress=progress, max_new_tokens=world.max_new_tokens)
     print(f"[demo] before: full {before['full']:.3f}  crop {before['crop']:.3f}  gap {before['crop'] - before['full']:+.3f}")
     cfg = ArmConfig(arm="opd", steps=steps, eval_every=eval_every, seed=seed, lr=lr, teacher=teacher, loss=loss, world=world,
                     crop_source=crop_source,

@@ -5,15 +5,22 @@
     vision-opd demo --study --split val                      # design choices are made on val, never test
 
 Arms (all from the same pre-trained checkpoint, same steps and items per step, demo/arms.py):
-  opd            label-free Vision-OPD (JSD 0.5, frozen crop teacher): the demo
+  opd            label-free Vision-OPD (JSD 0.5, frozen crop teacher, the student's own samples): the demo
   continue       (a)  pre-training simply continued (labelled crops + easy full images)
-  offpolicy      (b)  off-policy self-distillation: the frozen model's greedy crop answers as SFT targets
+  seqkd          (b)  sequence-level KD: the frozen teacher's greedy crop answers, cross-entropy on their tokens
+                      (rollout.source=teacher, loss.kind=ce; 32 prompts x 1 answer per step, unreadable ones left out)
+  offpolicy-jsd, offpolicy-fkl    (b2) off-policy soft targets: JSD 0.5 / forward KL along the teacher's sampled answers
+  gkd-mix        (b3) GKD: per prompt the student's samples or the teacher's, half and half (JSD 0.5)
   supervised     (c)  hard full images WITH labels: the upper bound
   opd+continue   (c2) Vision-OPD and continued pre-training, one step of each per step
   opd-ema, opd-live               (d) teacher weights (frozen is `opd`)
   opd-rkl, opd-fkl, opd-topk, opd-sampled   (e) divergences (JSD 0.5 is `opd`)
-  opd-confidence, opd-attention   no boxes at all: the teacher's crop is the model's own proposal
+  opd-text, opd-blur, opd-mask, opd-full    (f) is it the crop? the teacher reads no image, the full image blurred
+                                  or half masked, or the full image itself (views.teacher_source)
+  opd-multiview                   (g) the teacher reads the crop and the full image in one prompt
+  opd-confidence, opd-attention, opd-rarity   no boxes at all: the teacher's crop is the model's own proposal
                                   (proposers/, computed once by the initial model and cached in --out)
+Every label-free arm is `train.vision_opd_step` with the arm's config (demo/arms.py).
 Writes study.json (every run, with per-question-type accuracies) and study.md (mean +- std over seeds) into --out.
 """
 
@@ -31,7 +38,10 @@ from .pretrain import DEMO_VIEWS, evaluate_views, load_demo_model
 STUDY_ARMS = {
     "opd": dict(arm="opd"),
     "continue": dict(arm="continue"),
-    "offpolicy": dict(arm="offpolicy"),
+    "seqkd": dict(arm="opd", source="teacher", loss="ce", teacher_greedy=True, drop_unanswered=True, prompts=32, samples=1),
+    "offpolicy-jsd": dict(arm="opd", source="teacher"),
+    "offpolicy-fkl": dict(arm="opd", source="teacher", loss="fkl"),
+    "gkd-mix": dict(arm="opd", source="mix", student_fraction=0.5),
     "supervised": dict(arm="supervised"),
     "opd+continue": dict(arm="opd+continue"),
     "opd-ema": dict(arm="opd", teacher="ema"),
@@ -40,13 +50,18 @@ STUDY_ARMS = {
     "opd-fkl": dict(arm="opd", loss="fkl"),
     "opd-topk": dict(arm="opd", loss="topk"),
     "opd-sampled": dict(arm="opd", loss="sampled"),
+    "opd-text": dict(arm="opd", teacher_source="none"),
+    "opd-blur": dict(arm="opd", teacher_source="blur"),
+    "opd-mask": dict(arm="opd", teacher_source="mask"),
+    "opd-full": dict(arm="opd", teacher_source="full"),
+    "opd-multiview": dict(arm="opd", teacher_images=("crop", "full")),
     "opd-confidence": dict(arm="opd", crop_source="confidence"),
     "opd-attention": dict(arm="opd", crop_source="attention"),
     "opd-rarity": dict(arm="opd", crop_source="rarity"),
 }
 DEFAULT_ARMS = list(STUDY_ARMS)
 # seconds per training step on 2 busy shared cores (docs/demo.md M7, M8; unloaded about half), for the estimate
-SECONDS_PER_STEP = {"opd": 1.0, "continue": 0.7, "offpolicy": 0.9, "supervised": 0.7, "opd+continue": 1.7}
+SECONDS_PER_STEP = {"opd": 1.0, "continue": 0.7, "supervised": 0.7, "opd+continue": 1.7}
 SECONDS_PER_EVAL = 15.0  # per 300 held-out items (both views)
 
 
@@ -69,7 +84,7 @@ def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 1
     world = world_of(model_dir)
     opd, held = prepare_data(out, world, n_opd, n_eval, eval_split_name=split)
     model, processor = load_demo_model(model_dir)
-    before = evaluate_views(model, processor, held, DEMO_VIEWS)
+    before = evaluate_views(model, processor, held, DEMO_VIEWS, max_new_tokens=world.max_new_tokens)
     print(f"[study] before ({split}): full {before['full']:.3f} crop {before['crop']:.3f}")
     results_path = out / "study.json"
     runs = json.loads(results_path.read_text())["runs"] if results_path.exists() else []

@@ -181,7 +181,7 @@ def response_text(item: Item, answers: str) -> str:
 
     Every content word is about the framed object, so in a hard full image each of them is a gap token (the
     student must find the frame to say it), while the template words are the same for every item. The final
-    "Answer: X" is what `eval.answers.extract_choice` reads (the last explicit answer statement wins).
+    "Answer: X" is what `eval.choice.extract_choice` reads (the last explicit answer statement wins).
     """
     value = item.options[item.answer]
     if answers == "short":

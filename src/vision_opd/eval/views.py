@@ -44,5 +44,6 @@ def view_of(record: Record, view: str, cfg: ViewConfig = ViewConfig()) -> View:
     if view == "redbox":
         return View([draw_red_box(full[0], record.box, expand_ratio=cfg.expand_ratio)], text)
     source = "proposer" if view == "proposed" else "box" if record.box is not None else "given"
-    crop = teacher_view(record, ViewConfig(**{**asdict(cfg), "teacher_source": source, "teacher_text": None})).images
+    crop = teacher_view(record, ViewConfig(**{**asdict(cfg), "teacher_source": source, "teacher_text": None,
+                                                "teacher_images": ()})).images
     return View(full + crop if view == "full+crop" else crop, text)

@@ -1,0 +1,163 @@
+"""Where the tokens come from (rollout.source) and what the loss reads, on tiny models through `vision_opd_step`."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vision_opd.config import ConfigError, load_config
+from vision_opd.data.views import encode_views, student_view, teacher_view
+from vision_opd.responses import student_prompts
+
+
+def _cfg(tmp_path, synth_dir, *extra):
+    return load_config(None, [
+        f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={tmp_path / 'run'}",
+        "train.prompts_per_step=3", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=5",
+        "train.micro_batch_size=4", "train.progress=false", "optim.warmup_steps=0", "optim.lr=1e-2",
+        "optim.weight_decay=0.0", "optim.grad_clip=0", "teacher.mode=frozen", "loss.chunk_size=3",
+        "views.teacher_pixels=12544", *extra])
+
+
+def _setup(cfg):
+    from vision_opd import train as T
+    from vision_opd.data.sources import load_train_records
+    from vision_opd.models.loading import load_model, vision_token_ids
+
+    T.seed_everything(cfg.train.seed)
+    model, proc = load_model(cfg.model, seed=cfg.train.seed, device=torch.device("cpu"))
+    records, _ = load_train_records(cfg.data, cfg.views)
+    teacher = T.Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))
+    return model, proc, records, teacher, opt, sched, vision_token_ids(model, proc)
+
+
+def _step(cfg, setup, records):
+    from vision_opd.train import vision_opd_step
+
+    model, proc, _, teacher, opt, sched, suppress = setup
+    return vision_opd_step(cfg, model, teacher, proc, records, opt, sched, suppress, torch.device("cpu"))
+
+
+def _greedy(model, proc, views, G, max_new_tokens, suppress):
+    from vision_opd.rollout import sample
+
+    ro = sample(model, proc, encode_views(proc, views), samples_per_prompt=G, max_new_tokens=max_new_tokens,
+                suppress_ids=suppress, do_sample=False)
+    return ro.response_ids_B_T, ro.response_mask_B_T
+
+
+def test_ce_on_teacher_tokens_equals_a_hand_made_sft_step(tmp_path, synth_dir):
+    """source=teacher, greedy teacher, loss.kind=ce: the step is exactly SFT on the teacher's greedy crop answers,
+    read by the student on the full image (F.cross_entropy, token mean, one SGD step of lr 1, so the update is
+    the gradient), written out by hand here."""
+    cfg = _cfg(tmp_path, synth_dir, "rollout.source=teacher", "rollout.teacher_do_sample=false", "loss.kind=ce")
+    model, proc, records, teacher, _, _, suppress = _setup(cfg)
+    sgd = torch.optim.SGD(model.parameters(), lr=1.0)
+    setup = (model, proc, records, teacher, sgd, torch.optim.lr_scheduler.LambdaLR(sgd, lambda s: 1.0), suppress)
+    before = copy.deepcopy(model.state_dict())
+    batch = records[:3]
+    hand = copy.deepcopy(model)
+    ids, mask = _greedy(teacher.module(), proc, [teacher_view(r, cfg.views) for r in batch], 2, 5, suppress)
+    s_in = encode_views(proc, [student_view(r, cfg.views) for r in batch])
+    rows = torch.arange(3).repeat_interleave(2)  # prompt-major, G = 2 identical greedy answers per prompt
+    extra = {k: torch.cat([s_in[k][rows], torch.zeros_like(ids)], 1) for k in ("mm_token_type_ids",) if k in s_in}
+    full_ids = torch.cat([s_in["input_ids"][rows], ids], 1)
+    attn = torch.cat([s_in["attention_mask"][rows], mask.long()], 1)
+    pix = torch.cat([s_in["pixel_values"].reshape(3, -1, s_in["pixel_values"].shape[-1])[r] for r in rows.tolist()])
+    Lp = s_in["input_ids"].shape[1]
+    hand.train()
+    logits = hand(input_ids=full_ids, attention_mask=attn, pixel_values=pix, image_grid_thw=s_in["image_grid_thw"][rows],
+                  **extra).logits[:, Lp - 1:Lp - 1 + ids.shape[1]]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids.masked_fill(mask == 0, -100).reshape(-1))
+    loss.backward()
+
+    res = _step(cfg, setup, batch)
+    assert torch.equal(res.rollout.response_ids_B_T[:, :ids.shape[1]], ids)  # the tokens are the teacher's
+    assert res.responses.from_teacher_B.all() and res.metrics["student_share"] == 0.0
+    assert res.metrics["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    grads = dict(hand.named_parameters())
+    assert len(grads) > 10 and all(p.grad is not None for p in grads.values())
+    for name, p in grads.items():  # SGD, lr 1: the step's update is minus its gradient
+        torch.testing.assert_close(before[name] - model.state_dict()[name], p.grad, rtol=1e-4, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("kind", ["jsd", "topk"])
+def test_teacher_tokens_with_identical_views_give_zero_divergence_at_step_zero(kind, tmp_path, synth_dir):
+    cfg = _cfg(tmp_path, synth_dir, "rollout.source=teacher", "views.teacher_source=full", f"loss.kind={kind}",
+               "loss.top_k=8")
+    setup = _setup(cfg)
+    m = _step(cfg, setup, setup[2][:3]).metrics
+    assert m["tokens"] > 0 and abs(m["loss"]) < 1e-6 and abs(m["kl"]) < 1e-6 and m["top1_agree"] == 1.0
+
+
+def test_mix_rows_come_from_their_source_and_the_fraction_is_honoured(tmp_path, synth_dir):
+    """source=mix, P=4, f=0.25: one student prompt per step (P f is whole), its rows are the student's own greedy
+    samples on the full image, the others the teacher's on its (text-only) view."""
+    cfg = _cfg(tmp_path, synth_dir, "rollout.source=mix", "rollout.student_fraction=0.25", "train.prompts_per_step=4",
+               "rollout.do_sample=false", "rollout.teacher_do_sample=false", "views.teacher_source=none", "optim.lr=0")
+    setup = _setup(cfg)
+    model, proc, records, teacher, *_, suppress = setup
+    batch = records[:4]
+    s_ids, _ = _greedy(model, proc, [student_view(r, cfg.views) for r in batch], 2, 5, suppress)
+    t_ids, _ = _greedy(teacher.module(), proc, [teacher_view(r, cfg.views) for r in batch], 2, 5, suppress)
+    assert not torch.equal(s_ids, t_ids[:, :s_ids.shape[1]])  # the two sources write different tokens here
+    for _ in range(3):
+        res = _step(cfg, setup, batch)
+        assert res.metrics["student_share"] == 0.25
+        by_teacher = res.responses.from_teacher_B
+        assert int((~by_teacher).sum()) == 2  # 1 prompt x G = 2
+        got = res.rollout.response_ids_B_T
+        for b in range(8):
+            want = t_ids[b] if by_teacher[b] else s_ids[b]
+            n = int(res.rollout.response_mask_B_T[b].sum())
+            assert torch.equal(got[b, :n], want[:n])
+
+
+def test_mix_fraction_in_expectation():
+    """k = floor(P f) + Bernoulli(frac): the share of student prompts over many steps is f (P f not whole)."""
+    torch.manual_seed(0)
+    shares = [student_prompts(4, 0.3).float().mean().item() for _ in range(4000)]
+    assert abs(sum(shares) / len(shares) - 0.3) < 0.01
+    assert set(shares) == {0.25, 0.5}  # never further than one prompt from P f
+    assert student_prompts(5, 1.0).all() and not student_prompts(5, 0.0).any()
+
+
+def test_left_out_responses_give_no_gradient(tmp_path, synth_dir):
+    """drop_unanswered: the random tiny teacher never writes a readable answer, so every response is left out of the
+    loss: no tokens, a zero gradient, and the rate is logged."""
+    cfg = _cfg(tmp_path, synth_dir, "rollout.source=teacher", "rollout.drop_unanswered=true")
+    setup = _setup(cfg)
+    m = _step(cfg, setup, setup[2][:3]).metrics
+    assert m["tokens"] == 0 and m["grad_norm"] == 0.0 and m["loss"] == 0.0
+    assert m["unanswered_rate"] == 1.0 and m["left_out"] == 6
+
+
+def test_degenerate_responses_are_counted_and_left_out(tmp_path, synth_dir):
+    """runaway_tokens=1 makes every response runaway: logged, and with drop_degenerate no token reaches the loss."""
+    cfg = _cfg(tmp_path, synth_dir, "rollout.runaway_tokens=1")
+    setup = _setup(cfg)
+    m = _step(cfg, setup, setup[2][:3]).metrics
+    assert m["runaway_rate"] == 1.0 and m["degenerate_rate"] == 1.0 and m["tokens"] > 0 and m["left_out"] == 0
+    cfg = _cfg(tmp_path, synth_dir, "rollout.runaway_tokens=1", "rollout.drop_degenerate=true")
+    m = _step(cfg, _setup(cfg), setup[2][:3]).metrics
+    assert m["tokens"] == 0 and m["left_out"] == 6 and m["grad_norm"] == 0.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loss.kind=ce"], "loss.kind=ce trains on the teacher's tokens"),
+    (["loss.kind=sampled", "rollout.source=mix"], "loss.kind=sampled estimates reverse KL"),
+    (["rollout.source=both"], "rollout.source='both': choose student, teacher or mix"),
+    (["rollout.student_fraction=1.5"], "rollout.student_fraction=1.5"),
+    (["views.teacher_source=none", "views.teacher_images=[crop,full]"], "views.teacher_images names crop"),
+    (["views.teacher_images=[crop,zoom]"], "views.teacher_images: unknown ['zoom']"),
+    (["views.teacher_source=fog"], "views.teacher_source='fog': choose box, given, proposer, full, none, blur, mask"),
+])
+def test_bad_source_and_view_settings_are_one_clear_line(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(None, overrides)
