@@ -67,6 +67,9 @@ class ArmConfig:
     teacher_source: str = "box"  # views.teacher_source of the teacher's prompt: box | full | none | blur | mask
     teacher_images: tuple[str, ...] = ()  # views.teacher_images: a multi-view teacher, e.g. ("crop", "full")
     teacher_text: str | None = None  # views.teacher_text (e.g. a teacher-only suffix)
+    blur_radius: float = 0.02  # views.blur_radius (share of the shorter side: 3.4 px on the 168 px canvas)
+    mask_ratio: float = 0.5  # views.mask_ratio: half of ...
+    mask_grid: int = 6  # ... the world's 6 x 6 object cells hidden (each object is either hidden or intact)
     world: WorldConfig = field(default_factory=WorldConfig)
 
     def opd_config(self, views: ViewConfig = DEMO_VIEWS) -> Config:
@@ -83,7 +86,8 @@ class ArmConfig:
         assert self.crop_source == "box" or self.teacher_source == "box", "crop_source and teacher_source: choose one"
         source = "proposer" if self.crop_source != "box" else self.teacher_source
         cfg.views = replace(views, teacher_source=source, teacher_images=tuple(self.teacher_images),
-                            teacher_text=self.teacher_text)
+                            teacher_text=self.teacher_text, blur_radius=self.blur_radius, mask_ratio=self.mask_ratio,
+                            mask_grid=self.mask_grid)
         cfg.teacher.mode, cfg.teacher.ema_rate = self.teacher, self.ema_rate
         cfg.optim.lr, cfg.optim.warmup_steps = self.lr, self.warmup_steps
         cfg.train.steps, cfg.train.prompts_per_step = self.steps, self.prompts
