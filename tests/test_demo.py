@@ -79,3 +79,46 @@ def test_shortened_study_with_proposed_crops(pretrained, tmp_path):
     assert "opd-rarity" in (out / "study.md").read_text()
     assert main(args) == 0  # all done: nothing is rerun
     assert len(json.loads((out / "study.json").read_text())["runs"]) == 3
+
+
+def test_study_off_policy_arms_run_through_the_training_step(pretrained, tmp_path):
+    """seqkd (the teacher's greedy answers, cross-entropy) and GKD's mix are `vision_opd_step` with the arm's config:
+    their logs carry the step's metrics (who wrote the tokens), not a separate supervised loop's."""
+    from vision_opd.demo.arms import ArmConfig, run_arm
+    from vision_opd.demo.run import prepare_data, world_of
+    from vision_opd.demo.study import STUDY_ARMS
+
+    opd, held = prepare_data(tmp_path, world_of(pretrained / "model"), 40, 4)
+    for name, share in (("seqkd", 0.0), ("gkd-mix", None), ("opd-multiview", 1.0)):
+        cfg = ArmConfig(**{**STUDY_ARMS[name], "steps": 1, "eval_every": 1})
+        r = run_arm(cfg, pretrained / "model", opd, held, progress=False)
+        log = r["log"][0]
+        assert "sft_loss" not in log and "student_share" in log and log["skipped"] == 0, name
+        assert share is None or log["student_share"] == share, name
+    assert ArmConfig(**STUDY_ARMS["seqkd"]).opd_config().loss.kind == "ce"
+
+
+def test_long_answer_world_pretrains_and_reads_back(tmp_path):
+    """`vision-opd pretrain --answers sentence`: the checkpoint records its world, and the demo reads it back (with
+    the longer generation budget its sentences need)."""
+    import random
+
+    from vision_opd.demo.run import world_of
+    from vision_opd.demo.world import WorldConfig, draw_item, response_text
+    from vision_opd.eval.choice import extract_choice
+    from vision_opd.eval.extraction import LETTERS
+
+    world = WorldConfig(answers="sentence")
+    rng = random.Random(0)
+    for qtype in ("colour", "dot", "digit", "shape"):
+        for _ in range(5):
+            it = draw_item(rng, world, qtype)
+            text = response_text(it, "sentence")
+            assert text.startswith(f"{it.colour} object") and text.endswith(f"Answer: {it.options[it.answer]}")
+            assert extract_choice(text, it.options) == LETTERS[it.answer]  # read back as evaluation reads it
+    assert main(["pretrain", "--out", str(tmp_path), "--answers", "sentence", "--max-steps", "2", "--eval-every", "2",
+                 "--n-val", "3", "--batch-size", "2", "--no-progress"]) == 0
+    got = world_of(tmp_path / "model")
+    assert got.answers == "sentence" and got.max_new_tokens == 24 and WorldConfig().max_new_tokens == 8
+    with pytest.raises(ValueError, match="WorldConfig.answers='long'"):
+        WorldConfig(answers="long")
