@@ -169,6 +169,9 @@ class Config:
         need(self.loss.kind != "sampled" or r.source == "student",
              "loss.kind=sampled estimates reverse KL from the student's own samples: it needs rollout.source=student "
              f"(got {r.source!r}); use jsd, topk or ce on teacher tokens")
+        need(r.source != "mix" or self.train.distributed != "fsdp",
+             "rollout.source=mix with train.distributed=fsdp: the sharded student generates in lockstep on every rank, "
+             "and a mix gives the ranks different prompts to answer; use train.distributed=ddp")
         need(r.repeat_ngram >= 1 and r.repeat_count >= 0 and r.runaway_tokens >= 0,
              "rollout.repeat_ngram must be >= 1, rollout.repeat_count and rollout.runaway_tokens >= 0")
         need(self.train.dump_tokens_every >= 0, "train.dump_tokens_every must be >= 0 (0 = never)")
