@@ -98,9 +98,9 @@ def test_study_off_policy_arms_run_through_the_training_step(pretrained, tmp_pat
     assert ArmConfig(**STUDY_ARMS["seqkd"]).opd_config().loss.kind == "ce"
 
 
-def test_long_answer_world_pretrains_and_reads_back(tmp_path):
-    """`vision-opd pretrain --answers sentence`: the checkpoint records its world, and the demo reads it back (with
-    the longer generation budget its sentences need)."""
+def test_long_answer_world_pretrains_and_reads_back(pretrained, tmp_path):
+    """`vision-opd pretrain --answers sentence --init CKPT`: continued from a checkpoint, the new one records its world,
+    and the demo reads it back (with the longer generation budget its sentences need)."""
     import random
 
     from vision_opd.demo.run import world_of
@@ -116,9 +116,10 @@ def test_long_answer_world_pretrains_and_reads_back(tmp_path):
             text = response_text(it, "sentence")
             assert text.startswith(f"{it.colour} object") and text.endswith(f"Answer: {it.options[it.answer]}")
             assert extract_choice(text, it.options) == LETTERS[it.answer]  # read back as evaluation reads it
-    assert main(["pretrain", "--out", str(tmp_path), "--answers", "sentence", "--max-steps", "2", "--eval-every", "2",
-                 "--n-val", "3", "--batch-size", "2", "--no-progress"]) == 0
+    assert main(["pretrain", "--out", str(tmp_path), "--answers", "sentence", "--init", str(pretrained / "model"),
+                 "--max-steps", "2", "--eval-every", "2", "--n-val", "3", "--batch-size", "2", "--no-progress"]) == 0
     got = world_of(tmp_path / "model")
+    assert json.loads((tmp_path / "pretrain_curve.json").read_text())["config"]["init"] == str(pretrained / "model")
     assert got.answers == "sentence" and got.max_new_tokens == 24 and WorldConfig().max_new_tokens == 8
     with pytest.raises(ValueError, match="WorldConfig.answers='long'"):
         WorldConfig(answers="long")

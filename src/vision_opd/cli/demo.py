@@ -16,7 +16,8 @@ def cmd_pretrain(args) -> int:
         raise SystemExit(f"--question-types: unknown {bad}; choose from {', '.join(ALL_QUESTION_TYPES)}")
     cfg = PretrainConfig(max_steps=args.max_steps, time_budget_s=args.time_budget, eval_every=args.eval_every,
                          patience=args.patience, n_val=args.n_val, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-                         world=WorldConfig(question_types=types, answers=args.answers), easy_share=args.easy_share, device=args.device)
+                         world=WorldConfig(question_types=types, answers=args.answers), easy_share=args.easy_share, device=args.device,
+                         init=args.init)
     s = pretrain(args.out, cfg, progress=not args.no_progress)
     last = s["curve"][-1]
     print(f"pre-trained {s['steps']} steps in {s['seconds']} s: validation full {last['val_full']:.3f}, crop {last['val_crop']:.3f}")
@@ -75,6 +76,8 @@ def add_parsers(sub) -> None:
     pt.add_argument("--answers", default="short", choices=["short", "sentence"],
                     help="labelled responses: the option's text, or a short sentence naming two attributes then "
                          "'Answer: X' (the long-answer world, docs/demo.md)")
+    pt.add_argument("--init", default=None, help="start from this demo checkpoint instead of random weights (e.g. "
+                    "src/vision_opd/assets/demo_model with --answers sentence: the long-answer world)")
     pt.add_argument("--device", default="cpu", help="cpu or cuda")
     pt.add_argument("--copy-to", default=None, help="also copy the checkpoint here (e.g. src/vision_opd/assets/demo_model)")
     pt.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -66,6 +66,8 @@ class PretrainConfig:
     n_val: int = 96  # validation items (hard full images and their crops)
     seed: int = 0  # model init and data order
     device: str = "cpu"  # where the tiny model trains (cpu; cuda works too, e.g. for world sweeps)
+    init: str | None = None  # start from this demo checkpoint instead of random weights (e.g. the shipped one, to teach
+    # it another answer style: the long-answer world, docs/demo.md); None = from scratch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,7 +164,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), *, vie
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model, processor = build_demo_model(cfg.seed)
+    model, processor = load_demo_model(cfg.init) if cfg.init else build_demo_model(cfg.seed)
     model.to(cfg.device)
     val = eval_split(out / "data", "val", cfg.n_val, cfg.world)
     val_easy = eval_split(out / "data_easy", "val", max(3, cfg.n_val // 2), cfg.world.easy())
