@@ -68,7 +68,8 @@ def test_shortened_study_with_proposed_crops(pretrained, tmp_path):
     pre-training), resumes without redoing finished runs, and records per-type accuracies and proposal scores."""
     out = tmp_path / "study"
     args = ["demo", "--study", "--out", str(out), "--model", str(pretrained / "model"), "--steps", "1", "--seeds", "1",
-            "--n-eval", "6", "--n-opd", "8", "--arms", "opd,opd-rarity,continue", "--split", "val", "--no-progress"]
+            "--n-eval", "6", "--n-opd", "8", "--arms", "opd,opd-rarity,continue", "--split", "val", "--no-progress",
+            "--dump-tokens-every", "1"]
     assert main(args) == 0
     runs = json.loads((out / "study.json").read_text())["runs"]
     assert [r["name"] for r in runs] == ["opd", "opd-rarity", "continue"]
@@ -77,6 +78,9 @@ def test_shortened_study_with_proposed_crops(pretrained, tmp_path):
     assert rar["proposals"]["mean_forward_passes"] == 1.0 and (out / "proposals_rarity.jsonl").exists()
     assert runs[0]["proposals"] is None and set(runs[0]["per_type_after"]["full"]) <= {"colour", "dot", "digit"}
     assert "opd-rarity" in (out / "study.md").read_text()
+    assert (out / "tokens" / "opd_s0" / "tokens.jsonl").stat().st_size > 0  # the label-free arms' token dumps
+    assert not (out / "tokens" / "continue_s0").exists()
+    assert main(["inspect", str(out / "tokens" / "opd_s0")]) == 0
     assert main(args) == 0  # all done: nothing is rerun
     assert len(json.loads((out / "study.json").read_text())["runs"]) == 3
 

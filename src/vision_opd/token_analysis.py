@@ -81,14 +81,19 @@ def analyse(rows: list[dict], value: str = "divergence", steps: tuple[int, int] 
         raise ValueError("no dumped tokens in that range: was the run trained with train.dump_tokens_every > 0?")
     by_pos = sorted(breakdown(obs, lambda o: position_bin(o.position)),
                     key=lambda r: int(r["bin"].split("-")[0]))
-    order = [label for label, _ in PROB_BINS]
-    by_prob = sorted(breakdown(obs, lambda o: prob_bin(o.student_logprob)), key=lambda r: order.index(r["bin"]))
-    by_answer = sorted(breakdown(obs, lambda o: "answer" if o.in_answer else "other"), key=lambda r: r["bin"])
+    by_prob = _every_bin(breakdown(obs, lambda o: prob_bin(o.student_logprob)), [label for label, _ in PROB_BINS])
+    by_answer = _every_bin(breakdown(obs, lambda o: "answer" if o.in_answer else "other"), ["answer", "other"])
     out = {"value": value, "tokens": len(obs), "responses": len(rows), "steps": sorted({r["step"] for r in rows}), "mean": sum(o.value for o in obs) / len(obs),
            "by_position": by_pos, "by_student_prob": by_prob, "answer_vs_other": by_answer}
     if len({o.source for o in obs}) > 1:
         out["by_source"] = breakdown(obs, lambda o: o.source)
     return out
+
+
+def _every_bin(rows: list[dict], order: list[str]) -> list[dict]:
+    """The rows in `order`, with empty bins as zero rows (so runs line up bin by bin)."""
+    have = {r["bin"]: r for r in rows}
+    return [have.get(k, {"bin": k, "tokens": 0, "token_share": 0.0, "mean": 0.0, "value_share": 0.0}) for k in order]
 
 
 def table(title: str, rows: list[dict]) -> str:

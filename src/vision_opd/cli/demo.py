@@ -43,7 +43,8 @@ def cmd_demo(args) -> int:
         from ..demo.study import study
 
         study(args.out, seeds=args.seeds, steps=args.steps, model_dir=args.model, n_eval=args.n_eval, n_opd=args.n_opd,
-              arms=args.arms, split=args.split, eval_every=args.eval_every, progress=not args.no_progress)
+              arms=args.arms, split=args.split, eval_every=args.eval_every, progress=not args.no_progress,
+              dump_tokens_every=args.dump_tokens_every)
         return 0
     demo(args.out, model_dir=args.model, do_pretrain=args.pretrain, steps=args.steps, eval_every=args.eval_every,
          n_eval=args.n_eval, n_opd=args.n_opd, seed=args.seed, lr=args.lr, teacher=args.teacher, loss=args.loss,
@@ -103,6 +104,8 @@ def add_parsers(sub) -> None:
     d.add_argument("--seeds", type=int, default=3, help="--study: seeds per arm")
     d.add_argument("--arms", default=None, help="--study: comma-separated arm names (default: all; see docs/demo.md)")
     d.add_argument("--split", default="test", choices=["val", "test"], help="--study: evaluation split (val for design choices)")
+    d.add_argument("--dump-tokens-every", type=int, default=0, help="--study: write each label-free arm's tokens every N "
+                   "steps to --out/tokens/ARM_sSEED/tokens.jsonl (for vision-opd inspect)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     d.set_defaults(func=cmd_demo)

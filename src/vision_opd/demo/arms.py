@@ -118,12 +118,14 @@ def proposed_records(model, processor, records: list[Record], name: str, views: 
 
 def run_arm(cfg: ArmConfig, model_dir: str | Path, opd_records: list[Record], eval_records: list[Record], *,
             views: ViewConfig = DEMO_VIEWS, progress: bool = True, eval_first: dict | None = None,
-            proposal_cache: Path | None = None) -> dict:
+            proposal_cache: Path | None = None, tokens_dir: Path | None = None, dump_every: int = 0) -> dict:
     """Train one arm from the checkpoint in model_dir; returns {"curve": [...], "before", "after", "seconds"}.
 
     cfg.crop_source other than "box": the initial model proposes every Vision-OPD record's crop first (cached in
     `proposal_cache`), the teacher reads those crops, and records whose proposal fell back are left out. The
-    held-out crop accuracy is always measured on the true boxes (the reference the gap is defined by)."""
+    held-out crop accuracy is always measured on the true boxes (the reference the gap is defined by).
+    dump_every > 0: every dump_every Vision-OPD steps, the step's tokens go to tokens_dir/tokens.jsonl (token_dump.py;
+    `vision-opd inspect tokens_dir` reads them)."""
     from ..models.parts import unwrap
     from ..models.loading import vision_token_ids
     from ..teacher import Teacher
@@ -161,7 +163,14 @@ def run_arm(cfg: ArmConfig, model_dir: str | Path, opd_records: list[Record], ev
         m: dict = {}
         if cfg.arm in ("opd", "opd+continue"):
             batch = [opd_records[i] for i in stream.take(cfg.prompts)]
-            m = vision_opd_step(ocfg, model, teacher, processor, batch, optimizer, scheduler, suppress, torch.device("cpu")).metrics
+            res = vision_opd_step(ocfg, model, teacher, processor, batch, optimizer, scheduler, suppress, torch.device("cpu"))
+            m = res.metrics
+            if dump_every and step % dump_every == 0:
+                from ..token_dump import token_rows, write_token_rows
+
+                Path(tokens_dir).mkdir(parents=True, exist_ok=True)
+                write_token_rows(Path(tokens_dir) / "tokens.jsonl", step, token_rows(
+                    processor, batch, res.rollout, res.token_values, res.responses.from_teacher_B))
         if cfg.arm in ("continue", "opd+continue"):
             items = [next(labelled) for _ in range(n_items)]
             m["sft_loss"] = supervised_step(model, processor, [v for v, _ in items], [a for _, a in items], optimizer,

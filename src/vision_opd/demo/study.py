@@ -21,7 +21,8 @@ Arms (all from the same pre-trained checkpoint, same steps and items per step, d
   opd-confidence, opd-attention, opd-rarity   no boxes at all: the teacher's crop is the model's own proposal
                                   (proposers/, computed once by the initial model and cached in --out)
 Every label-free arm is `train.vision_opd_step` with the arm's config (demo/arms.py).
-Writes study.json (every run, with per-question-type accuracies) and study.md (mean +- std over seeds) into --out.
+Writes study.json (every run, with per-question-type accuracies) and study.md (mean +- std over seeds) into --out;
+with --dump-tokens-every N also --out/tokens/ARM_sSEED/tokens.jsonl (`vision-opd inspect` reads them).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 150, eval_every: int = 50,
           model_dir: str | Path | None = None, n_eval: int = 300, n_opd: int = 1200, arms: str | None = None,
-          split: str = "test", progress: bool = True) -> dict:
+          split: str = "test", progress: bool = True, dump_tokens_every: int = 0) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = arms.split(",") if arms else list(DEFAULT_ARMS)
@@ -97,7 +98,8 @@ def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 1
             cfg = ArmConfig(seed=seed, steps=steps, eval_every=eval_every, world=world, easy_share=easy_share_of(model_dir),
                             **STUDY_ARMS[name])
             r = run_arm(cfg, model_dir, opd, held, views=DEMO_VIEWS, progress=progress, eval_first=before,
-                        proposal_cache=out / f"proposals_{cfg.crop_source}.jsonl")
+                        proposal_cache=out / f"proposals_{cfg.crop_source}.jsonl",
+                        tokens_dir=out / "tokens" / f"{name}_s{seed}", dump_every=dump_tokens_every)
             row = {"name": name, "seed": seed, "steps": steps, "split": split, "full_before": before["full"],
                    "crop_before": before["crop"], "full_after": r["after"]["full"], "crop_after": r["after"]["crop"],
                    "per_type_before": {"full": before["full_per_category"], "crop": before["crop_per_category"]},
