@@ -149,6 +149,39 @@ def test_degenerate_responses_are_counted_and_left_out(tmp_path, synth_dir):
     assert m["tokens"] == 0 and m["left_out"] == 6 and m["grad_norm"] == 0.0
 
 
+@pytest.mark.parametrize("overrides", [
+    ["rollout.source=teacher", "loss.kind=ce"],
+    ["rollout.source=mix", "views.teacher_source=none"],
+    ["rollout.source=teacher", "views.teacher_images=[crop,full]"],
+], ids=["teacher-ce", "mix-text-only-teacher", "teacher-multi-view"])
+def test_token_sources_and_teacher_views_with_shared_prompts_equal_per_row_scoring(overrides, tmp_path, synth_dir,
+                                                                                   monkeypatch):
+    """train.share_prompts (each prompt scored once for its rows) gives the per-row step for teacher tokens, a mix
+    with a text-only teacher and a multi-view teacher: the same tokens, loss and update (SGD, lr 1: the gradient)."""
+    import vision_opd.scoring as S
+
+    calls = []
+    shared_hidden = S.shared_response_hidden
+    monkeypatch.setattr(S, "shared_response_hidden", lambda *a, **k: calls.append(1) or shared_hidden(*a, **k))
+    out = {}
+    for shared in (True, False):
+        calls.clear()
+        cfg = _cfg(tmp_path, synth_dir, *overrides, f"train.share_prompts={str(shared).lower()}")
+        model, proc, records, teacher, _, _, suppress = _setup(cfg)
+        sgd = torch.optim.SGD(model.parameters(), lr=1.0)
+        setup = (model, proc, records, teacher, sgd, torch.optim.lr_scheduler.LambdaLR(sgd, lambda s: 1.0), suppress)
+        before = copy.deepcopy(model.state_dict())
+        res = _step(cfg, setup, records[:3])
+        assert bool(calls) == shared  # both views went through the shared path, or neither
+        out[shared] = res.rollout.response_ids_B_T, res.metrics, {k: before[k] - v for k, v in model.state_dict().items()}
+    (ids_s, m_s, up_s), (ids_r, m_r, up_r) = out[True], out[False]
+    assert torch.equal(ids_s, ids_r) and m_s["tokens"] == m_r["tokens"] > 0
+    assert m_s["loss"] == pytest.approx(m_r["loss"], rel=1e-4) and m_s["kl"] == pytest.approx(m_r["kl"], rel=1e-4, abs=1e-7)
+    assert any(u.abs().max() > 0 for u in up_r.values())
+    for name, u in up_r.items():
+        torch.testing.assert_close(up_s[name], u, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["loss.kind=ce"], "loss.kind=ce trains on the teacher's tokens"),
     (["loss.kind=sampled", "rollout.source=mix"], "loss.kind=sampled estimates reverse KL"),
