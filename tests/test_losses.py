@@ -478,21 +478,27 @@ def test_chunked_paths_stay_float32_under_autocast():
 
 @pytest.mark.parametrize("chunk_size", [None, 1, 3, 100])
 @pytest.mark.parametrize("kind", KINDS)
-def test_sampled_token_logprobs_of_both_views(kind, chunk_size):
-    """student_logprob / teacher_logprob = log_softmax(logits / T) at the sampled id, on both paths."""
+def test_per_token_logprobs_and_entropies_of_both_views(kind, chunk_size):
+    """student_logprob / teacher_logprob = log_softmax(logits / T) at the sampled id and student_entropy /
+    teacher_entropy = -sum p log p of it, on both paths, without grad."""
     temperature = 0.7
     hs, ht, w, b, w_teacher, ids = _hidden_case()
     spec = DivergenceSpec(kind, alpha=0.5, temperature=temperature, top_k=5, chunk_size=chunk_size)
     zs, zt = hs @ w.T + b, ht @ w_teacher.T
-    expected_s = F.log_softmax(zs / temperature, dim=-1).gather(-1, ids[:, None]).squeeze(-1)
-    expected_t = F.log_softmax(zt / temperature, dim=-1).gather(-1, ids[:, None]).squeeze(-1)
+    ls, lt = F.log_softmax(zs / temperature, dim=-1), F.log_softmax(zt / temperature, dim=-1)
+    expected = {"student_logprob": ls.gather(-1, ids[:, None]).squeeze(-1),
+                "teacher_logprob": lt.gather(-1, ids[:, None]).squeeze(-1),
+                "student_entropy": -(ls.exp() * ls).sum(-1), "teacher_entropy": -(lt.exp() * lt).sum(-1)}
     _, from_logits = token_divergence(zs.requires_grad_(True), zt, ids, spec)
     _, from_hidden = token_divergence_from_hidden(hs, ht, w, ids, spec, lm_head_bias=b, teacher_lm_head_weight=w_teacher)
     for metrics in (from_logits, from_hidden):
-        torch.testing.assert_close(metrics["student_logprob"], expected_s, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(metrics["teacher_logprob"], expected_t, rtol=1e-5, atol=1e-5)
-        assert not metrics["student_logprob"].requires_grad and not metrics["teacher_logprob"].requires_grad
-    assert not torch.allclose(expected_s, expected_t)  # the two views differ: the check can tell them apart
+        for name, want in expected.items():
+            torch.testing.assert_close(metrics[name], want, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+            assert not metrics[name].requires_grad
+    for view in ("logprob", "entropy"):  # the two views differ: the check can tell them apart
+        assert not torch.allclose(expected[f"student_{view}"], expected[f"teacher_{view}"])
+    _, uniform = token_divergence(torch.zeros(3, 7), torch.zeros(3, 7), ids[:3] % 7, DivergenceSpec(kind, top_k=2))
+    torch.testing.assert_close(uniform["student_entropy"], torch.full((3,), math.log(7)))  # by hand: log V
 
 
 def test_sampled_token_logprobs_need_the_ids():
@@ -502,27 +508,6 @@ def test_sampled_token_logprobs_need_the_ids():
         assert set(metrics) == {"reverse_kl", "top1_agree", "student_entropy", "teacher_entropy"}
     with pytest.raises(AssertionError, match="sampled_ids must be integer"):
         token_divergence(zs, zt, torch.zeros(5, dtype=torch.long), DivergenceSpec("jsd"))
-
-
-@pytest.mark.parametrize("chunk_size", [None, 1, 3, 100])
-@pytest.mark.parametrize("kind", KINDS)
-def test_entropies_of_both_views(kind, chunk_size):
-    """student_entropy / teacher_entropy = -sum p log p of log_softmax(logits / T), on both paths."""
-    temperature = 0.7
-    hs, ht, w, b, w_teacher, ids = _hidden_case()
-    spec = DivergenceSpec(kind, alpha=0.5, temperature=temperature, top_k=5, chunk_size=chunk_size)
-    zs, zt = hs @ w.T + b, ht @ w_teacher.T
-    ls, lt = F.log_softmax(zs / temperature, dim=-1), F.log_softmax(zt / temperature, dim=-1)
-    expected_s, expected_t = -(ls.exp() * ls).sum(-1), -(lt.exp() * lt).sum(-1)
-    _, from_logits = token_divergence(zs.requires_grad_(True), zt, ids, spec)
-    _, from_hidden = token_divergence_from_hidden(hs, ht, w, ids, spec, lm_head_bias=b, teacher_lm_head_weight=w_teacher)
-    for metrics in (from_logits, from_hidden):
-        torch.testing.assert_close(metrics["student_entropy"], expected_s, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(metrics["teacher_entropy"], expected_t, rtol=1e-5, atol=1e-5)
-        assert not metrics["student_entropy"].requires_grad
-    assert not torch.allclose(expected_s, expected_t)
-    _, uniform = token_divergence(torch.zeros(3, 7), torch.zeros(3, 7), ids[:3] % 7, DivergenceSpec(kind, top_k=2))
-    torch.testing.assert_close(uniform["student_entropy"], torch.full((3,), math.log(7)))  # by hand: log V
 
 
 @pytest.mark.parametrize("chunk_size", [None, 2, 100])
