@@ -145,8 +145,20 @@ def test_degenerate_responses_are_counted_and_left_out(tmp_path, synth_dir):
     m = _step(cfg, setup, setup[2][:3]).metrics
     assert m["runaway_rate"] == 1.0 and m["degenerate_rate"] == 1.0 and m["tokens"] > 0 and m["left_out"] == 0
     cfg = _cfg(tmp_path, synth_dir, "rollout.runaway_tokens=1", "rollout.drop_degenerate=true")
-    m = _step(cfg, _setup(cfg), setup[2][:3]).metrics
+    setup = _setup(cfg)
+    res = _step(cfg, setup, setup[2][:3])
+    m = res.metrics
     assert m["tokens"] == 0 and m["left_out"] == 6 and m["grad_norm"] == 0.0
+    # samples.jsonl: a left-out response keeps its tokens, with no values (it was not scored), and the report shows
+    # it uncoloured rather than as an inconsistent row
+    from vision_opd.report.tokens import TokenScale, coloured_tokens
+    from vision_opd.run_log import sample_rows
+
+    rows = sample_rows(setup[1], setup[2][:3], res.rollout, res.token_values)
+    assert len(rows) == 4 and all(r["left_out"] and r["tokens"] and r["token_kl"] is None for r in rows)
+    html = coloured_tokens(rows[0]["tokens"], rows[0]["token_kl"], rows[0]["student_logprob"],
+                           rows[0]["teacher_logprob"], TokenScale.of(rows))
+    assert "inconsistent" not in html and html.count("<span") == len(rows[0]["tokens"])
 
 
 @pytest.mark.parametrize("overrides", [

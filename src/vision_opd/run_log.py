@@ -145,18 +145,22 @@ def sample_rows(processor, records, rollout, token_values: dict[str, list], k: i
 
     `token_values` holds per-sample lists of per-token values by metric name: `reverse_kl` (written as
     `token_kl`, KL(S||T) over the vocabulary), `student_logprob` and `teacher_logprob` (the sampled token's
-    log-prob under each view, at the rollout temperature).
+    log-prob under each view, at the rollout temperature). A response left out of the loss (rollout.drop_unanswered,
+    rollout.drop_degenerate) was not scored: its values are null and `left_out` is true.
     """
     rows = []
     for b in range(min(k, rollout.response_ids_B_T.shape[0])):
         n = int(rollout.response_mask_B_T[b].sum().item())
         ids = rollout.response_ids_B_T[b, :n].tolist()
+        left_out = len(token_values["reverse_kl"][b]) != n
+        values = {out: None if left_out else [round(x, 5) for x in token_values[name][b]]
+                  for out, name in (("token_kl", "reverse_kl"), ("student_logprob", "student_logprob"),
+                                    ("teacher_logprob", "teacher_logprob"))}
         rows.append({
             "id": records[int(rollout.prompt_index_B[b])].id,
             "response": processor.tokenizer.decode(ids, skip_special_tokens=False),
             "tokens": [processor.tokenizer.decode([t]) for t in ids],
-            "token_kl": [round(x, 5) for x in token_values["reverse_kl"][b]],
-            **{name: [round(x, 5) for x in token_values[name][b]] for name in ("student_logprob", "teacher_logprob")},
+            **values, "left_out": left_out,
         })
     return rows
 
