@@ -40,10 +40,15 @@ CURVES = [  # (title, [(metric key, label, style)], ylim, log scale)
     ("learning rate", [("lr", "lr", "-")], None, False),
     ("held-out accuracy (greedy)", [("eval_full_acc", "full image", "o-"), ("eval_crop_acc", "crop", "o--")],
      (-0.02, 1.02), False),
+    ("responses (share of the step's)", [("student_share", "prompts answered by the student", "-"),
+                                         ("repetitive_rate", "repetitive", "-"), ("runaway_rate", "runaway", "--"),
+                                         ("degenerate_rate", "degenerate", "-"),
+                                         ("unanswered_rate", "teacher answers unreadable", "--")], (-0.02, 1.02), False),
     ("seconds per step", [("sec_step", "step", "-"), ("sec_rollout", "rollout", "-"), ("sec_teacher", "teacher", "-"),
                           ("sec_student", "student", "-")], None, False),
 ]
-NOT_CURVES = {"step", "skipped", "tokens", "bad_records", "sec_views", "sec_optim", "eval_seconds", "collapse"}
+NOT_CURVES = {"step", "skipped", "tokens", "bad_records", "sec_views", "sec_optim", "eval_seconds", "collapse",
+              "left_out"}
 GLANCE = [("loss", "loss"), ("kl", "KL per token"), ("response_len", "response length"),
           ("truncation_rate", "truncation rate"), ("top1_agree", "top-1 agreement"), ("grad_norm", "grad norm")]
 _SPECIAL = re.compile(r"<\|[^|<>]{1,40}\|>")
