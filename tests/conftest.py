@@ -74,3 +74,31 @@ def report_demo(tmp_path_factory):
     assert main(["demo", "--out", str(out), "--steps", "2", "--eval-every", "1", "--n-eval", "8", "--n-opd", "8",
                  "--no-progress"]) == 0
     return out
+
+
+# ----------------------------------------------------------------------------- the vLLM tests (`make test-vllm`)
+# Marked `vllm`; where vLLM is not installed they skip with the reason. With VISION_OPD_REQUIRE_VLLM=1 (set by
+# `make test-vllm`) a skipped vLLM test fails, and so does a run that collected none.
+REQUIRE_VLLM = os.environ.get("VISION_OPD_REQUIRE_VLLM") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_VLLM and report.skipped and item.get_closest_marker("vllm") is not None:
+        report.outcome = "failed"
+        report.longrepr = f"VISION_OPD_REQUIRE_VLLM=1 but this vLLM test was skipped: {report.longrepr}"
+
+
+def pytest_collectreport(report):
+    if REQUIRE_VLLM and report.skipped:
+        report.outcome = "failed"  # a module-level skip (vLLM not importable) is a failure here
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if REQUIRE_VLLM:
+        n = sum(1 for item in session.items if item.get_closest_marker("vllm") is not None)
+        if n == 0:
+            print("\nVISION_OPD_REQUIRE_VLLM=1 but no vLLM test was collected")
+            session.exitstatus = 1

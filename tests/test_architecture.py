@@ -82,7 +82,7 @@ GRAPH = _graph()
 
 CORE = ("vision_opd.data", "vision_opd.models", "vision_opd.scoring", "vision_opd.scoring_shared", "vision_opd.prefix_cache",
         "vision_opd.losses", "vision_opd.losses_chunked",
-        "vision_opd.divergence", "vision_opd.rollout", "vision_opd.teacher", "vision_opd.train", "vision_opd.checkpoint",
+        "vision_opd.divergence", "vision_opd.rollout", "vision_opd.mismatch", "vision_opd.teacher", "vision_opd.train", "vision_opd.checkpoint",
         "vision_opd.distributed", "vision_opd.guards", "vision_opd.stream", "vision_opd.run_log", "vision_opd.config",
         "vision_opd.proposers", "vision_opd.eval", "vision_opd.report")
 
