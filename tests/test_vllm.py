@@ -167,19 +167,19 @@ def test_lora_sync_pushes_merged_weights_and_leaves_the_model_unmerged(long_reco
     from vision_opd.models.lora import apply_lora
 
     model, proc = _tiny("qwen2_5_vl")
-    peft_model = apply_lora(model, 4, 8)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)  # peft starts B at zero: a trained adapter is not
-    base_before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "base_layer" in n}
     views = [student_view(r) for r in long_records[:3]]
     inputs = encode_views(proc, views)
     d = _decoding(proc, model, samples_per_prompt=1, max_new_tokens=10)
     engine = VLLMEngine(model, proc, d, VLLMConfig(), seed=0)  # the base weights
     try:
         base_out = engine.sample(model, inputs, views)
+        peft_model = apply_lora(model, 4, 8)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5)  # peft starts B at zero: a trained adapter is not
+        base_before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "base_layer" in n}
         engine.sync(peft_model)
         lora_out = engine.sample(peft_model, inputs, views)
     finally:

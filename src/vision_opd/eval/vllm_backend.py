@@ -66,7 +66,7 @@ class VLLMGenerator:
 
     def __init__(self, model: str, *, max_new_tokens: int = 32, min_pixels: int | None = None,
                  max_pixels: int | None = None, enable_thinking: bool | None = None, dtype: str | None = None,
-                 max_model_len: int = 8192, max_images_per_prompt: int = 2, seed: int = 0):
+                 max_model_len: int | None = None, max_images_per_prompt: int = 2, seed: int = 0):
         from transformers import AutoConfig
 
         from ..models.loading import vision_token_ids
@@ -89,6 +89,7 @@ class VLLMGenerator:
         size = getattr(self.processor.image_processor, "size", None) or {}
         self.min_pixels, self.max_pixels = size.get("shortest_edge"), size.get("longest_edge")
         self.dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
+        max_model_len = max_model_len or min(8192, int(getattr(self.config.get_text_config(), "max_position_embeddings", 8192)))
         kw: dict[str, Any] = dict(model=self.folder, dtype=self.dtype, seed=seed, enforce_eager=True, max_model_len=max_model_len,
                                   generation_config="vllm", limit_mm_per_prompt={"image": max_images_per_prompt, "video": 0})
         if min_pixels or max_pixels:
