@@ -91,9 +91,13 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"VISION_OPD_REQUIRE_VLLM=1 but this vLLM test was skipped: {report.longrepr}"
 
 
-def pytest_collectreport(report):
-    if REQUIRE_VLLM and report.skipped:
-        report.outcome = "failed"  # a module-level skip (vLLM not importable) is a failure here
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_VLLM and report.skipped:  # a module-level skip (vLLM not importable) is a collection error here
+        report.outcome = "failed"
+        report.longrepr = f"VISION_OPD_REQUIRE_VLLM=1 but {collector.nodeid} was skipped: {report.longrepr}"
 
 
 def pytest_sessionfinish(session, exitstatus):

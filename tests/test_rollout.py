@@ -204,3 +204,21 @@ def _has_vllm() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
+
+
+def test_vllm_evaluation_reads_the_eos_ids_where_the_hf_backend_does(tmp_path):
+    """generation_config.json's EOS list (instruct checkpoints: <|im_end|> and <|endoftext|>) over config.json's one id."""
+    from transformers import AutoConfig
+
+    from vision_opd.eval.vllm_backend import _eos_token_id
+
+    path = save_tiny(tmp_path / "m", family="qwen2_vl")
+    config = AutoConfig.from_pretrained(path)
+    gc = json.loads((path / "generation_config.json").read_text())
+    assert _eos_token_id(str(path), config) == gc["eos_token_id"]
+    gc["eos_token_id"] = [gc["eos_token_id"], config.get_text_config().pad_token_id]
+    (path / "generation_config.json").write_text(json.dumps(gc))
+    model, _ = load_model_and_processor(str(path))
+    assert _eos_token_id(str(path), config) == model.generation_config.eos_token_id == gc["eos_token_id"]
+    (path / "generation_config.json").unlink()
+    assert _eos_token_id(str(path), config) == config.get_text_config().eos_token_id

@@ -238,6 +238,9 @@ def test_eval_and_gap_with_the_vllm_backend_write_the_same_samples_as_hf(tmp_pat
     from vision_opd.cli import main
 
     model_dir = save_tiny(tmp_path / "model", family="qwen2_vl", image_size=SIDE)
+    gc = json.loads((model_dir / "generation_config.json").read_text())  # an instruct checkpoint's sampling defaults:
+    gc.update(repetition_penalty=1.05, top_k=1, temperature=0.01, no_repeat_ngram_size=2, do_sample=True)  # ignored
+    (model_dir / "generation_config.json").write_text(json.dumps(gc))
     data = synth_dir / "train.jsonl"
     for backend in ("hf", "vllm"):
         assert main(["eval", "--model", str(model_dir), "--benchmark", "synthetic", "--data", str(data), "--out",

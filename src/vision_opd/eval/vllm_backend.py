@@ -82,7 +82,9 @@ class VLLMGenerator:
         device = "cuda" if _cuda() else "cpu"
         check_supported(self.config, device)
         self.processor = load_processor(self.folder, min_pixels=min_pixels, max_pixels=max_pixels)
-        shim = SimpleNamespace(config=self.config, generation_config=SimpleNamespace(eos_token_id=self.config.get_text_config().eos_token_id))
+        # the EOS ids as the HF backend reads them: generation_config.json's when the checkpoint has one (instruct
+        # checkpoints list <|im_end|> and <|endoftext|> there, config.json only the first), else config.json's
+        shim = SimpleNamespace(config=self.config, generation_config=SimpleNamespace(eos_token_id=_eos_token_id(self.folder, self.config)))
         self.suppress = vision_token_ids(shim, self.processor)
         self.eos_ids = eos_ids_of(shim, self.processor)
         self.decoding = Decoding(max_new_tokens=max_new_tokens, suppressed_ids=tuple(self.suppress))
@@ -130,6 +132,16 @@ class VLLMGenerator:
             "chat_template_sha256": hashlib.sha256(str(template).encode()).hexdigest(),
             "enable_thinking": self.enable_thinking,
         }
+
+
+def _eos_token_id(folder: str, config):
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(folder).eos_token_id
+    except OSError:  # no generation_config.json
+        eos = None
+    return eos if eos is not None else config.get_text_config().eos_token_id
 
 
 def _cuda() -> bool:
