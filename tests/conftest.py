@@ -26,6 +26,26 @@ def synth_records(synth_dir):
     return read_records(synth_dir / "train.jsonl")
 
 
+def _forward_logprobs(model, inputs, ro, temperature: float, banned):
+    """log softmax(logits / T) of an HF forward at a Rollout's sampled tokens, the `banned` ids excluded: the
+    reference that the engines' recorded log-probs are checked against (written out here, not the trainer's code)."""
+    import torch
+
+    from vision_opd.scoring import response_logits, select_prompts
+
+    with torch.no_grad():
+        z = response_logits(model, select_prompts(inputs, ro.prompt_index_B, model.config.vision_start_token_id),
+                            ro.response_ids_B_T, ro.response_mask_B_T).float() / temperature
+    z[..., list(banned)] = float("-inf")
+    return torch.log_softmax(z, -1).gather(-1, ro.response_ids_B_T[..., None]).squeeze(-1)
+
+
+@pytest.fixture(scope="session")
+def forward_logprobs():
+    """`_forward_logprobs(model, inputs, ro, temperature, banned)`: an HF forward's log-probs of the sampled tokens."""
+    return _forward_logprobs
+
+
 # ----------------------------------------------------------------------------- output folders for the report tests
 # Each is made as a user makes it, through the command line: a tiny training run, an eval and a gap folder of the
 # shipped demo model on the synthetic records, and a shortened demo.

@@ -13,7 +13,7 @@ from vision_opd.data.views import encode_views, student_view
 from vision_opd.models.loading import load_model_and_processor, vision_token_ids
 from vision_opd.models.tiny import save_tiny
 from vision_opd.rollout import Decoding, HFEngine
-from vision_opd.scoring import response_logits, select_prompts
+from vision_opd.scoring import response_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_GENERATION_CONFIG = {"repetition_penalty": 1.05, "top_k": 1, "temperature": 0.01, "no_repeat_ngram_size": 2,
@@ -32,16 +32,8 @@ def _checkpoint_with_sampling_defaults(path, family="qwen2_5_vl"):
     return model, proc
 
 
-def _model_logprobs(model, proc, inputs, ro, temperature, banned):
-    """log softmax(logits / T) of an HF forward at the sampled tokens, vision tokens excluded."""
-    with torch.no_grad():
-        logits = response_logits(model, select_prompts(inputs, ro.prompt_index_B, model.config.vision_start_token_id),
-                                 ro.response_ids_B_T, ro.response_mask_B_T).float() / temperature
-    logits[..., banned] = float("-inf")
-    return torch.log_softmax(logits, -1).gather(-1, ro.response_ids_B_T[..., None]).squeeze(-1)
-
-
-def test_rollouts_sample_the_models_own_distribution_not_the_checkpoints_generation_config(tmp_path, synth_records):
+def test_rollouts_sample_the_models_own_distribution_not_the_checkpoints_generation_config(tmp_path, synth_records,
+                                                                                          forward_logprobs):
     model, proc = _checkpoint_with_sampling_defaults(tmp_path)
     banned = vision_token_ids(model, proc)
     inputs = encode_views(proc, [student_view(r) for r in synth_records[:2]])
@@ -51,7 +43,7 @@ def test_rollouts_sample_the_models_own_distribution_not_the_checkpoints_generat
                                      suppressed_ids=tuple(banned)))
     ro = engine.sample(model, inputs)
     mask = ro.response_mask_B_T.bool()
-    expected = _model_logprobs(model, proc, inputs, ro, temperature, banned)
+    expected = forward_logprobs(model, inputs, ro, temperature, banned)
     assert mask.sum() > 20
     torch.testing.assert_close(ro.logprobs_B_T[mask], expected[mask], atol=1e-5, rtol=0)
     # top_k 1 / temperature 0.01 of the checkpoint would make the 4 samples of a prompt identical
@@ -89,7 +81,7 @@ def test_greedy_evaluation_is_the_argmax_and_records_its_decoding(tmp_path, synt
     assert d["checkpoint_generation_config"] == "ignored" and d["suppressed_token_ids"] == banned
 
 
-def test_greedy_rollout_logprobs_are_the_argmax_log_probs_at_temperature_1(synth_records):
+def test_greedy_rollout_logprobs_are_the_argmax_log_probs_at_temperature_1(synth_records, forward_logprobs):
     from vision_opd.models.tiny import build_tiny
 
     model, proc = build_tiny("qwen2_vl")
@@ -98,7 +90,7 @@ def test_greedy_rollout_logprobs_are_the_argmax_log_probs_at_temperature_1(synth
     ro = HFEngine(proc, Decoding(samples_per_prompt=2, do_sample=False, temperature=1.5, max_new_tokens=6,
                                  suppressed_ids=tuple(banned))).sample(model, inputs)
     mask = ro.response_mask_B_T.bool()
-    expected = _model_logprobs(model, proc, inputs, ro, 1.0, banned)
+    expected = forward_logprobs(model, inputs, ro, 1.0, banned)
     torch.testing.assert_close(ro.logprobs_B_T[mask], expected[mask], atol=1e-5, rtol=0)
     assert torch.equal(ro.response_ids_B_T[0], ro.response_ids_B_T[1])  # greedy: G identical copies
     assert (ro.logprobs_B_T[~mask] == 0).all()

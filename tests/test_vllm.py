@@ -26,7 +26,6 @@ from vision_opd.models.parts import unwrap  # noqa: E402
 from vision_opd.models.tiny import build_tiny, save_tiny  # noqa: E402
 from vision_opd.rollout import Decoding, HFEngine  # noqa: E402
 from vision_opd.rollout.vllm_engine import EngineError, VLLMEngine  # noqa: E402
-from vision_opd.scoring import response_logits, select_prompts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
@@ -49,21 +48,13 @@ def _decoding(proc, model, **kw):
     return Decoding(suppressed_ids=tuple(vision_token_ids(model, proc)), **kw)
 
 
-def _forward_logprobs(model, inputs, ro, temperature, banned):
-    with torch.no_grad():
-        z = response_logits(model, select_prompts(inputs, ro.prompt_index_B, model.config.vision_start_token_id),
-                            ro.response_ids_B_T, ro.response_mask_B_T).float() / temperature
-    z[..., banned] = float("-inf")
-    return torch.log_softmax(z, -1).gather(-1, ro.response_ids_B_T[..., None]).squeeze(-1)
-
-
 def _same_rollout(a, b):
     for f in ("response_ids_B_T", "response_mask_B_T", "truncated_B", "prompt_index_B"):
         assert torch.equal(getattr(a, f), getattr(b, f)), f
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_greedy_rollouts_equal_hf_and_logprobs_equal_a_forward(family, long_records):
+def test_greedy_rollouts_equal_hf_and_logprobs_equal_a_forward(family, long_records, forward_logprobs):
     model, proc = _tiny(family)
     views = [student_view(r) for r in long_records[:4]]
     inputs = encode_views(proc, views)
@@ -99,12 +90,12 @@ def test_greedy_rollouts_equal_hf_and_logprobs_equal_a_forward(family, long_reco
     for p, ids in enumerate(prompt_ids):  # vLLM's prompt token ids are our processor's
         assert ids == inputs["input_ids"][p][inputs["attention_mask"][p].bool()].tolist()
     mask = ro.response_mask_B_T.bool()
-    expected = _forward_logprobs(model, inputs, ro, 1.0, list(d.suppressed_ids))
+    expected = forward_logprobs(model, inputs, ro, 1.0, list(d.suppressed_ids))
     assert (ro.logprobs_B_T[mask] - expected[mask]).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sampled_token_logprobs_equal_an_hf_forward(family, long_records):
+def test_sampled_token_logprobs_equal_an_hf_forward(family, long_records, forward_logprobs):
     model, proc = _tiny(family)
     views = [student_view(r) for r in long_records[:3]]
     inputs = encode_views(proc, views)
@@ -119,7 +110,7 @@ def test_sampled_token_logprobs_equal_an_hf_forward(family, long_records):
         engine.close()
     assert ro.response_ids_B_T.shape[0] == 9 and ro.prompt_index_B.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     mask = ro.response_mask_B_T.bool()
-    expected = _forward_logprobs(model, inputs, ro, 0.8, list(d.suppressed_ids))  # read in the order vLLM gave
+    expected = forward_logprobs(model, inputs, ro, 0.8, list(d.suppressed_ids))  # read in the order vLLM gave
     assert (ro.logprobs_B_T[mask] - expected[mask]).abs().max() < 1e-5
     assert len({tuple(r) for r in ro.response_ids_B_T.tolist()}) > 3  # samples differ within and across prompts
     assert torch.equal(ro.response_ids_B_T, again.response_ids_B_T)  # request seeds come from torch's RNG
@@ -134,7 +125,8 @@ def _step_cfg(tmp_path, synth_dir, *extra):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_after_a_training_step_and_a_sync_greedy_equals_hf_with_the_new_weights(family, tmp_path, synth_dir, long_records):
+def test_after_a_training_step_and_a_sync_greedy_equals_hf_with_the_new_weights(family, tmp_path, synth_dir,
+                                                                               long_records, forward_logprobs):
     from vision_opd import train as T
     from vision_opd.rollout import make_engine
 
@@ -159,7 +151,7 @@ def test_after_a_training_step_and_a_sync_greedy_equals_hf_with_the_new_weights(
     _same_rollout(after, hf_after)
     assert not torch.equal(before.response_ids_B_T, after.response_ids_B_T), "the new weights must change the outputs"
     mask = after.response_mask_B_T.bool()
-    expected = _forward_logprobs(model, inputs, after, 1.0, suppress)
+    expected = forward_logprobs(model, inputs, after, 1.0, suppress)
     assert (after.logprobs_B_T[mask] - expected[mask]).abs().max() < 1e-5
 
 
