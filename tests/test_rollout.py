@@ -163,16 +163,19 @@ def _one_step(tmp_path, synth_dir, engine_shift, *extra):
                              engine=engine).metrics
 
 
-def test_hf_engine_logprobs_match_the_trainer(tmp_path, synth_dir):
-    m = _one_step(tmp_path, synth_dir, 0.0)
+@pytest.mark.parametrize("share", ["true", "false"])
+def test_hf_engine_logprobs_match_the_trainer(tmp_path, synth_dir, share):
+    m = _one_step(tmp_path, synth_dir, 0.0, f"train.share_prompts={share}")
     assert m["tokens"] > 0 and m["rollout_logprob_diff_max"] < 1e-5 and "is_weight_mean" not in m
 
 
-def test_is_correction_weights_the_loss_numerically(tmp_path, synth_dir):
+@pytest.mark.parametrize("share", ["true", "false"])
+def test_is_correction_weights_the_loss_numerically(tmp_path, synth_dir, share):
     """The engine claims every token was log(2) likelier than the trainer finds it: w = 1/2 (cut at C when C < 1/2)."""
-    plain = _one_step(tmp_path, synth_dir, math.log(2.0))
-    half = _one_step(tmp_path, synth_dir, math.log(2.0), "rollout.is_correction=true", "rollout.is_threshold=2.0")
-    cut = _one_step(tmp_path, synth_dir, math.log(2.0), "rollout.is_correction=true", "rollout.is_threshold=0.3")
+    s = f"train.share_prompts={share}"
+    plain = _one_step(tmp_path, synth_dir, math.log(2.0), s)
+    half = _one_step(tmp_path, synth_dir, math.log(2.0), s, "rollout.is_correction=true", "rollout.is_threshold=2.0")
+    cut = _one_step(tmp_path, synth_dir, math.log(2.0), s, "rollout.is_correction=true", "rollout.is_threshold=0.3")
     assert plain["rollout_logprob_diff_mean"] == pytest.approx(math.log(2.0), abs=1e-5)
     assert plain["tokens"] == half["tokens"] == cut["tokens"]
     assert half["loss"] == pytest.approx(0.5 * plain["loss"], rel=1e-4) and half["is_weight_mean"] == pytest.approx(0.5, abs=1e-5)

@@ -185,7 +185,8 @@ def test_lora_sync_pushes_merged_weights_and_leaves_the_model_unmerged(long_reco
     assert not any(getattr(m, "merged", False) for m in peft_model.modules())
 
 
-def test_greedy_training_ends_with_the_same_weights_as_hf(tmp_path, synth_dir):
+@pytest.mark.parametrize("share", ["true", "false"])  # each prompt scored once for its rows, or per row
+def test_greedy_training_ends_with_the_same_weights_as_hf(tmp_path, synth_dir, share):
     from safetensors.torch import load_file
 
     from vision_opd.train import train
@@ -193,7 +194,8 @@ def test_greedy_training_ends_with_the_same_weights_as_hf(tmp_path, synth_dir):
     runs = {}
     for engine in ("hf", "vllm"):
         cfg = _step_cfg(tmp_path / engine, synth_dir, "model.name_or_path=tiny:qwen2_vl", f"rollout.engine={engine}",
-                        "train.steps=3", "train.threads=1", "optim.lr=1e-2", "teacher.mode=ema")
+                        "train.steps=3", "train.threads=1", "optim.lr=1e-2", "teacher.mode=ema",
+                        f"train.share_prompts={share}")
         runs[engine] = train(cfg)
     a = load_file(str(runs["hf"] / "checkpoints" / "step_000003" / "model.safetensors"))
     b = load_file(str(runs["vllm"] / "checkpoints" / "step_000003" / "model.safetensors"))
