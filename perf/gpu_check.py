@@ -5,6 +5,7 @@
     python perf/gpu_check.py --size 7b --lora 64 --grad-ckpt --prompts 4 --samples 8 --micro-batch 4
     python perf/gpu_check.py --size small --steps 2 --device cpu   # a shrunk config, to check the script here
     python perf/gpu_check.py --grad-ckpt --prompts 2 --samples 8 --image-side 896 --share both   # shared vs per row
+    python perf/gpu_check.py --grad-ckpt --engine vllm             # the same step with vLLM rollouts (pip install vllm)
 
 No weights can be downloaded, so the model is the real architecture (Qwen2.5-VL-3B: 36 layers, hidden 2048,
 vocabulary 151,936, 32-layer vision tower) built from its config with random weights; the offline tokenizer of
@@ -33,6 +34,7 @@ from vision_opd.data.sources import load_train_records  # noqa: E402
 from vision_opd.demo.world import WorldConfig, write_synthetic  # noqa: E402
 from vision_opd.models.loading import set_trainable  # noqa: E402
 from vision_opd.models.tiny import SPECIAL_TOKENS, build_processor  # noqa: E402
+from vision_opd.rollout import make_engine  # noqa: E402
 
 SIZES = {  # Qwen2.5-VL-3B/7B-Instruct's published configs; "small" for a CPU smoke run
     "3b": dict(hidden=2048, layers=36, heads=16, kv=2, inter=11008, v_depth=32, v_hidden=1280, v_heads=16, v_inter=3420,
@@ -92,6 +94,8 @@ def main() -> None:
     ap.add_argument("--teacher", choices=["ema", "frozen", "live"], default="ema")
     ap.add_argument("--share", choices=["on", "off", "both"], default="on",
                     help="train.share_prompts: on (the default), off (every row with its own prompt), both (side by side)")
+    ap.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="rollout engine (rollout.engine)")
+    ap.add_argument("--vllm-memory", type=float, default=0.3, help="vllm.gpu_memory_utilization (share of the GPU for vLLM)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
 
@@ -102,7 +106,9 @@ def main() -> None:
             f"train.micro_batch_size={args.micro_batch}", f"views.teacher_pixels={args.image_side ** 2}",
             f"teacher.mode={args.teacher}", "loss.kind=jsd", f"model.gradient_checkpointing={args.grad_ckpt}",
             f"model.lora_r={args.lora}", f"model.lora_alpha={2 * args.lora}", f"model.freeze_vision={bool(args.lora)}", "optim.lr=1e-6", "train.progress=false",
-            f"train.mixed_precision={'bf16' if args.master == 'fp32' and args.device != 'cpu' else 'fp32'}"]
+            f"train.mixed_precision={'bf16' if args.master == 'fp32' and args.device != 'cpu' else 'fp32'}",
+            f"rollout.engine={args.engine}", f"vllm.gpu_memory_utilization={args.vllm_memory}",
+            f"vllm.max_model_len={(args.image_side // 28) ** 2 + args.new_tokens + 256}"]
     cfg = load_config(None, over)
     device = torch.device(args.device)
     model, proc = build(args.size, args.image_side, torch.float32 if args.master == "fp32" else torch.bfloat16, args.device)
@@ -122,7 +128,9 @@ def main() -> None:
     info = {"size": args.size, "params": n_params, "trainable": n_train, "lora": args.lora, "teacher": args.teacher,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "master": args.master,
             "grad_ckpt": args.grad_ckpt, "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens,
-            "image_tokens": (args.image_side // 28) ** 2}
+            "image_tokens": (args.image_side // 28) ** 2, "engine": args.engine,
+            "peak_gpu_gib_note": "training process only (torch allocator); vLLM's share is vllm.gpu_memory_utilization"}
+    engine = make_engine(cfg, model, proc, suppress, device=device)  # hf: generate on the model; vllm: a colocated engine
 
     def measure(share: bool) -> dict:
         """--steps steps on the same prompts; the first is warm-up when there are more (CUDA kernels, allocator)."""
@@ -135,20 +143,21 @@ def main() -> None:
             batch = records[step * args.prompts:(step + 1) * args.prompts]
             torch.manual_seed(step)
             t0 = time.perf_counter()
-            res = T.vision_opd_step(cfg, model, teacher, proc, batch, opt, sched, suppress, device)
+            res = T.vision_opd_step(cfg, model, teacher, proc, batch, opt, sched, suppress, device, engine=engine)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             m = res.metrics
             m["wall"] = time.perf_counter() - t0
             rows.append(m)
             print(f"share_prompts={share} step {step + 1}: {m['wall']:.2f} s (rollout {m['sec_rollout']:.2f}, teacher "
-                  f"{m['sec_teacher']:.2f}, student {m['sec_student']:.2f}, optim {m['sec_optim']:.2f}); {m['tokens']} "
-                  f"response tokens; loss {m['loss']:.4g}")
+                  f"{m['sec_teacher']:.2f}, student {m['sec_student']:.2f}, optim {m['sec_optim']:.2f}, sync {m['sec_sync']:.2f}); "
+                  f"{m['tokens']} response tokens; loss {m['loss']:.4g}; logprob mismatch max {m['rollout_logprob_diff_max']:.3g}")
         steady = rows[1:] or rows
         mean = lambda key: sum(r[key] for r in steady) / len(steady)  # noqa: E731
         return {"share_prompts": share, "sec_per_step": mean("wall"), "sec_scoring": mean("sec_teacher") + mean("sec_student"),
                 "sec_teacher": mean("sec_teacher"), "sec_student": mean("sec_student"),
-                "response_tokens_per_sec": mean("tokens") / mean("wall"),
+                "response_tokens_per_sec": mean("tokens") / mean("wall"), "sec_rollout": mean("sec_rollout"),
+                "sec_sync": mean("sec_sync"), "rollout_logprob_diff_max": max(r["rollout_logprob_diff_max"] for r in steady),
                 "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
 
     if args.share == "both":
@@ -158,6 +167,7 @@ def main() -> None:
                                        if off[k] and on[k]}}
     else:
         out = {**info, **measure(args.share == "on")}
+    engine.close()
     print(json.dumps(out, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -26,6 +26,26 @@ def synth_records(synth_dir):
     return read_records(synth_dir / "train.jsonl")
 
 
+def _forward_logprobs(model, inputs, ro, temperature: float, banned):
+    """log softmax(logits / T) of an HF forward at a Rollout's sampled tokens, the `banned` ids excluded: the
+    reference that the engines' recorded log-probs are checked against (written out here, not the trainer's code)."""
+    import torch
+
+    from vision_opd.scoring import response_logits, select_prompts
+
+    with torch.no_grad():
+        z = response_logits(model, select_prompts(inputs, ro.prompt_index_B, model.config.vision_start_token_id),
+                            ro.response_ids_B_T, ro.response_mask_B_T).float() / temperature
+    z[..., list(banned)] = float("-inf")
+    return torch.log_softmax(z, -1).gather(-1, ro.response_ids_B_T[..., None]).squeeze(-1)
+
+
+@pytest.fixture(scope="session")
+def forward_logprobs():
+    """`_forward_logprobs(model, inputs, ro, temperature, banned)`: an HF forward's log-probs of the sampled tokens."""
+    return _forward_logprobs
+
+
 # ----------------------------------------------------------------------------- output folders for the report tests
 # Each is made as a user makes it, through the command line: a tiny training run, an eval and a gap folder of the
 # shipped demo model on the synthetic records, and a shortened demo.
@@ -74,3 +94,35 @@ def report_demo(tmp_path_factory):
     assert main(["demo", "--out", str(out), "--steps", "2", "--eval-every", "1", "--n-eval", "8", "--n-opd", "8",
                  "--no-progress"]) == 0
     return out
+
+
+# ----------------------------------------------------------------------------- the vLLM tests (`make test-vllm`)
+# Marked `vllm`; where vLLM is not installed they skip with the reason. With VISION_OPD_REQUIRE_VLLM=1 (set by
+# `make test-vllm`) a skipped vLLM test fails, and so does a run that collected none.
+REQUIRE_VLLM = os.environ.get("VISION_OPD_REQUIRE_VLLM") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_VLLM and report.skipped and item.get_closest_marker("vllm") is not None:
+        report.outcome = "failed"
+        report.longrepr = f"VISION_OPD_REQUIRE_VLLM=1 but this vLLM test was skipped: {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_VLLM and report.skipped:  # a module-level skip (vLLM not importable) is a collection error here
+        report.outcome = "failed"
+        report.longrepr = f"VISION_OPD_REQUIRE_VLLM=1 but {collector.nodeid} was skipped: {report.longrepr}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if REQUIRE_VLLM:
+        n = sum(1 for item in session.items if item.get_closest_marker("vllm") is not None)
+        if n == 0:
+            print("\nVISION_OPD_REQUIRE_VLLM=1 but no vLLM test was collected")
+            session.exitstatus = 1

@@ -90,13 +90,15 @@ def _compare(one, two):
     last = "checkpoints/step_000003"
     wa, wb = _weights(one / last), _weights(two / last)
     assert wa.keys() == wb.keys()
+    # Adam moves a weight whose gradient is near zero by lr * m / (sqrt(v) + eps), so the summation order of the
+    # all-reduce shows there: measured up to 1.3e-5 (1.3% of one step at lr=1e-3) on 2 of the lm_head's 24,576 weights
     for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4, msg=k)
+        torch.testing.assert_close(wb[k], wa[k], atol=3e-5, rtol=1e-4, msg=k)
     from safetensors.torch import load_file
 
     ta, tb = load_file(str(one / last / "teacher/model.safetensors")), load_file(str(two / last / "teacher/model.safetensors"))
     for k in ta:
-        torch.testing.assert_close(tb[k], ta[k], atol=1e-5, rtol=1e-4, msg=k)
+        torch.testing.assert_close(tb[k], ta[k], atol=3e-5, rtol=1e-4, msg=k)
 
 
 def test_ddp_two_processes_equal_one_with_prompts_not_divisible_by_ranks(tmp_path, synth_dir, single):

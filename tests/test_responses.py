@@ -119,6 +119,18 @@ def test_mix_rows_come_from_their_source_and_the_fraction_is_honoured(tmp_path, 
             assert torch.equal(got[b, :n], want[:n])
 
 
+def test_the_rollout_mismatch_reads_only_the_students_own_samples(tmp_path, synth_dir):
+    """source=mix: the teacher's rows carry the teacher's log-probs on its own (text-only) view, which are not a
+    rollout of the student; the rollout-vs-trainer difference is read on the student's rows only, where the HF
+    engine's log-probs equal the trainer's (fp32)."""
+    cfg = _cfg(tmp_path, synth_dir, "rollout.source=mix", "rollout.student_fraction=0.5", "train.prompts_per_step=4",
+               "views.teacher_source=none", "optim.lr=0")
+    setup = _setup(cfg)
+    res = _step(cfg, setup, setup[2][:4])
+    assert res.metrics["student_share"] == 0.5 and res.responses.from_teacher_B.any()
+    assert res.metrics["rollout_logprob_diff_max"] < 1e-5
+
+
 def test_mix_fraction_in_expectation():
     """k = floor(P f) + Bernoulli(frac): the share of student prompts over many steps is f (P f not whole)."""
     torch.manual_seed(0)
@@ -201,6 +213,7 @@ def test_token_sources_and_teacher_views_with_shared_prompts_equal_per_row_scori
     (["rollout.student_fraction=1.5"], "rollout.student_fraction=1.5"),
     (["views.teacher_source=none", "views.teacher_images=[crop,full]"], "views.teacher_images names crop"),
     (["views.teacher_images=[crop,zoom]"], "views.teacher_images: unknown ['zoom']"),
+    (["rollout.source=teacher", "rollout.is_correction=true"], "rollout.is_correction weights the student's own samples"),
     (["views.teacher_source=fog"], "views.teacher_source='fog': choose box, given, proposer, full, none, blur, mask"),
 ])
 def test_bad_source_and_view_settings_are_one_clear_line(overrides, message):

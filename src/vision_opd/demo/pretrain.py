@@ -47,7 +47,7 @@ DEMO_VIEWS = ViewConfig(teacher_upscale=1.0)
 
 # The demo model: a Qwen2-VL shrunk to ~0.27M parameters (1.1 MB in float32); Qwen2-VL rather than 2.5-VL
 # because its vision tower has no window attention: ~25% faster on this CPU at the same accuracy budget.
-DEMO_MODEL = dict(family="qwen2_vl", image_size=168, hidden=64, layers=2, vision_hidden=48, vision_depth=2)
+DEMO_MODEL = dict(family="qwen2_vl", image_size=168, hidden=64, layers=2, vision_hidden=48, vision_depth=2, head_dim=16)
 
 
 @dataclass

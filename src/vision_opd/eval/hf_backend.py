@@ -59,24 +59,23 @@ class HFGenerator:
         kw = {"images_kwargs": self.images_kwargs} if self.images_kwargs and images else {}
         return self.processor(text=texts, images=images or None, return_tensors="pt", padding=True, **kw)
 
+    @property
+    def decoding(self):
+        """Greedy, as `--max-new-tokens` says, vision tokens suppressed; the checkpoint's generation config ignored."""
+        from ..rollout import Decoding
+
+        return Decoding(max_new_tokens=self.max_new_tokens, suppressed_ids=tuple(self.suppress))
+
     @torch.no_grad()
     def __call__(self, views: Sequence[View]) -> list[Generation]:
-        from ..rollout import eos_ids_of, sample
+        from ..rollout import HFEngine, eos_ids_of
 
         t0 = time.perf_counter()
         chats = chat_texts(self.processor, views, self.enable_thinking)
         inputs = self.encode(views, chats).to(next(self.model.parameters()).device)
-        ro = sample(self.model, self.processor, inputs, samples_per_prompt=1, max_new_tokens=self.max_new_tokens,
-                    suppress_ids=self.suppress, do_sample=False, synced_gpus=self.synced_gpus)
-        eos = set(eos_ids_of(self.model, self.processor))
-        texts = []
-        for ids_T, mask_T, chat in zip(ro.response_ids_B_T.tolist(), ro.response_mask_B_T.tolist(), chats, strict=True):
-            keep = [i for i, m in zip(ids_T, mask_T, strict=True) if m and i not in eos]
-            text = self.processor.tokenizer.decode(keep, skip_special_tokens=False)
-            texts.append(as_thought(text, prompt_opens_think(chat)))
-        per_item = (time.perf_counter() - t0) / len(views)
-        return [Generation(t, int(n), bool(tr), per_item)
-                for t, n, tr in zip(texts, ro.lengths_B.tolist(), ro.truncated_B.tolist(), strict=True)]
+        ro = HFEngine(self.processor, self.decoding, synced_gpus=self.synced_gpus).sample(self.model, inputs, views)
+        return generations(ro, self.processor.tokenizer, eos_ids_of(self.model, self.processor), chats,
+                           (time.perf_counter() - t0) / len(views))
 
     def settings(self) -> dict[str, Any]:
         m = self.model
@@ -88,10 +87,21 @@ class HFGenerator:
             "dtype": str(next(m.parameters()).dtype).replace("torch.", ""),
             "n_parameters": sum(p.numel() for p in m.parameters()),
             "pixel_budget": {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels},
-            "decoding": {"greedy": True, "max_new_tokens": self.max_new_tokens, "suppressed_token_ids": self.suppress},
+            "decoding": self.decoding.settings(),
             "chat_template_sha256": hashlib.sha256(str(template).encode()).hexdigest(),
             "enable_thinking": self.enable_thinking,
         }
+
+
+def generations(ro, tokenizer, eos_ids: list[int], chats: Sequence[str], seconds_per_item: float) -> list[Generation]:
+    """One Generation per Rollout row: the decoded response (`response_text`; a thought its prompt opened is marked
+    as one), its length and truncation. Shared by the HF and vLLM backends."""
+    from ..rollout import response_text
+
+    return [Generation(as_thought(response_text(tokenizer, ids_T, mask_T, eos_ids), prompt_opens_think(chat)), int(n),
+                       bool(tr), seconds_per_item)
+            for ids_T, mask_T, n, tr, chat in zip(ro.response_ids_B_T.tolist(), ro.response_mask_B_T.tolist(),
+                                                  ro.lengths_B.tolist(), ro.truncated_B.tolist(), chats, strict=True)]
 
 
 def load_hf_generator(model: str, *, dtype: str | None = None, device: str | None = None, max_new_tokens: int = 32,

@@ -42,3 +42,43 @@ def load_adapter_weights(model, path) -> None:
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise RuntimeError(f"adapter checkpoint mismatch: unexpected keys {unexpected[:5]}")
+
+
+def merged_lora_weights(peft_model, *, adapted_only: bool = False) -> list[tuple[str, object]]:
+    """(name, tensor) of the model with every adapter merged into a *copy* of its base weight, under the base
+    model's names (no `base_model.model.` prefix, no `.base_layer`, no lora_ tensors); the peft model is not
+    touched. adapted_only: just the merged weights of the adapted layers (what training changes)."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    merged = {}
+    for name, module in peft_model.named_modules():
+        if isinstance(module, LoraLayer) and module.active_adapters:
+            weight = module.get_base_layer().weight
+            full = weight.full_tensor() if hasattr(weight, "full_tensor") else weight  # FSDP2: gather the shard
+            w = full.detach().clone()
+            for adapter in module.active_adapters:
+                if adapter not in module.lora_A:
+                    continue
+                a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+                a = a.full_tensor() if hasattr(a, "full_tensor") else a
+                b = b.full_tensor() if hasattr(b, "full_tensor") else b
+                if module.use_dora.get(adapter, False):
+                    raise ValueError("merged weights: DoRA adapters are not supported")
+                w += (b.detach().to(torch.float32) @ a.detach().to(torch.float32)).to(w.dtype) * module.scaling[adapter]
+            merged[_base_name(name) + ".weight"] = w
+    if adapted_only:
+        return list(merged.items())
+    out = []
+    for name, t in peft_model.state_dict().items():
+        if "lora_" in name:
+            continue
+        base = _base_name(name.rsplit(".", 1)[0]) + "." + name.rsplit(".", 1)[1]
+        t = merged.get(base, t)
+        out.append((base, t.full_tensor() if hasattr(t, "full_tensor") else t.detach()))
+    return out
+
+
+def _base_name(peft_name: str) -> str:
+    name = peft_name.removeprefix("base_model.model.")
+    return name.replace(".base_layer", "")

@@ -116,9 +116,22 @@ def _check_family(family: str) -> None:
         raise ValueError(f"unknown tiny family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
-def tiny_config(family: str, tokenizer, *, hidden: int = 64, layers: int = 2, vision_hidden: int = 32, vision_depth: int = 2):
-    """A shrunk config of the real architecture. head_dim = 16, so mrope_section sums to 8."""
+def mrope_section(head_dim: int) -> list[int]:
+    """The multimodal rotary split (temporal, height, width) of head_dim / 2 frequencies, Qwen-VL's 2:3:3 ratio."""
+    half = head_dim // 2
+    return [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+
+
+def tiny_config(family: str, tokenizer, *, hidden: int = 64, layers: int = 2, vision_hidden: int = 32, vision_depth: int = 2,
+                head_dim: int = 32):
+    """A shrunk config of the real architecture: hidden // head_dim attention heads, mrope_section summing to head_dim / 2.
+
+    head_dim 32 is the smallest vLLM's CPU attention runs (so `rollout.engine=vllm` works on tiny models);
+    the shipped demo model was built with head_dim 16 (`demo/pretrain.py` keeps that).
+    """
     _check_family(family)
+    if hidden % head_dim:
+        raise ValueError(f"hidden={hidden} must be a multiple of head_dim={head_dim}")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     common_tokens = dict(
         image_token_id=ids["<|image_pad|>"],
@@ -126,7 +139,8 @@ def tiny_config(family: str, tokenizer, *, hidden: int = 64, layers: int = 2, vi
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    heads = hidden // 16
+    heads = hidden // head_dim
+    section = mrope_section(head_dim)
     text = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -140,7 +154,7 @@ def tiny_config(family: str, tokenizer, *, hidden: int = 64, layers: int = 2, vi
         pad_token_id=ids["<|endoftext|>"],
     )
     if family in ("qwen2_vl", "qwen2_5_vl"):
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section}
         vision = dict(depth=vision_depth, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
         if family == "qwen2_vl":
             from transformers import Qwen2VLConfig as C
@@ -157,7 +171,7 @@ def tiny_config(family: str, tokenizer, *, hidden: int = 64, layers: int = 2, vi
                 fullatt_block_indexes=[vision_depth - 1],
             )
     else:
-        text.update(head_dim=16)
+        text.update(head_dim=head_dim)
         vision = dict(
             depth=vision_depth,
             hidden_size=vision_hidden,
@@ -172,7 +186,7 @@ def tiny_config(family: str, tokenizer, *, hidden: int = 64, layers: int = 2, vi
         if family == "qwen3_vl":
             from transformers import Qwen3VLConfig as C
 
-            text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True}
+            text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section, "mrope_interleaved": True}
             vision.update(deepstack_visual_indexes=[0])
         else:
             from transformers import Qwen3_5Config as C
@@ -180,7 +194,7 @@ def tiny_config(family: str, tokenizer, *, hidden: int = 64, layers: int = 2, vi
             text["rope_parameters"] = {
                 "rope_type": "default",
                 "rope_theta": 10000.0,
-                "mrope_section": [2, 3, 3],
+                "mrope_section": section,
                 "mrope_interleaved": True,
                 "partial_rotary_factor": 1.0,
             }

@@ -45,7 +45,9 @@ CURVES = [  # (title, [(metric key, label, style)], ylim, log scale)
                                          ("degenerate_rate", "degenerate", "-"),
                                          ("unanswered_rate", "teacher answers unreadable", "--")], (-0.02, 1.02), False),
     ("seconds per step", [("sec_step", "step", "-"), ("sec_rollout", "rollout", "-"), ("sec_teacher", "teacher", "-"),
-                          ("sec_student", "student", "-")], None, False),
+                          ("sec_student", "student", "-"), ("sec_sync", "weight sync", "--")], None, False),
+    ("rollout vs trainer |log-prob difference|", [("rollout_logprob_diff_mean", "mean", "-"),
+                                                  ("rollout_logprob_diff_max", "max", "--")], None, False),
 ]
 NOT_CURVES = {"step", "skipped", "tokens", "bad_records", "sec_views", "sec_optim", "eval_seconds", "collapse",
               "left_out"}
