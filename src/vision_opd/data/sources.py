@@ -33,7 +33,7 @@ from PIL import Image
 
 from .files import ImageCache, default_cache_dir, image_to_path, is_hub_id, iter_hub, iter_parquet
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError
-from .records import LETTERS, Record, RecordError, parse_box, record_from_dict
+from .records import LETTERS, Record, RecordError, check_options, parse_box, record_from_dict
 from .validate import Problem, ValidationReport, check_record, load_records_checked, raise_if_bad
 from .views import HINT, proposal_image
 
@@ -197,6 +197,8 @@ def sixk_record(row: dict, *, n: int, where: str, to_path: Callable[[Any, str, s
         options = split_problem(problem)[1]
     if not question:
         raise RecordError(f"{where}: the question is empty once <image>, the hint and the options are removed")
+    if options is not None:
+        check_options(options, where)
     if "bbox" not in row:
         raise RecordError(f"{where}: missing key 'bbox' ([x1, y1, x2, y2] in pixels)")
     try:
