@@ -186,8 +186,8 @@ class Config:
         need(self.train.mixed_precision in ("fp32", "bf16"), f"train.mixed_precision={self.train.mixed_precision!r}: choose fp32 or bf16")
         need(self.teacher.device is None or self.teacher.mode != "live",
              "teacher.device applies to a frozen or EMA teacher (a live teacher is the student)")
-        need(self.views.teacher_source in ("box", "given", "full", "proposer"),
-             f"views.teacher_source={self.views.teacher_source!r}: choose box, given, proposer or full")
+        need(self.views.teacher_source in ("auto", "box", "given", "full", "proposer"),
+             f"views.teacher_source={self.views.teacher_source!r}: choose auto, box, given, proposer or full")
         need(self.views.teacher_upscale > 0, f"views.teacher_upscale={self.views.teacher_upscale}: must be > 0 (1 = the crop's own size)")
         need(self.views.teacher_pixels is None or self.views.teacher_pixels > 0,
              f"views.teacher_pixels={self.views.teacher_pixels}: must be > 0, or null for views.teacher_upscale")
