@@ -3,8 +3,9 @@
     plan = check_run_folder(run_dir, cfg, resume=False, overwrite=False)   # every process; reads only
     start_run_folder(plan, cfg)                                            # the main process: writes
 
-- A folder that holds a run (config.yaml, metrics.jsonl, samples.jsonl or checkpoints/) is refused unless
-  `resume` (continue it) or `overwrite` (delete that run's files first; nothing else in the folder is touched).
+- A folder that holds a run (metrics.jsonl, samples.jsonl, checkpoints/, ...) is refused unless `resume`
+  (continue it) or `overwrite` (delete that run's files first; nothing else in the folder is touched). A
+  config.yaml alone (a run stopped by bad data before its first step) is simply replaced.
 - `resume` with no complete checkpoint stops with a message (it never starts from scratch silently).
 - Resuming compares the checkpoint's config with the new one and names every changed key: changes that make
   the saved state mean something else (the model, the data, the views, the teacher's kind, the seed) are
@@ -88,8 +89,9 @@ def check_run_folder(run_dir: str | Path, cfg: Config, *, resume: bool, overwrit
     if resume and overwrite:
         raise ConfigError("--resume continues the run in train.out_dir and --overwrite deletes it: choose one")
     existing = run_files(run_dir) if run_dir.is_dir() else []
+    trained = [p for p in existing if p.name != "config.yaml"]  # a config.yaml alone: a run that stopped before step 1
     if not resume:
-        if existing and not overwrite:
+        if trained and not overwrite:
             names = ", ".join(p.name for p in existing)
             n = len(complete_checkpoints(run_dir))
             raise ConfigError(f"{where} already holds a run ({names}; {n} complete checkpoint(s)): pass --resume to "
