@@ -11,12 +11,16 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 HUB_ID = "vision-opd-test/no-such-model"  # never downloadable: HF_HUB_OFFLINE=1 and no such repository
 
 
 def _cli(*args, cwd=None, rc=2) -> str:
+    cwd = cwd or ROOT
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "vision_opd.cli", *map(str, args)], capture_output=True, text=True,
                        env=env, cwd=cwd, timeout=600)
@@ -89,8 +93,8 @@ def test_gap_box_outside_the_image_and_skip_bad(tmp_path, synth_dir):
 def test_preset_with_own_records_reports_unusable_records_before_the_model(tmp_path, no_box):
     """configs/qwen2_5_vl_7b_lora.yaml + a Records file alone: read as Records (format auto), and records that cannot
     serve the teacher's view are each named before the (here unreachable) 7B model would load."""
-    out = _cli("train", "--config", "configs/qwen2_5_vl_7b_lora.yaml", f"data.train_file={no_box}",
-               f"train.out_dir={tmp_path / 'run'}", cwd=os.getcwd())
+    out = _cli("train", "--config", ROOT / "configs" / "qwen2_5_vl_7b_lora.yaml", f"data.train_file={no_box}",
+               f"train.out_dir={tmp_path / 'run'}")
     assert "missing or empty 'problem'" not in out
     assert "12 bad record(s)" in out and f"{no_box}:1 (id " in out
     assert "the teacher's view needs a 'box' (cropped) or a 'teacher_image'" in out
@@ -118,8 +122,7 @@ def test_run_folders_never_mix(tmp_path, synth_dir):
 
 def test_a_mistyped_train_file_never_generates_data(tmp_path):
     typo = tmp_path / "data" / "trian.jsonl"
-    out = _cli("train", "--config", "configs/tiny_cpu.yaml", f"data.train_file={typo}", f"train.out_dir={tmp_path / 'r'}",
-               cwd=os.getcwd())
+    out = _cli("train", "--config", ROOT / "configs" / "tiny_cpu.yaml", f"data.train_file={typo}", f"train.out_dir={tmp_path / 'r'}")
     assert f"{typo}: data file not found" in out
     assert not typo.exists() and not (tmp_path / "data").exists()
 
@@ -129,7 +132,7 @@ def test_records_that_cannot_serve_the_views(tmp_path, no_box, synth_dir):
     assert "views.teacher_source=box crops the evidence box, and this record has no 'box'" in out
     out = _cli(*_train_args(synth_dir, tmp_path / "r2", "views.teacher_source=given"))
     assert "views.teacher_source=given reads the record's 'teacher_image', and this record has none" in out
-    out = _cli("data", "validate", no_box, "--config", "configs/tiny_cpu.yaml", rc=1)  # the same check, before training
+    out = _cli("data", "validate", no_box, "--config", ROOT / "configs" / "tiny_cpu.yaml", rc=1)  # the same check, before training
     assert "12 bad" in out and "the teacher's view needs a 'box'" in out
 
 

@@ -261,3 +261,12 @@ def test_tied_embeddings_ema_teacher_saves_and_resumes(teacher_device, tmp_path,
         torch.testing.assert_close(v, student_ref[k], atol=1e-6, rtol=1e-6)
     for k, v in load_teacher_state(again).items():
         torch.testing.assert_close(v, teacher_ref[k], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_takes_own_data(path):
+    """Each preset loads, validates, and reads any data file by format detection with a teacher that follows the record."""
+    cfg = load_config(path, ["data.train_file=my_data/train.jsonl"])
+    assert cfg.data.format == "auto" and cfg.views.teacher_source == "auto"
+    assert cfg.data.synth_if_missing == (path.name == "tiny_cpu.yaml")

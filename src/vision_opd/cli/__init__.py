@@ -105,7 +105,13 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_hf()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides after an option (`train --resume train.steps=40`) belong to the overrides too
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.command_line = ["vision-opd", *(sys.argv[1:] if argv is None else argv)]  # recorded by eval / gap
     from ..guards import TrainingStopped
 
