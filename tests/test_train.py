@@ -270,3 +270,21 @@ def test_every_shipped_config_loads_and_takes_own_data(path):
     cfg = load_config(path, ["data.train_file=my_data/train.jsonl"])
     assert cfg.data.format == "auto" and cfg.views.teacher_source == "auto"
     assert cfg.data.synth_if_missing == (path.name == "tiny_cpu.yaml")
+
+
+def test_resume_cuts_the_logs_back_so_no_step_appears_twice(tmp_path, synth_dir):
+    import shutil
+
+    from vision_opd.checkpoint import complete_checkpoints
+    from vision_opd.train import train
+
+    cfg = _cfg(tmp_path, synth_dir, "train.steps=3", "train.save_every=2", "train.sample_every=1")
+    run = train(cfg)
+    shutil.rmtree(complete_checkpoints(run)[-1])  # as if the run had died after step 3's log lines, before its save
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss"')  # and a line cut short by the kill
+    train(cfg, resume=True)  # continues from step_000002
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    sample_steps = [json.loads(x)["step"] for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert sorted(set(sample_steps)) == [1, 2, 3] and len(sample_steps) == 3 * sample_steps.count(1)

@@ -47,7 +47,7 @@ def load_checked(benchmark: str, data: str | Path, *, limit: int | None = None, 
         root = path.parent
     else:
         try:
-            loaded = bench.load(data)
+            loaded = bench.load(data, limit=limit)
         except (OSError, ValueError) as e:
             if isinstance(e, (DataFileError, RecordError, ImageError)):
                 raise
