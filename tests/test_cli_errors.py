@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HUB_ID = "vision-opd-test/no-such-model"  # never downloadable: HF_HUB_OFFLINE=1 and no such repository
 
 
-def _cli(*args, cwd=None, rc=2) -> str:
+def _cli(*args, cwd=None, rc=2, env=None) -> str:
     cwd = cwd or ROOT
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env = env or dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     p = subprocess.run([sys.executable, "-m", "vision_opd.cli", *map(str, args)], capture_output=True, text=True,
                        env=env, cwd=cwd, timeout=600)
     out = p.stdout + p.stderr
@@ -51,6 +51,47 @@ def test_unreachable_hub_id_says_what_was_tried_and_what_to_do(tmp_path, synth_d
     assert "HF_HUB_OFFLINE=1 is set" in out and f"hf download {HUB_ID}" in out
     out = _cli("eval", "--model", HUB_ID, "--benchmark", "synthetic", "--data", synth_dir / "train.jsonl", "--out", tmp_path / "e")
     assert f"the hub id '{HUB_ID}' did not load" in out
+
+
+@pytest.fixture
+def stub_hub():
+    """A local stand-in for the hub (HF_ENDPOINT) that knows no repository: every request answers 404 RepoNotFound at
+    once, and the paths asked for are recorded. Nothing leaves the machine."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            seen.append(self.path)
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", seen
+    server.shutdown()
+
+
+def test_hub_ids_go_to_the_hub_by_default(tmp_path, synth_dir, stub_hub):
+    """Without HF_HUB_OFFLINE the CLI asks the hub for a hub id (it never turns the hub off by itself), and a repository
+    the hub does not know gets the one line with the online advice."""
+    endpoint, seen = stub_hub
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1")
+    out = _cli("eval", "--model", HUB_ID, "--benchmark", "synthetic", "--data", synth_dir / "train.jsonl",
+               "--out", tmp_path / "e", env=env)
+    assert any(HUB_ID in path for path in seen), seen  # the hub was asked
+    assert f"the hub id '{HUB_ID}' did not load" in out and "check the spelling of the id, log in" in out
+    assert "HF_HUB_OFFLINE=1 is set" not in out
 
 
 def test_mistyped_local_model_path(tmp_path, synth_dir):
@@ -125,6 +166,10 @@ def test_a_mistyped_train_file_never_generates_data(tmp_path):
     out = _cli("train", "--config", ROOT / "configs" / "tiny_cpu.yaml", f"data.train_file={typo}", f"train.out_dir={tmp_path / 'r'}")
     assert f"{typo}: data file not found" in out
     assert not typo.exists() and not (tmp_path / "data").exists()
+    # the tiny config's own synthetic data (data/synth/ under the working folder) is not made for a run that is refused
+    out = _cli("train", "--config", ROOT / "configs" / "tiny_cpu.yaml", "train.out_dir=runs/nothing", "--resume", cwd=tmp_path)
+    assert "--resume: train.out_dir=runs/nothing does not exist" in out and "generating" not in out
+    assert not (tmp_path / "data").exists()
 
 
 def test_records_that_cannot_serve_the_views(tmp_path, no_box, synth_dir):

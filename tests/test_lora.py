@@ -149,6 +149,6 @@ def test_lora_checkpoint_exports_merged_and_evaluates_like_the_adapter(tmp_path,
                      "--max-new-tokens", "6", "--no-progress"]) == 0
     a, b = ([json.loads(x) for x in (tmp_path / n / "samples.jsonl").read_text().splitlines()] for n in ("merged", "adapter"))
     assert len(a) == 12 and [s["response"] for s in a] == [s["response"] for s in b]
-    # without --merge: the adapter folder, naming its base, that eval also reads (with the run's config.yaml gone)
+    # without --merge: the adapter folder (for peft or a server's LoRA support), naming its base
     assert main(["export", str(ck), "--out", str(tmp_path / "adapter_only")]) == 0
     assert json.loads((tmp_path / "adapter_only" / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny:qwen2_5_vl"

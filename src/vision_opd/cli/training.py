@@ -12,6 +12,9 @@ def cmd_train(args) -> int:
     from ..train import train
 
     cfg = load_config(args.config, args.overrides + (["data.skip_bad=true"] if args.skip_bad else []))
+    from ..run_folder import check_run_folder
+
+    check_run_folder(cfg.train.out_dir, cfg, resume=args.resume, overwrite=args.overwrite)  # before any data is made
     if cfg.data.synth_if_missing and _synth_applies(args.overrides):  # the tiny config's synthetic data (train() never
         import os                                                      # generates data)
 
