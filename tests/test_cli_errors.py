@@ -156,8 +156,10 @@ def test_run_folders_never_mix(tmp_path, synth_dir):
     assert not (tmp_path / "fresh").exists()
     out = _cli(*_train_args(synth_dir, run), "--resume", "--overwrite")
     assert "choose one" in out
-    out = _cli(*_train_args(synth_dir, run), "--overwrite", rc=0)
+    assert (run / "report.html").is_file()
+    out = _cli(*_train_args(synth_dir, run, "train.report=false"), "--overwrite", rc=0)
     assert "--overwrite: deleted the previous run" in out
+    assert not (run / "report.html").exists()  # the previous run's page went with it
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 
 

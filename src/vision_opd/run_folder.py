@@ -25,7 +25,7 @@ from .checkpoint import checkpoint_step, complete_checkpoints, latest_checkpoint
 from .config import Config, ConfigError, save_config, to_dict
 from .run_log import METRICS, SAMPLES, cut_logs
 
-RUN_FILES = ("config.yaml", METRICS, SAMPLES)
+RUN_FILES = ("config.yaml", METRICS, SAMPLES, "report.html")
 RUN_DIRS = ("checkpoints", "tensorboard", "wandb")
 RUN_GLOBS = ("proposals_*.jsonl",)  # caches computed by the run's initial model
 
