@@ -84,7 +84,7 @@ CORE = ("vision_opd.data", "vision_opd.models", "vision_opd.scoring", "vision_op
         "vision_opd.losses", "vision_opd.losses_chunked",
         "vision_opd.divergence", "vision_opd.rollout", "vision_opd.mismatch", "vision_opd.teacher", "vision_opd.train", "vision_opd.checkpoint",
         "vision_opd.distributed", "vision_opd.guards", "vision_opd.stream", "vision_opd.run_log", "vision_opd.config",
-        "vision_opd.proposers", "vision_opd.eval", "vision_opd.report", "vision_opd.responses",
+        "vision_opd.run_folder", "vision_opd.proposers", "vision_opd.eval", "vision_opd.report", "vision_opd.responses",
         "vision_opd.degenerate", "vision_opd.token_dump", "vision_opd.token_analysis")
 
 

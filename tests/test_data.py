@@ -123,7 +123,7 @@ def test_records_round_trip_and_relative_paths(tmp_path, img_path):
         ({"id": "a", "image": "im.png", "question": " "}, "empty or missing 'question'"),
         ({"id": "a", "image": "im.png", "question": "q", "box": [3, 3, 1, 1]}, "zero or negative area"),
         ({"id": "a", "image": "im.png", "question": "q", "box": [1, 2, 3]}, "list of 4 numbers"),
-        ({"id": "a", "image": "im.png", "question": "q", "box": [1, 2, "nan", 4]}, "non-finite"),
+        ({"id": "a", "image": "im.png", "question": "q", "box": [1, 2, float("nan"), 4]}, "non-finite"),
         ({"id": "a", "image": "im.png", "question": "q", "options": ["x", "y"], "answer": "C"}, "neither an option letter"),
         ("{not json", "invalid JSON"),
     ],
@@ -190,3 +190,49 @@ def test_one_preprocessing_path(synth_records):
     b = encode_views(proc, [teacher_view(r, ViewConfig(teacher_source="full"))])
     for k in a:
         assert (a[k] == b[k]).all(), k
+
+
+# degenerate records: types, sizes and counts that cannot make sense (each must be refused with its fix)
+_Q = {"image": "im.png", "question": "q"}
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"id": "a", **_Q, "box": [True, 1, 5, 5]}, "box must contain numbers"),
+    ({"id": "a", **_Q, "box": [0, 0, False, 5]}, "box must contain numbers"),
+    ({"id": "a", **_Q, "box": ["1", "2", "30", "40"]}, "box must contain numbers"),
+    ({"id": "a", **_Q, "box": [1, 2, None, 4]}, "box must contain numbers"),
+    ({"id": "a", **_Q, "options": ["cat"], "answer": "A"}, "at least 2 options"),
+    ({"id": "a", **_Q, "options": ["cat", "  "]}, "option B is empty"),
+    ({"id": "a", **_Q, "options": ["cat", "dog", "Cat"]}, "options A and C are the same"),
+    ({"id": "a", **_Q, "options": ["cat", 3]}, "'options' must be a non-empty list of strings"),
+    ({"id": True, **_Q}, "'id' must be a string or an integer"),
+    ({"id": ["a"], **_Q}, "'id' must be a string or an integer"),
+    ({"id": " ", **_Q}, "'id' is empty"),
+    ({"id": "a", **_Q, "answer": True}, "'answer' must be a string or a number"),
+    ({"id": "a", **_Q, "answer": ["A"]}, "'answer' must be a string or a number"),
+    ({"id": "a", **_Q, "answer": " "}, "'answer' is empty"),
+    ({"id": "a", **_Q, "teacher_image": 5}, "'teacher_image' must be a path"),
+    ({"id": "a", **_Q, "teacher_image": ""}, "'teacher_image' must be a path"),
+    ({"id": "a", **_Q, "category": {"x": 1}}, "'category' must be a string"),
+    ({"id": "a", "image": ["im.png"], "question": "q"}, "missing 'image'"),
+    ({"id": "a", "image": "im.png", "question": 7}, "empty or missing 'question'"),
+])
+def test_degenerate_records_are_refused(tmp_path, img_path, row, message):
+    p = _write(tmp_path, [{"id": "ok", "image": "im.png", "question": "q", "options": ["x", "y"]}, row])
+    with pytest.raises(RecordError, match=message) as e:
+        read_records(p, check_images=True)
+    assert f"{p}:2" in str(e.value)
+    from vision_opd.data.validate import validate_file
+
+    report = validate_file(p)  # `data validate` reports the same problem on the same line, without a traceback
+    assert [pr.line for pr in report.problems] == [2] and message.split("'")[0] in report.problems[0].message
+
+
+def test_numpy_and_integer_boxes_are_still_numbers(tmp_path, img_path):
+    import numpy as np
+
+    from vision_opd.data.records import parse_box
+
+    assert parse_box([np.int64(1), np.float32(2), 30, 40.5]) == (1.0, 2.0, 30.0, 40.5)
+    (r,) = read_records(_write(tmp_path, [{"id": 3, **_Q, "answer": 1, "category": 2}]))
+    assert r.id == "3" and r.answer == "1" and r.category == "2"

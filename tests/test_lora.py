@@ -102,3 +102,53 @@ def test_lora_run_checkpoints_the_adapter_and_resumes(tmp_path, synth_dir):
 
     base, _ = build_tiny("qwen2_5_vl")
     PeftModel.from_pretrained(base, complete_checkpoints(run)[-1])
+
+
+def test_lora_checkpoint_exports_merged_and_evaluates_like_the_adapter(tmp_path, synth_dir):
+    """A tiny LoRA run; `export --merge` writes a full Hugging Face folder; `eval` of that folder gives the same answers
+    as `eval` of the adapter checkpoint itself (base + adapter, unmerged)."""
+    import json
+
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    from vision_opd.checkpoint import latest_checkpoint
+    from vision_opd.cli import main
+    from vision_opd.models.loading import load_model_and_processor
+    from vision_opd.train import train
+
+    run = train(_cfg(tmp_path, synth_dir, "train.steps=2", "teacher.mode=frozen", "optim.lr=5e-2"))
+    ck = latest_checkpoint(run)
+    out = tmp_path / "merged"
+    assert main(["export", str(ck), "--out", str(out), "--merge"]) == 0
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "chat_template.jinja", "processor_config.json", "preprocessor_config.json", "vision_opd_export.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "trainer_state.pt").exists() and not (out / "adapter_config.json").exists()
+    import transformers
+
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):  # stock class names
+        cls = json.loads((out / name).read_text())["processor_class"]
+        assert cls == "Qwen2_5_VLProcessor" and hasattr(transformers, cls), (name, cls)
+    assert json.loads((out / "preprocessor_config.json").read_text())["image_processor_type"] == "Qwen2VLImageProcessor"
+    merged = AutoModelForImageTextToText.from_pretrained(out)  # stock loaders read it
+    AutoTokenizer.from_pretrained(out)
+    adapter_model, proc = load_model_and_processor(str(ck))  # base + adapter, not merged
+    assert type(adapter_model).__name__ == "PeftModel"
+    base, _ = __import__("vision_opd.models.tiny", fromlist=["build_tiny"]).build_tiny("qwen2_5_vl")
+    key = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(merged.state_dict()[key], base.state_dict()[key]), "the adapter must change the weights"
+    from vision_opd.data.views import encode_views, student_view
+
+    records = __import__("vision_opd.data.validate", fromlist=["read_records"]).read_records(synth_dir / "train.jsonl")
+    inputs = encode_views(proc, [student_view(r) for r in records[:2]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs).logits, adapter_model(**inputs).logits, atol=1e-4, rtol=1e-4)
+    data = str(synth_dir / "train.jsonl")
+    for model, name in ((str(out), "merged"), (str(ck), "adapter")):
+        assert main(["eval", "--model", model, "--benchmark", "synthetic", "--data", data, "--out", str(tmp_path / name),
+                     "--max-new-tokens", "6", "--no-progress"]) == 0
+    a, b = ([json.loads(x) for x in (tmp_path / n / "samples.jsonl").read_text().splitlines()] for n in ("merged", "adapter"))
+    assert len(a) == 12 and [s["response"] for s in a] == [s["response"] for s in b]
+    # without --merge: the adapter folder (for peft or a server's LoRA support), naming its base
+    assert main(["export", str(ck), "--out", str(tmp_path / "adapter_only")]) == 0
+    assert json.loads((tmp_path / "adapter_only" / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny:qwen2_5_vl"

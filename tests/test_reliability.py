@@ -247,3 +247,46 @@ def test_checkpoint_state_loads_with_weights_only(tmp_path, synth_dir):
     state = torch.load(latest_checkpoint(run) / "trainer_state.pt", weights_only=True)
     assert state["step"] == 1 and "optimizer" in state
     assert Path(latest_checkpoint(run) / "teacher" / "model.safetensors").is_file()
+
+
+def test_collapse_watch_survives_resume(tmp_path, synth_dir):
+    """The collapse streak (and the length baseline) is trainer state: a resumed run stops where an uninterrupted one would."""
+    from vision_opd import train as T
+
+    base = _cli(tmp_path / "run", synth_dir, "train.stop_on_collapse=true", "train.collapse_patience=3")[4:]
+    T.train(load_config(None, base + ["train.steps=2"]))  # truncation rate 1.0 at steps 1-2: a streak of 2, no stop
+    with pytest.raises(TrainingStopped, match="collapse signal at step 3"):  # not at step 5 (a streak restarted at 0)
+        T.train(load_config(None, base + ["train.steps=6"]), resume=True)
+
+
+def test_consecutive_skip_counter_survives_resume(tmp_path, synth_dir, monkeypatch):
+    from vision_opd import train as T
+
+    real = T.token_divergence_from_hidden
+    monkeypatch.setattr(T, "token_divergence_from_hidden", lambda *a, **kw: (lambda r: (r[0] * float("nan"), r[1]))(real(*a, **kw)))
+    base = _cli(tmp_path / "run", synth_dir, "train.max_consecutive_skips=3")[4:]
+    T.train(load_config(None, base + ["train.steps=2"]))  # two non-finite steps in a row, then the final checkpoint
+    with pytest.raises(TrainingStopped, match="3 consecutive non-finite") as e:
+        T.train(load_config(None, base + ["train.steps=8"]), resume=True)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines][-1] == 3, e.value  # stopped at step 3, not 5
+
+
+def test_guards_state_round_trips():
+    from types import SimpleNamespace
+
+    from vision_opd.guards import CollapseWatch, SkipGuard
+
+    t = SimpleNamespace(collapse_truncation_rate=0.5, collapse_kl=10.0, collapse_length_ratio=4.0, collapse_patience=3,
+                        stop_on_collapse=True)
+    w = CollapseWatch(t)
+    for n in (3.0, 4.0):
+        w.update({"response_len": n, "truncation_rate": 1.0, "kl": 0.1})
+    w2 = CollapseWatch(t)
+    w2.load_state_dict(w.state_dict())
+    assert (w2.base_len, w2.streak, w2.stop) == ([3.0, 4.0], 2, False)
+    s = SkipGuard(5)
+    s.streak = 2
+    s2 = SkipGuard(5)
+    s2.load_state_dict(s.state_dict())
+    assert s2.streak == 2

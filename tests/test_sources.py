@@ -143,6 +143,9 @@ def test_train_with_a_proposer_on_drawn_boxes_refuses_before_the_model_loads(six
     (3, lambda r: r.pop("teacher_images"), "teacher_images"),
     (1, lambda r: r.update(answer="E"), "answer 'E'"),
     (2, lambda r: r.update(images=["images/missing.png"]), "not found"),
+    (2, lambda r: r.update(bbox=[True, 5, 30, 20]), "box must contain numbers"),  # degenerate: a boolean is no coordinate
+    (1, lambda r: r.update(problem=_problem("What colour?", ["red"]), extra_info={"question": "What colour?\nA. red"},
+                           answer="A"), "at least 2 options"),
 ])
 def test_sixk_bad_row_names_file_line_and_problem(sixk, line, change, message):
     rows = [json.loads(x) for x in sixk.read_text().splitlines()]

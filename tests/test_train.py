@@ -213,3 +213,78 @@ def test_held_out_evaluation_uses_the_benchmark_views(tmp_path, synth_dir):
     m = json.loads((train(cfg) / "metrics.jsonl").read_text().splitlines()[0])  # the boxless record stops nothing
     assert m["eval_full_acc"] in {k / 4 for k in range(5)}  # 4 records in the full view
     assert m["eval_crop_acc"] in {k / 3 for k in range(4)}  # 3 with a box in the crop view
+
+
+@pytest.fixture(scope="module")
+def tied_model_dir(tmp_path_factory):
+    """A tiny Qwen2.5-VL with tied input/output embeddings (as Qwen2.5-VL-3B and Qwen3-VL-4B have), saved as a folder."""
+    from transformers import AutoModelForImageTextToText
+
+    from vision_opd.models.tiny import build_processor, tiny_config
+
+    proc = build_processor("qwen2_5_vl")
+    config = tiny_config("qwen2_5_vl", proc.tokenizer)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    out = tmp_path_factory.mktemp("tied")
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("teacher_device", [None, "cpu"])
+def test_tied_embeddings_ema_teacher_saves_and_resumes(teacher_device, tmp_path, synth_dir, tied_model_dir):
+    from safetensors.torch import load_file
+
+    from vision_opd.checkpoint import complete_checkpoints, load_teacher_state
+    from vision_opd.train import train
+
+    extra = [f"model.name_or_path={tied_model_dir}", "teacher.mode=ema", "teacher.ema_rate=0.5", "train.steps=3",
+             "train.save_every=2"] + ([f"teacher.device={teacher_device}"] if teacher_device else [])
+    cfg = _cfg(tmp_path, synth_dir, *extra)
+    run = train(cfg)  # the first save used to raise safetensors' "Some tensors share memory"
+    cks = complete_checkpoints(run)
+    assert [c.name for c in cks] == ["step_000002", "step_000003"]
+    teacher = load_teacher_state(cks[-1])
+    emb, head = "model.language_model.embed_tokens.weight", "lm_head.weight"
+    assert torch.equal(teacher[emb], teacher[head])  # tied in the saved teacher too
+    student_ref, teacher_ref = load_file(str(cks[-1] / "model.safetensors")), teacher
+    import shutil
+
+    shutil.rmtree(cks[-1])
+    train(cfg, resume=True)
+    again = complete_checkpoints(run)[-1]
+    for k, v in load_file(str(again / "model.safetensors")).items():
+        torch.testing.assert_close(v, student_ref[k], atol=1e-6, rtol=1e-6)
+    for k, v in load_teacher_state(again).items():
+        torch.testing.assert_close(v, teacher_ref[k], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_takes_own_data(path):
+    """Each preset loads, validates, and reads any data file by format detection with a teacher that follows the record."""
+    cfg = load_config(path, ["data.train_file=my_data/train.jsonl"])
+    assert cfg.data.format == "auto" and cfg.views.teacher_source == "auto"
+    assert cfg.data.synth_if_missing == (path.name == "tiny_cpu.yaml")
+
+
+def test_resume_cuts_the_logs_back_so_no_step_appears_twice(tmp_path, synth_dir):
+    import shutil
+
+    from vision_opd.checkpoint import complete_checkpoints
+    from vision_opd.train import train
+
+    cfg = _cfg(tmp_path, synth_dir, "train.steps=3", "train.save_every=2", "train.sample_every=1")
+    run = train(cfg)
+    shutil.rmtree(complete_checkpoints(run)[-1])  # as if the run had died after step 3's log lines, before its save
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss"')  # and a line cut short by the kill
+    train(cfg, resume=True)  # continues from step_000002
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    sample_steps = [json.loads(x)["step"] for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert sorted(set(sample_steps)) == [1, 2, 3] and len(sample_steps) == 3 * sample_steps.count(1)

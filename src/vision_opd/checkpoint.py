@@ -3,7 +3,8 @@
 Layout of one checkpoint, `RUN/checkpoints/step_000020/`:
     model.safetensors, config.json, ...   the student, Hugging Face format (`from_pretrained` loads it)
     tokenizer / processor files
-    teacher/model.safetensors             the EMA teacher's weights (frozen/live: absent; frozen is rebuilt from the base)
+    teacher/model.safetensors             the EMA teacher's weights (frozen/live: absent; frozen is rebuilt from the base;
+                                          tied weights written once, the other name kept as an alias in the metadata)
     trainer_state.pt                      optimizer, scheduler, step, data cursor, every rank's RNG states
                                           (tensors only: loaded with torch.load(weights_only=True))
     config.yaml                           the resolved config
@@ -12,6 +13,7 @@ Layout of one checkpoint, `RUN/checkpoints/step_000020/`:
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -32,6 +34,11 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / DONE_FILE).is_file() and not p.name.endswith(".tmp"))
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    """The step a complete checkpoint was written at (its COMPLETE file)."""
+    return int((Path(ckpt) / DONE_FILE).read_text().strip())
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -98,7 +105,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer
         processor.save_pretrained(tmp)
     if teacher_state is not None:
         (tmp / "teacher").mkdir()
-        save_file({k: v.detach().cpu().contiguous() for k, v in teacher_state.items()}, str(tmp / "teacher" / "model.safetensors"))
+        tensors, aliases = unique_tensors(teacher_state)
+        save_file(tensors, str(tmp / "teacher" / "model.safetensors"), metadata={"aliases": json.dumps(aliases)})
     state = dict(trainer_state)
     state["rng"] = [_rng_to_tensors(r) for r in (rng_states or [rng_state()])]
     torch.save(state, tmp / STATE_FILE)
@@ -131,11 +139,40 @@ def load_trainer_state(ckpt: Path) -> dict:
     return state
 
 
+def unique_tensors(state: dict) -> tuple[dict, dict]:
+    """(tensors to write, {alias: written key}): a tensor that shares its memory with one already kept (tied input and
+    output embeddings, as in Qwen2.5-VL-3B and Qwen3-VL-4B) is written once and named as an alias (safetensors
+    refuses shared memory); a partial overlap is written as a copy."""
+    kept: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    views: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for k, v in state.items():
+        v = v.detach()
+        ptr = v.untyped_storage().data_ptr()
+        view = (v.device.type, ptr, v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
+        if view in views:
+            aliases[k] = views[view]
+            continue
+        t = v.cpu()
+        kept[k] = (t.clone() if ptr in storages else t).contiguous()
+        views[view] = k
+        storages.add(ptr)
+    return kept, aliases
+
+
 def load_teacher_state(ckpt: Path) -> dict | None:
-    from safetensors.torch import load_file
+    """The EMA teacher's weights, aliases (tied weights) restored as the same tensor under both names."""
+    from safetensors import safe_open
 
     p = Path(ckpt) / "teacher" / "model.safetensors"
-    return load_file(str(p)) if p.is_file() else None
+    if not p.is_file():
+        return None
+    with safe_open(str(p), framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    state.update({alias: state[key] for alias, key in aliases.items()})
+    return state
 
 
 def load_student_weights(model, path: Path) -> None:

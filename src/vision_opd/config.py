@@ -226,8 +226,8 @@ class Config:
              f"views.teacher_pixels={v.teacher_pixels}: must be > 0, or null for views.teacher_upscale")
         bad = [n for n in v.teacher_images if n not in TEACHER_IMAGES]
         need(not bad, f"views.teacher_images: unknown {bad}; choose from {', '.join(TEACHER_IMAGES)}")
-        need("crop" not in v.teacher_images or v.teacher_source in ("box", "given", "proposer"),
-             f"views.teacher_images names crop, which needs views.teacher_source box, given or proposer (got {v.teacher_source!r})")
+        need("crop" not in v.teacher_images or v.teacher_source in ("auto", "box", "given", "proposer"),
+             f"views.teacher_images names crop, which needs views.teacher_source auto, box, given or proposer (got {v.teacher_source!r})")
         need(v.blur_radius >= 0 and 0.0 <= v.mask_ratio <= 1.0 and v.mask_grid >= 1,
              "views.blur_radius must be >= 0, views.mask_ratio in [0, 1], views.mask_grid >= 1")
         need(self.teacher.proposer in ("attention", "grounding", "confidence", "rarity"),

@@ -3,6 +3,7 @@
     stop, collapse, skips = StopFlag(), CollapseWatch(cfg.train), SkipGuard(cfg.train.max_consecutive_skips)
     m["collapse"] = collapse.update(m)      # "" or the signals seen this step
     skips.update(m["skipped"], step)        # raises TrainingStopped after too many non-finite steps in a row
+    state = {"collapse": collapse.state_dict(), "skips": skips.state_dict()}   # saved in every checkpoint
     if stop.requested(accelerator): ...     # a SIGINT/SIGTERM arrived on any rank: save, then exit
 
 The loop in train.py calls these once per step; every stop saves a checkpoint first (see `train`).
@@ -57,6 +58,13 @@ class SkipGuard:
         self.max_consecutive = max_consecutive
         self.streak = 0
 
+    def state_dict(self) -> dict:
+        """Saved with the trainer state, so a resumed run counts on from where it stopped."""
+        return {"streak": self.streak}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.streak = int(state["streak"])
+
     def update(self, skipped: bool, step: int) -> None:
         self.streak = self.streak + 1 if skipped else 0
         if not skipped:
@@ -75,6 +83,15 @@ class CollapseWatch:
         self.base_len: list[float] = []
         self.streak = 0
         self.stop = False
+
+    def state_dict(self) -> dict:
+        """The length baseline and the streak, saved with the trainer state (a resume neither forgets a streak nor
+        takes the resumed steps as a new baseline)."""
+        return {"base_len": list(self.base_len), "streak": self.streak, "stop": self.stop}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base_len = [float(x) for x in state["base_len"]]
+        self.streak, self.stop = int(state["streak"]), bool(state["stop"])
 
     def update(self, m: dict) -> str:
         if len(self.base_len) < 5:

@@ -12,6 +12,8 @@ Weights & Biases when asked for (named run_log: the logs of one run).
   True requires it; False never.
 - Weights & Biases: only with wandb=True (then the `wandb` package is required); numeric values only.
 - enabled=False (every rank but the main one): every method does nothing and no file is opened.
+- A resumed run: `cut_logs(run_dir, step)` first drops the lines after the resumed step, and `purge_step` hides the
+  earlier run's TensorBoard events from that step on.
 """
 
 from __future__ import annotations
@@ -22,9 +24,14 @@ from pathlib import Path
 from typing import Any
 
 
+METRICS = "metrics.jsonl"
+SAMPLES = "samples.jsonl"
+
+
 class MetricsLogger:
     def __init__(self, run_dir: str | Path, *, tensorboard: bool | str = "auto", wandb: bool = False,
-                 wandb_project: str | None = None, config: dict | None = None, enabled: bool = True):
+                 wandb_project: str | None = None, config: dict | None = None, enabled: bool = True,
+                 purge_step: int | None = None):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self._metrics_f = self._samples_f = self._tb = self._wandb_run = None
@@ -38,11 +45,12 @@ class MetricsLogger:
                 raise ImportError("train.wandb=true needs the 'wandb' package, which is not installed: "
                                   "pip install wandb (and `wandb login`), or set train.wandb=false") from None
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics_f = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._metrics_f = open(self.run_dir / METRICS, "a", encoding="utf-8")
         if use_tb:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            # purge_step (a resumed run): TensorBoard hides the events of the earlier run from that step on
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
             if config:
                 self._tb.add_text("config", _code_block(json.dumps(config, indent=2, default=str)), 0)
         if wandb:
@@ -74,7 +82,7 @@ class MetricsLogger:
         if not self.enabled or not rows:
             return
         if self._samples_f is None:
-            self._samples_f = open(self.run_dir / "samples.jsonl", "a", encoding="utf-8")
+            self._samples_f = open(self.run_dir / SAMPLES, "a", encoding="utf-8")
         lines = [json.dumps({"step": step, **row}, ensure_ascii=False, default=str) for row in rows]
         self._samples_f.write("".join(line + "\n" for line in lines))
         self._samples_f.flush()
@@ -100,6 +108,30 @@ class MetricsLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def cut_logs(run_dir: str | Path, step: int) -> int:
+    """Keep only the lines of metrics.jsonl and samples.jsonl up to `step` (a resumed run appends after them, so no
+    step appears twice); an unreadable line (a write cut short by a kill) is dropped too. Returns the lines dropped."""
+    dropped = 0
+    for name in (METRICS, SAMPLES):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                keep = int(json.loads(line)["step"]) <= step
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(path)
+    return dropped
 
 
 def _tensorboard_wanted(value: bool | str) -> bool:

@@ -27,7 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .config import Config, save_config, to_dict
+from .config import Config, ConfigError, to_dict
 from .data.records import Record
 from .data.sources import load_train_records
 from .data.validate import read_records
@@ -42,6 +42,7 @@ from .models.loading import load_model, set_trainable, vision_token_ids
 from .models.parts import backbone_and_head, strip_wrappers, unwrap
 from .responses import COUNTS, collect_responses, response_metrics
 from .rollout import HFEngine, check_engine_available, decoding_of, make_engine
+from .run_folder import check_run_folder, start_run_folder
 from .run_log import MetricsLogger, sample_rows
 from .scoring import score_responses
 from .report import report_after_run
@@ -241,28 +242,35 @@ def vision_opd_step(cfg: Config, model, teacher: Teacher, processor, records: li
     return StepResult(metrics, ro, token_values, resp)
 
 
-def train(cfg: Config, *, resume: bool = False) -> Path:
-    """Run Vision-OPD as configured; returns the run directory."""
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Run Vision-OPD as configured; returns the run directory.
+
+    The run folder holds one run: `resume` continues it from its latest complete checkpoint, `overwrite` deletes it
+    first; anything else there is refused (run_folder.py). Data and every record are checked before the model loads.
+    """
     accelerator = make_accelerator(cpu=cfg.train.device == "cpu", timeout_s=cfg.train.dist_timeout_s)  # None: 1 process
     ranks = Ranks.of(accelerator)
     rank, world = ranks.rank, ranks.world
     is_main = rank == 0
+    if cfg.train.prompts_per_step < world:
+        raise ConfigError(f"train.prompts_per_step={cfg.train.prompts_per_step} is smaller than the {world} processes")
     run_dir = Path(cfg.train.out_dir)
     config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    plan = check_run_folder(run_dir, cfg, resume=resume, overwrite=overwrite)  # every rank reads, before anyone writes
+    if accelerator:
+        accelerator.wait_for_everyone()
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        start_run_folder(plan, cfg)
     seed_everything(cfg.train.seed)
     check_engine_available(cfg)  # rollout.engine=vllm without vLLM: one line naming the extra, before any loading
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     device = accelerator.device if accelerator else resolve_device(cfg.train.device)
 
-    # load: model, processor, data, teacher, optimizer
-    records, n_bad = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)  # checked first
+    # load: data first (every record checked, views included: nothing expensive has happened yet), then the model
+    records, n_bad = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)
+    eval_records = read_records(cfg.data.eval_file) if cfg.data.eval_file and cfg.train.eval_every else None
     model, processor = load_model(cfg.model, seed=cfg.train.seed, device=device)
-    if cfg.train.prompts_per_step < world:
-        raise ValueError(f"train.prompts_per_step={cfg.train.prompts_per_step} is smaller than the {world} processes")
     suppress_ids = vision_token_ids(unwrap(model), processor)
     if cfg.model.lora_r > 0:
         from .models.lora import apply_lora
@@ -277,7 +285,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     teacher = Teacher(model, cfg.teacher.mode, cfg.teacher.ema_rate, device=cfg.teacher.device)  # the *initial* weights
     set_trainable(model, freeze_vision=cfg.model.freeze_vision, gradient_checkpointing=cfg.model.gradient_checkpointing)
     fsdp = accelerator is not None and cfg.train.distributed == "fsdp"
-    if last := (ckpt.latest_checkpoint(run_dir) if resume else None):
+    if last := plan.resume_from:
         ckpt.load_student_weights(model, last)  # before sharding: the checkpoint holds whole tensors
     if fsdp:
         model = shard_fsdp(model, mixed_precision=cfg.train.mixed_precision == "bf16")  # params become shards
@@ -289,6 +297,7 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     stream = PromptStream(len(records), cfg.train.seed, cfg.data.shuffle)
+    stop, watch, skips = StopFlag(), CollapseWatch(cfg.train), SkipGuard(cfg.train.max_consecutive_skips)
     start_step = 0
     seed_everything(rank_seed(cfg.train.seed, rank))  # the weights are alike on every rank; the sampling noise is not
     if last is not None:
@@ -303,6 +312,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         start_step = int(state["step"])
         if rank < len(state["rng"]):  # each rank its own (a rank the checkpoint has none for keeps its fresh seed)
             ckpt.set_rng_state(state["rng"][rank])
+        watch.load_state_dict(state["guards"]["collapse"])  # the streaks go on where they stopped
+        skips.load_state_dict(state["guards"]["skips"])
         if is_main:
             print(f"[vision-opd] resumed from {last} at step {start_step}")
     # the rollout engine, from the student's current weights (initial or resumed); rank r samples its shard
@@ -313,7 +324,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         """Written once, by the main process (FSDP: the shards are gathered to it first)."""
         opt_state = full_optimizer_state(model, optimizer) if fsdp else optimizer.state_dict()
         weights = full_model_state(model) if fsdp else None
-        state = {"optimizer": opt_state, "scheduler": scheduler.state_dict(), "step": step, "cursor": stream.cursor}
+        state = {"optimizer": opt_state, "scheduler": scheduler.state_dict(), "step": step, "cursor": stream.cursor,
+                 "guards": {"collapse": watch.state_dict(), "skips": skips.state_dict()}}
         path = ckpt.step_dir(run_dir, step)
         rng = ranks.gather(ckpt.rng_state())  # every rank's RNG, written by the main process
         if is_main:
@@ -323,8 +335,6 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         if accelerator:
             accelerator.wait_for_everyone()
         return path
-
-    eval_records = read_records(cfg.data.eval_file) if cfg.data.eval_file and cfg.train.eval_every else None
 
     def evaluate(step: int) -> dict:
         """Held-out greedy accuracy on the benchmark's full and crop views, every rank on a share (eval/heldout.py)."""
@@ -340,9 +350,8 @@ def train(cfg: Config, *, resume: bool = False) -> Path:
         return out
 
     # loop: rollout, score, loss, step, log, save (a SIGINT/SIGTERM saves a checkpoint, then the run exits)
-    stop, watch, skips = StopFlag(), CollapseWatch(cfg.train), SkipGuard(cfg.train.max_consecutive_skips)
-    log = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb=cfg.train.wandb,
-                        wandb_project=cfg.train.wandb_project, config=to_dict(cfg), enabled=is_main)
+    log = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb=cfg.train.wandb, wandb_project=cfg.train.wandb_project,
+                        config=to_dict(cfg), enabled=is_main, purge_step=start_step + 1 if last is not None else None)
     bar = tqdm(range(start_step, cfg.train.steps), desc="vision-opd", disable=not (cfg.train.progress and is_main),
                initial=start_step, total=cfg.train.steps)
     try:

@@ -9,24 +9,25 @@
     vision-opd eval --model M --benchmark B --data PATH --out DIR   benchmark accuracy (docs/eval.md)
     vision-opd gap --model M --benchmark B --data PATH --out DIR    full vs crop vs red box, paired
     vision-opd report PATH [--out FILE]                    one self-contained HTML page for a run / eval / gap folder
+    vision-opd export CHECKPOINT --out DIR [--merge]       a checkpoint as a plain Hugging Face folder (LoRA merged)
     vision-opd inspect RUN [RUN ...]                       where the divergence concentrates (tokens.jsonl)
 
 Each module here holds a group of subcommands (`add_parsers` + the `cmd_*` functions they call):
 training.py (train, config, data, synth), evaluation.py (eval, gap), demo.py (pretrain, demo), report.py (report),
-analysis.py (inspect).
+export.py (export), analysis.py (inspect).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from . import analysis, demo, evaluation, report, training
+from . import analysis, demo, evaluation, export, report, training
 
 
 def _quiet_hf() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("VISION_OPD_OFFLINE", "1") == "1" else None
+    """Quieter transformers logs. Hub ids download as in any transformers program (HF_HUB_OFFLINE=1 is the user's
+    choice, never set here: the demo and the tiny models name no hub id, so they are offline by construction)."""
     try:
         from transformers.utils import logging as hf_logging
 
@@ -36,36 +37,92 @@ def _quiet_hf() -> None:
         pass
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped paragraph by paragraph (blank lines kept); every option's default shown (unless its help
+    already says it)."""
+
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        return "\n\n".join(textwrap.fill(" ".join(p.split()), width, initial_indent=indent, subsequent_indent=indent,
+                                         break_on_hyphens=False, break_long_words=False) for p in text.split("\n\n"))
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "default" in help_text or action.default in (None, False, argparse.SUPPRESS) or action.required \
+                or not action.option_strings:
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
+def _polish(parser: argparse.ArgumentParser) -> None:
+    """The same help formatter for every subcommand, at any depth."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _polish(sub)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    def v(pkg: str) -> str:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"vision-opd {__version__} (torch {v('torch')}, transformers {v('transformers')}, peft {v('peft')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vision-opd", description="Vision-OPD: measure the regional-to-global gap, train "
                                 "with on-policy self-distillation from a crop-conditioned teacher, evaluate.")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True)
     training.add_parsers(sub)
     demo.add_parsers(sub)
     evaluation.add_parsers(sub)
     report.add_parsers(sub)
+    export.add_parsers(sub)
     analysis.add_parsers(sub)
+    _polish(p)
     return p
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Mistakes a user can fix (a bad key, record, image, path, benchmark or model): one line, no traceback."""
+    from ..config import ConfigError
+    from ..data.files import DataFileError
+    from ..data.images import ImageError
+    from ..data.records import RecordError
+    from ..eval.views import EvalError
+    from ..models.loading import ModelLoadError
+
+    return ConfigError, RecordError, ImageError, DataFileError, EvalError, ModelLoadError
 
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_hf()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides after an option (`train --resume train.steps=40`) belong to the overrides too
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.command_line = ["vision-opd", *(sys.argv[1:] if argv is None else argv)]  # recorded by eval / gap
-    from ..config import ConfigError
-    from ..data.images import ImageError
-    from ..data.records import RecordError
+    from ..guards import TrainingStopped
 
     try:
         return args.func(args)
-    except (ConfigError, RecordError, ImageError) as e:
+    except user_errors() as e:
         print(f"vision-opd: error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
-        from ..guards import TrainingStopped
-
-        if not isinstance(e, TrainingStopped):
-            raise
+    except TrainingStopped as e:
         print(f"vision-opd: training stopped: {e}", file=sys.stderr)
         return 3
 

@@ -60,7 +60,10 @@ def _pretrain_default(name: str):
 
 
 def add_parsers(sub) -> None:
-    pt = sub.add_parser("pretrain", help="pre-train the demo's tiny VLM with labels (crops + easy full images)")
+    pt = sub.add_parser("pretrain", help="pre-train the demo's tiny VLM with labels (crops + easy full images)",
+                        description="Pre-train the demo's tiny Qwen2-VL on the synthetic world with labels (evidence "
+                        "crops and easy full images), until the validation curve plateaus. The shipped checkpoint "
+                        "(src/vision_opd/assets/demo_model) comes from this command. See docs/demo.md.")
     pt.add_argument("--out", default="runs/pretrain", help="output folder (model/ = the Hugging Face checkpoint)")
     pt.add_argument("--max-steps", type=int, default=_pretrain_default("max_steps"), help="stop after this many steps at most")
     pt.add_argument("--time-budget", type=float, default=_pretrain_default("time_budget_s"), help="stop after this many seconds at most")
@@ -86,7 +89,11 @@ def add_parsers(sub) -> None:
                     "busy 2-core machine; 0 = torch's default)")
     pt.set_defaults(func=cmd_pretrain)
 
-    d = sub.add_parser("demo", help="show the regional-to-global gap and label-free Vision-OPD closing it (CPU, minutes)")
+    d = sub.add_parser("demo", help="show the regional-to-global gap and label-free Vision-OPD closing it (CPU, minutes)",
+                       description="The demo: measure the shipped tiny model on held-out synthetic images in the full "
+                       "view and in the evidence crop (the gap), train it with label-free Vision-OPD, measure again; "
+                       "report.md, demo.png and summary.json in --out. --study runs the controls and ablations over "
+                       "several seeds. No downloads. See docs/demo.md.")
     d.add_argument("--out", default="runs/demo", help="output folder for report.md, demo.png, summary.json")
     d.add_argument("--model", default=None, help="pre-trained checkpoint (default: the shipped src/vision_opd/assets/demo_model)")
     d.add_argument("--pretrain", action="store_true", help="pre-train the tiny model first instead of using the shipped one")

@@ -11,10 +11,7 @@ def _eval_generator(args, budget: dict):
               enable_thinking=args.thinking)
     if args.backend == "openai":
         from ..eval.openai_backend import OpenAIGenerator
-        from ..eval.views import EvalError
 
-        if not args.api_base:
-            raise EvalError("--backend openai needs --api-base (e.g. http://127.0.0.1:8000/v1)")
         return OpenAIGenerator(args.api_base, args.api_model or args.model, concurrency=args.batch_size,
                                timeout=args.request_timeout, retries=args.retries, api_key_env=args.api_key_env, **kw)
     if args.backend == "vllm":
@@ -56,62 +53,79 @@ def _print_scores(name: str, s: dict) -> None:
               "--max-new-tokens, or pass --thinking (its own budget) or --no-thinking")
 
 
+def _preflight(args, gap: bool):
+    """Everything checked before the model loads: views, backend options, the model's name, the benchmark, the data
+    and every record (the checks of `data validate`; gap: boxes against their images too)."""
+    from ..eval.preflight import load_checked
+    from ..eval.views import VIEWS, EvalError
+    from ..models.loading import check_model_name
+
+    views = [v.strip() for v in args.views.split(",") if v.strip()] if gap else ["full"]
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise EvalError(f"--views: unknown view(s) {', '.join(unknown)}; choose from {', '.join(VIEWS)}")
+    if args.backend == "openai" and not args.api_base:
+        raise EvalError("--backend openai needs --api-base (e.g. http://127.0.0.1:8000/v1)")
+    if gap and args.proposer and args.backend != "hf":
+        raise EvalError("--proposer needs --backend hf: the proposer reads the model's own attention/confidence")
+    if args.backend == "hf" and not args.model.startswith("tiny:"):
+        check_model_name(args.model)
+    records, report = load_checked(args.benchmark, args.data, limit=args.limit, skip_bad=args.skip_bad, boxes=gap)
+    if report.problems:
+        print(f"skipped {len(report.problems)} bad record(s) of {args.data} (--skip-bad):\n" +
+              "\n".join(f"  {p.message}" for p in report.problems[:20]), file=sys.stderr)
+    return views, records
+
+
 def _run_eval_command(args, gap: bool) -> int:
-    from ..data.files import DataFileError
+    """Options and records first (one line naming the fix, exit 2, from cli.main), then the model."""
+    from ..eval.evidence_size import parse_edges
     from ..eval.thinking import response_budget
     from ..eval.views import EvalError
 
     try:
-        try:
-            budget = response_budget(args.max_new_tokens, args.thinking)
-        except ValueError as e:
-            raise EvalError(str(e)) from None
-        judge = _judge(args)
-        gen = _eval_generator(args, budget)
-        common = dict(limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress, judge=judge,
-                      response_budget=budget, command_line=getattr(args, "command_line", None))
-        if gap:
-            from ..eval.evidence_size import parse_edges
-            from ..eval.gap import gap_probe
+        budget = response_budget(args.max_new_tokens, args.thinking)
+        edges = parse_edges(args.size_bins) if gap else None
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    judge = _judge(args)
+    views, records = _preflight(args, gap)
+    gen = _eval_generator(args, budget)
+    common = dict(limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress, judge=judge,
+                  response_budget=budget, command_line=getattr(args, "command_line", None), records=records)
+    if gap:
+        from ..eval.gap import gap_probe
 
-            try:
-                edges = parse_edges(args.size_bins)
-            except ValueError as e:
-                raise EvalError(str(e)) from None
-            views = [v.strip() for v in args.views.split(",") if v.strip()]
-            r = gap_probe(gen, args.benchmark, args.data, args.out, views=views, proposer=args.proposer,
-                          size_edges=edges, **common)
-            if r.get("proposals"):
-                print("proposals: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                                for k, v in r["proposals"].items()))
-            c = r["common"]
-            print(f"on the {c['n']} items that every view has (micro accuracy):")
-            for v, acc in c["accuracy"].items():
-                print(f"{v:>10}: {acc:.3f}  95% CI [{c['ci95'][v][0]:.3f}, {c['ci95'][v][1]:.3f}]   "
-                      f"(all {r['views'][v]['n']} items of the view: {r['views'][v]['accuracy']:.3f})")
-            for name, d in r["differences"].items():
-                if d["difference"] is not None:
-                    print(f"{name:>15}: {d['difference']:+.3f}  95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
-                          f"(paired, n={d['n']})")
-            for b in r["by_evidence_size"]["bins"]:
-                d = b["differences"].get("crop-full")
-                if d and d["difference"] is not None:
-                    print(f"  evidence {b['label']:>8}: crop-full {d['difference']:+.3f}  95% CI "
-                          f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (n={d['n']})")
-            for v, s in r["views"].items():
-                if any(s["failures"].values()):
-                    _print_scores(f"{v} view", s)
-            print(f"without a box / teacher image: {r['skipped']['no_evidence']}; wrote {args.out}/results.json, "
-                  "gap.png, gap_by_size.png")
-        else:
-            from ..eval.run import evaluate
+        r = gap_probe(gen, args.benchmark, args.data, args.out, views=views, proposer=args.proposer,
+                      size_edges=edges, **common)
+        if r.get("proposals"):
+            print("proposals: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in r["proposals"].items()))
+        c = r["common"]
+        print(f"on the {c['n']} items that every view has (micro accuracy):")
+        for v, acc in c["accuracy"].items():
+            print(f"{v:>10}: {acc:.3f}  95% CI [{c['ci95'][v][0]:.3f}, {c['ci95'][v][1]:.3f}]   "
+                  f"(all {r['views'][v]['n']} items of the view: {r['views'][v]['accuracy']:.3f})")
+        for name, d in r["differences"].items():
+            if d["difference"] is not None:
+                print(f"{name:>15}: {d['difference']:+.3f}  95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
+                      f"(paired, n={d['n']})")
+        for b in r["by_evidence_size"]["bins"]:
+            d = b["differences"].get("crop-full")
+            if d and d["difference"] is not None:
+                print(f"  evidence {b['label']:>8}: crop-full {d['difference']:+.3f}  95% CI "
+                      f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (n={d['n']})")
+        for v, s in r["views"].items():
+            if any(s["failures"].values()):
+                _print_scores(f"{v} view", s)
+        print(f"without a box / teacher image: {r['skipped']['no_evidence']}; wrote {args.out}/results.json, "
+              "gap.png, gap_by_size.png")
+    else:
+        from ..eval.run import evaluate
 
-            r = evaluate(gen, args.benchmark, args.data, args.out, **common)
-            _print_scores(args.benchmark, r)
-            print(f"wrote {args.out}/results.json")
-    except (EvalError, DataFileError, KeyError) as e:
-        print(f"vision-opd: error: {e}", file=sys.stderr)
-        return 2
+        r = evaluate(gen, args.benchmark, args.data, args.out, **common)
+        _print_scores(args.benchmark, r)
+        print(f"wrote {args.out}/results.json")
     return 0
 
 
@@ -126,8 +140,10 @@ def cmd_gap(args) -> int:
 def add_parsers(sub) -> None:
     for name, helptext in (("eval", "accuracy on a fine-grained benchmark (samples.jsonl + results.json; resumable)"),
                            ("gap", "the gap probe: the same items as full / crop / red box / full+crop, paired")):
-        e = sub.add_parser(name, help=helptext, description=helptext + ". See docs/eval.md.")
-        e.add_argument("--model", required=True, help="hub id, local checkpoint folder, or tiny:FAMILY (a random tiny "
+        e = sub.add_parser(name, help=helptext, description=helptext + ". The benchmark name, the data and every "
+                           "record are checked before the model loads. See docs/eval.md.")
+        e.add_argument("--model", required=True, help="hub id, local model folder, a checkpoint of `vision-opd train` "
+                       "(RUN/checkpoints/step_NNNNNN; LoRA: its base + the adapter), or tiny:FAMILY (a random tiny "
                        "model: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5; accuracy is chance)")
         e.add_argument("--benchmark", required=True, help="benchmark name (vstar, hrbench_4k, hrbench_8k, mme_realworld, "
                        "mme_realworld_cn, mme_realworld_lite, zoombench, treebench, pope, mle_bench, jsonl, synthetic)")
@@ -167,5 +183,7 @@ def add_parsers(sub) -> None:
             e.add_argument("--size-bins", default="0.005,0.01,0.02,0.05",
                            help="edges of the evidence-size bins, as shares of the image area (default: <0.5%%, "
                                 "0.5-1%%, 1-2%%, 2-5%%, >=5%%)")
+        e.add_argument("--skip-bad", action="store_true", help="skip (and count) bad records instead of stopping; without "
+                       "it every bad record is named and nothing runs")
         e.add_argument("--no-progress", action="store_true", help="no progress bars")
         e.set_defaults(func=cmd_gap if name == "gap" else cmd_eval)

@@ -40,6 +40,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def image_size(path: str | Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) after the EXIF orientation, read from the file's header without decoding the pixels (a quick
+    check of many large images; `open_image` still decodes, and so catches truncated files)."""
+    name = str(path)
+    if not Path(path).is_file():
+        raise ImageError(f"{name}: image file not found")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
+                w, h = h, w
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: refused as a decompression bomb ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from e
+    if w * h > max_pixels:
+        raise ImageError(f"{name}: image has {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+                         "(raise views.max_image_pixels if it is genuine)")
+    return w, h
+
+
 def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an image file (or encoded bytes) fully, EXIF-transposed, as RGB.
 
@@ -55,7 +76,7 @@ def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_IMAG
             if w * h > max_pixels:
                 raise ImageError(
                     f"{name}: image has {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
-                    "(raise data.max_image_pixels if it is genuine)"
+                    "(raise views.max_image_pixels if it is genuine)"
                 )
             img.load()
             img = ImageOps.exif_transpose(img)

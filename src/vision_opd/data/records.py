@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,18 @@ class Record:
         return {k: v for k, v in d.items() if v not in (None, {}, [])}
 
 
+def _is_number(v: Any) -> bool:
+    """A real number (Python or numpy), never a boolean or a string that looks like one."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and type(v).__name__ != "bool_"
+
+
 def parse_box(value: Any) -> tuple[float, float, float, float]:
     """Validate [x1, y1, x2, y2]; raise ValueError saying what is wrong."""
     if not isinstance(value, (list, tuple)) or len(value) != 4:
         raise ValueError(f"box must be a list of 4 numbers [x1, y1, x2, y2], got {value!r}")
-    try:
-        b = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"box must contain numbers, got {value!r}") from None
+    if not all(_is_number(v) for v in value):
+        raise ValueError(f"box must contain numbers (pixels, not booleans or strings), got {value!r}")
+    b = tuple(float(v) for v in value)
     if not all(math.isfinite(v) for v in b):
         raise ValueError(f"box contains a non-finite value: {value!r}")
     if b[2] <= b[0] or b[3] <= b[1]:
@@ -67,7 +72,11 @@ def record_from_dict(obj: Any, base: Path, *, where: str = "") -> Record:
     rid = obj.get("id")
     if rid is None:
         raise RecordError(f"{where}: missing 'id'")
+    if not (isinstance(rid, str) or (isinstance(rid, int) and not isinstance(rid, bool))):
+        raise RecordError(f"{where}: 'id' must be a string or an integer, got {rid!r}")
     rid = str(rid)
+    if not rid.strip():
+        raise RecordError(f"{where}: 'id' is empty; give every record a unique id")
     loc = f"{where} (id {rid!r})"
     image = obj.get("image")
     if not isinstance(image, str) or not image:
@@ -79,11 +88,14 @@ def record_from_dict(obj: Any, base: Path, *, where: str = "") -> Record:
     if options is not None:
         if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
             raise RecordError(f"{loc}: 'options' must be a non-empty list of strings")
-        if len(options) > len(LETTERS):
-            raise RecordError(f"{loc}: at most {len(LETTERS)} options are supported")
+        check_options(options, loc)
     answer = obj.get("answer")
     if answer is not None:
+        if not (isinstance(answer, str) or _is_number(answer)):
+            raise RecordError(f"{loc}: 'answer' must be a string or a number, got {answer!r}")
         answer = str(answer).strip()
+        if not answer:
+            raise RecordError(f"{loc}: 'answer' is empty; leave the key out when there is no answer")
         if options is not None and answer not in LETTERS[: len(options)] and answer not in options:
             raise RecordError(
                 f"{loc}: answer {answer!r} is neither an option letter "
@@ -98,6 +110,11 @@ def record_from_dict(obj: Any, base: Path, *, where: str = "") -> Record:
         except ValueError as e:
             raise RecordError(f"{loc}: {e}") from None
     teacher = obj.get("teacher_image")
+    if teacher is not None and (not isinstance(teacher, str) or not teacher):
+        raise RecordError(f"{loc}: 'teacher_image' must be a path relative to the JSONL file, got {teacher!r}")
+    category = obj.get("category")
+    if category is not None and not (isinstance(category, str) or _is_number(category)):
+        raise RecordError(f"{loc}: 'category' must be a string, got {category!r}")
     return Record(
         id=rid,
         image=str((base / image).resolve()),
@@ -106,9 +123,27 @@ def record_from_dict(obj: Any, base: Path, *, where: str = "") -> Record:
         answer=answer,
         box=box,
         teacher_image=str((base / teacher).resolve()) if teacher else None,
-        category=obj.get("category"),
+        category=str(category) if category is not None else None,
         meta={k: v for k, v in obj.items() if k not in _KNOWN},
     )
+
+
+def check_options(options: list[str], loc: str) -> None:
+    """Counts and sizes that make a multiple-choice question: 2 to 26 non-empty, distinct options."""
+    if len(options) < 2:
+        raise RecordError(f"{loc}: a multiple-choice question needs at least 2 options, got {options!r} "
+                          "(drop 'options' for an open question)")
+    if len(options) > len(LETTERS):
+        raise RecordError(f"{loc}: at most {len(LETTERS)} options are supported")
+    seen: dict[str, int] = {}
+    for i, o in enumerate(options):
+        key = " ".join(o.split()).casefold()
+        if not key:
+            raise RecordError(f"{loc}: option {LETTERS[i]} is empty")
+        if key in seen:
+            raise RecordError(f"{loc}: options {LETTERS[seen[key]]} and {LETTERS[i]} are the same ({o!r}); "
+                              "an answer could not tell them apart")
+        seen[key] = i
 
 
 _KNOWN = {"id", "image", "question", "problem", "options", "answer", "box", "bbox", "teacher_image", "category"}

@@ -33,7 +33,7 @@ from PIL import Image
 
 from .files import ImageCache, default_cache_dir, image_to_path, is_hub_id, iter_hub, iter_parquet
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError
-from .records import LETTERS, Record, RecordError, parse_box, record_from_dict
+from .records import LETTERS, Record, RecordError, check_options, parse_box, record_from_dict
 from .validate import Problem, ValidationReport, check_record, load_records_checked, raise_if_bad
 from .views import HINT, proposal_image
 
@@ -62,20 +62,21 @@ def load_source(path_or_id: str | Path, fmt: str = "auto", *, split: str = "trai
 def load_source_checked(path_or_id: str | Path, fmt: str = "auto", *, split: str = "train",
                         cache_dir: str | Path | None = None, student_image: str = "images", skip_bad: bool = False,
                         check_images: bool = False, allow_outside_root: bool = True,
-                        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, progress: bool = False
+                        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, progress: bool = False, views=None
                         ) -> tuple[list[Record], ValidationReport]:
     """Records plus the validation report (what `train` needs to count skipped records).
 
     check_images=True decodes every image once (then frees it) and checks each box against its image.
     allow_outside_root=False refuses image paths outside the data file's folder (JSONL formats only;
-    images materialised from parquet / hub rows live in the cache folder).
+    images materialised from parquet / hub rows live in the cache folder). `views` (a ViewConfig): also refuse
+    records that cannot serve those views (no box for a crop, ...).
     """
     if student_image not in STUDENT_IMAGES:
         raise ValueError(f"student_image={student_image!r}: choose 'images' (red box drawn) or 'original' (clean image)")
     fmt = detect_format(path_or_id) if fmt == "auto" else fmt
     if fmt not in FORMATS:
         raise ValueError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    kw = dict(check_images=check_images, max_pixels=max_pixels)
+    kw = dict(check_images=check_images, max_pixels=max_pixels, views=views)
     if fmt == "records":
         return load_records_checked(_jsonl_file(path_or_id), skip_bad=skip_bad, allow_outside_root=allow_outside_root,
                                     progress=progress, **kw)
@@ -197,6 +198,8 @@ def sixk_record(row: dict, *, n: int, where: str, to_path: Callable[[Any, str, s
         options = split_problem(problem)[1]
     if not question:
         raise RecordError(f"{where}: the question is empty once <image>, the hint and the options are removed")
+    if options is not None:
+        check_options(options, where)
     if "bbox" not in row:
         raise RecordError(f"{where}: missing key 'bbox' ([x1, y1, x2, y2] in pixels)")
     try:
@@ -289,7 +292,7 @@ def _row_converter(to_path: Callable[[Any, str, str], str], student_image: str):
 
 
 def _check_rows(path: Path, rows: Iterable[tuple[str, int, dict]], convert, root: Path, *, allow_outside_root: bool,
-                check_images: bool, max_pixels: int, progress: bool) -> ValidationReport:
+                check_images: bool, max_pixels: int, progress: bool, views=None) -> ValidationReport:
     """Convert and check every row; problems are collected (never raised here), duplicates refused."""
     report = ValidationReport(path)
     seen: dict[str, str] = {}
@@ -299,16 +302,19 @@ def _check_rows(path: Path, rows: Iterable[tuple[str, int, dict]], convert, root
         rows = tqdm(rows, desc=f"load {path.name}", unit="rec")
     for where, n, row in rows:
         report.lines += 1
+        rec = None
         try:
             if isinstance(row, Problem):
                 raise RecordError(row.message)
             rec = convert(row, n, where)
             if rec.id in seen:
                 raise RecordError(f"duplicate id {rec.id!r} (first seen at {seen[rec.id]})")
-            check_record(rec, root, max_pixels=max_pixels, allow_outside_root=allow_outside_root, check_images=check_images)
+            check_record(rec, root, max_pixels=max_pixels, allow_outside_root=allow_outside_root, check_images=check_images,
+                         views=views)
         except (RecordError, ImageError, Image.DecompressionBombError) as e:
             msg = str(e)
-            report.problems.append(Problem(n, None, msg if msg.startswith(where) else f"{where}: {msg}"))
+            rid = f" (id {rec.id!r})" if rec is not None and rec.id != f"row{n}" else ""  # 6K ids are the line
+            report.problems.append(Problem(n, None, msg if msg.startswith(where) else f"{where}{rid}: {msg}"))
             continue
         seen[rec.id] = where
         report.records.append(rec)
@@ -355,7 +361,8 @@ def load_train_records(data_cfg, views_cfg, *, progress: bool = False) -> tuple[
                                           cache_dir=data_cfg.cache_dir, student_image=data_cfg.student_image,
                                           skip_bad=data_cfg.skip_bad, check_images=data_cfg.validate_images,
                                           allow_outside_root=data_cfg.allow_outside_root,
-                                          max_pixels=views_cfg.max_image_pixels, progress=progress)
+                                          max_pixels=views_cfg.max_image_pixels, progress=progress,
+                                          views=views_cfg)
     if views_cfg.red_box and any(r.meta.get("red_box_drawn") for r in records):
         raise RecordError(f"{data_cfg.train_file}: the student images already have the red box drawn (Vision-OPD-6K "
                           "images); set views.red_box=false, or data.student_image=original to draw it on the clean image")

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, open_image
+from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, image_size, open_image
 from .records import Record, RecordError, record_from_dict
+from .views import ViewConfig, check_views
 
 
 @dataclass
@@ -41,9 +42,10 @@ class ValidationReport:
         return "\n".join([head] + [f"  {p.message}" for p in self.problems])
 
 
-def check_image(path: str, *, max_pixels: int) -> tuple[int, int]:
-    """Open and fully decode an image; return its (width, height) after the EXIF orientation."""
-    return open_image(path, max_pixels=max_pixels).size
+def check_image(path: str, *, max_pixels: int, decode: bool = True) -> tuple[int, int]:
+    """Open and fully decode an image (decode=False: read its header only); return its (width, height) after the EXIF
+    orientation."""
+    return open_image(path, max_pixels=max_pixels).size if decode else image_size(path, max_pixels=max_pixels)
 
 
 def _inside(path: str, root: Path) -> bool:
@@ -55,8 +57,13 @@ def _inside(path: str, root: Path) -> bool:
 
 
 def check_record(rec: Record, root: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, allow_outside_root: bool = False,
-                 check_images: bool = True) -> None:
-    """Raise RecordError/ImageError with a precise message if the record cannot be used."""
+                 check_images: bool = True, views: ViewConfig | None = None, decode: bool = True,
+                 check_boxes: bool = True) -> None:
+    """Raise RecordError/ImageError with a precise message if the record cannot be used (with `views`: cannot serve
+    those views). decode=False reads image headers only; check_boxes=False skips the box-against-image check (an
+    evaluation on the full image never reads the box)."""
+    if views is not None:
+        check_views(rec, views)
     for key in ("image", "teacher_image"):
         p = getattr(rec, key)
         if p and not allow_outside_root and not _inside(p, root):
@@ -64,19 +71,19 @@ def check_record(rec: Record, root: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE
                               "data.allow_outside_root=true if that is intended)")
     if not check_images:
         return
-    w, h = check_image(rec.image, max_pixels=max_pixels)
-    if rec.box is not None:
+    w, h = check_image(rec.image, max_pixels=max_pixels, decode=decode)
+    if rec.box is not None and check_boxes:
         x1, y1, x2, y2 = rec.box
         if x1 >= w or y1 >= h or x2 <= 0 or y2 <= 0:
             raise RecordError(f"box {list(rec.box)} lies outside the {w}x{h} image (boxes are pixels of the EXIF-rotated image)")
         if x1 < -0.5 or y1 < -0.5 or x2 > w + 0.5 or y2 > h + 0.5:
             raise RecordError(f"box {list(rec.box)} extends past the {w}x{h} image; clip it to the image")
     if rec.teacher_image:
-        check_image(rec.teacher_image, max_pixels=max_pixels)
+        check_image(rec.teacher_image, max_pixels=max_pixels, decode=decode)
 
 
 def validate_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, allow_outside_root: bool = False,
-                  check_images: bool = True, progress: bool = False) -> ValidationReport:
+                  check_images: bool = True, progress: bool = False, views: ViewConfig | None = None) -> ValidationReport:
     """Check every line of a Records JSONL file; never raises for a bad record (it is reported)."""
     path = Path(path)
     report = ValidationReport(path)
@@ -95,7 +102,8 @@ def validate_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
             rec = record_from_dict(obj, root, where=f"{path}:{n}")
             if rec.id in seen:
                 raise RecordError(f"{where}: duplicate id (first seen on line {seen[rec.id]})")
-            check_record(rec, root, max_pixels=max_pixels, allow_outside_root=allow_outside_root, check_images=check_images)
+            check_record(rec, root, max_pixels=max_pixels, allow_outside_root=allow_outside_root, check_images=check_images,
+                         views=views)
         except (RecordError, ImageError, Image.DecompressionBombError) as e:
             msg = str(e)
             if not msg.startswith(str(path)):

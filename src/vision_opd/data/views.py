@@ -3,9 +3,11 @@
 student_view(record): the full image (optionally with the red box and the hint sentence, the reference
 recipe's training input, off by default because benchmarks never have it: docs/method.md).
 teacher_view(record): the evidence crop (box expanded, clamped, grown to a minimum side, enlarged 2x as in the
-reference recipe, or resized to a pixel budget) or the record's own teacher image; for the controls, the full
-image, no image at all, or a blurred / partly masked full image (`data/degrade.py`); or several of these in one
-prompt, in a given order (a multi-view teacher, `teacher_images`). Both return a View (PIL images + text);
+reference recipe, or resized to a pixel budget) or the record's own teacher image (`teacher_source=auto`, the
+default, follows the record: its teacher_image when it has one, else the crop of its box); for the controls, the
+full image, no image at all, or a blurred / partly masked full image (`data/degrade.py`); or several of these in one
+prompt, in a given order (a multi-view teacher, `teacher_images`). `check_views` says, before any work, whether a
+record can serve the configured views. Both return a View (PIL images + text);
 `encode_views` turns a list of Views into model inputs through the same processor call, so the two views can
 differ only in their pixels, never in how they were preprocessed.
 """
@@ -26,10 +28,10 @@ if TYPE_CHECKING:
 HINT = "Only focus on the objects inside the red bounding box in the image to answer this question."
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 # views.teacher_source: where the teacher's one image comes from; "none" = no image (a text-only teacher)
-TEACHER_SOURCES = ("box", "given", "proposer", "full", "none", "blur", "mask")
+TEACHER_SOURCES = ("auto", "box", "given", "proposer", "full", "none", "blur", "mask")
 # views.teacher_images: the images a multi-view teacher reads, in order ("crop" = the box / given / proposer crop)
 TEACHER_IMAGES = ("crop", "full", "blur", "mask")
-_SINGLE = {"box": ("crop",), "given": ("crop",), "proposer": ("crop",), "full": ("full",), "none": (), "blur": ("blur",),
+_SINGLE = {"auto": ("crop",), "box": ("crop",), "given": ("crop",), "proposer": ("crop",), "full": ("full",), "none": (), "blur": ("blur",),
            "mask": ("mask",)}
 
 
@@ -42,9 +44,10 @@ class ViewConfig:
     teacher_upscale: float = 2.0  # teacher crop: enlarge each side this many times (bicubic), as the reference recipe
                                   # does (about 2x), so small evidence gets more vision tokens; 1 = the crop's own size
     teacher_pixels: int | None = None  # teacher crop: resize to about this many pixels instead of teacher_upscale (None: off)
-    teacher_source: str = "box"  # "box": crop the evidence box; "given": the record's teacher_image; "proposer": crop
-                                 # the label-free proposed box (record.meta["proposed_box"], see proposers/); controls:
-                                 # "full" (the full image), "none" (text only), "blur" / "mask" (the full image degraded)
+    teacher_source: str = "auto"  # "auto": each record's own teacher_image when it has one, else the crop of its box;
+                                  # "box": crop the evidence box; "given": the record's teacher_image; "proposer": crop
+                                  # the label-free proposed box (record.meta["proposed_box"], see proposers/); controls:
+                                  # "full" (the full image), "none" (text only), "blur" / "mask" (the full image degraded)
     teacher_text: str | None = None  # a different text prompt for the teacher ({question} is filled in, e.g.
                                      # "{question}\nThe second image zooms in on the evidence."); None = same text
     teacher_images: tuple[str, ...] = ()  # multi-view teacher: these images in this order in one prompt, from crop (the
@@ -98,6 +101,31 @@ def proposal_image(record: Record) -> str:
     return crop_source(record)
 
 
+def teacher_source_of(record: Record, cfg: ViewConfig = ViewConfig()) -> str:
+    """The teacher source this record uses: `auto` follows the record (teacher_image -> given, box -> box)."""
+    if cfg.teacher_source != "auto":
+        return cfg.teacher_source
+    return "given" if record.teacher_image else "box"
+
+
+def check_views(record: Record, cfg: ViewConfig = ViewConfig()) -> None:
+    """Raise RecordError (with the fix) when the record cannot serve the configured views; opens no image."""
+    source = teacher_source_of(record, cfg)
+    if cfg.teacher_source == "auto" and record.box is None and not record.teacher_image:
+        raise RecordError("the teacher's view needs a 'box' (cropped) or a 'teacher_image' (used as is), and this record "
+                          "has neither: add one, skip such records with --skip-bad, or let the model propose the box "
+                          "(views.teacher_source=proposer)")
+    if source == "box" and record.box is None:
+        raise RecordError("views.teacher_source=box crops the evidence box, and this record has no 'box': add one, or "
+                          "use views.teacher_source=auto (a record's teacher_image) or proposer")
+    if source == "given" and not record.teacher_image:
+        raise RecordError("views.teacher_source=given reads the record's 'teacher_image', and this record has none: add "
+                          "one, or use views.teacher_source=auto (crops the record's box)")
+    if cfg.red_box and record.box is None:
+        raise RecordError("views.red_box=true draws the evidence box on the student's image, and this record has no "
+                          "'box': add one, or set views.red_box=false")
+
+
 def teacher_view(record: Record, cfg: ViewConfig = ViewConfig()) -> View:
     """The teacher's prompt: the same text (or `teacher_text`) with the images `teacher_images` names, in that order,
     or the one image of `teacher_source` (none for "none")."""
@@ -127,21 +155,22 @@ def teacher_view(record: Record, cfg: ViewConfig = ViewConfig()) -> View:
 
 def _crop(record: Record, cfg: ViewConfig):
     """The teacher's evidence crop: of the record's box, its proposed box, or its own teacher_image."""
-    if cfg.teacher_source == "given":
+    source = teacher_source_of(record, cfg)
+    if source == "given":
         if not record.teacher_image:
             raise ValueError(f"record {record.id!r}: views.teacher_source=given but the record has no teacher_image")
         return open_image(record.teacher_image, max_pixels=cfg.max_image_pixels)
-    if cfg.teacher_source == "proposer":
+    if source == "proposer":
         box = record.meta.get("proposed_box")
         if box is None:
             raise ValueError(f"record {record.id!r}: teacher_source=proposer but no proposal was computed for it")
-    elif cfg.teacher_source == "box":
+    elif source == "box":
         box = record.box
         if box is None:
             raise ValueError(f"record {record.id!r}: the teacher crop needs an evidence box (or use teacher_source=given "
                              "or proposer)")
     else:
-        raise ValueError(f"views.teacher_images names 'crop', which needs views.teacher_source box, given or proposer "
+        raise ValueError(f"views.teacher_images names 'crop', which needs views.teacher_source auto, box, given or proposer "
                          f"(got {cfg.teacher_source!r})")
     img = open_image(crop_source(record), max_pixels=cfg.max_image_pixels)
     return crop_image(img, tuple(box), expand_ratio=cfg.expand_ratio, min_side=cfg.min_side,

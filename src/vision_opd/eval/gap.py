@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..data.records import Record
 from ..data.views import ViewConfig
 from .benchmarks import get_benchmark
 from .evidence_size import DEFAULT_EDGES, PLOT as SIZE_PLOT, evidence_share, gap_by_size, plot_gap_by_size
@@ -60,13 +61,14 @@ def gap_probe(generator, benchmark: str, data: str | Path, out: str | Path, *, v
               limit: int | None = None, batch_size: int = 8, view_cfg: ViewConfig = ViewConfig(),
               progress: bool = True, proposer: str | None = None, judge: Judge | None = None,
               size_edges: Sequence[float] = DEFAULT_EDGES, response_budget: dict[str, Any] | None = None,
-              command_line: Sequence[str] | None = None) -> dict[str, Any]:
+              command_line: Sequence[str] | None = None, records: Sequence[Record] | None = None) -> dict[str, Any]:
     """Run every view on the items that have evidence; write samples.jsonl, results.json and the plots to `out`.
 
     proposer (attention | grounding | confidence | rarity): no boxes needed. The model proposes each item's evidence box
     (cached in out/proposals_NAME.jsonl) and the view "proposed" is added; every answered item is used, the box-based
     views only where a box exists, and the proposals are scored against the true boxes where there are any
-    (results["proposals"]). Needs the hf backend (the proposer reads the model)."""
+    (results["proposals"]). Needs the hf backend (the proposer reads the model).
+    `records`: the benchmark's records already loaded and checked (`preflight.load_checked`); else loaded here."""
     views = list(dict.fromkeys(list(views) + (["proposed"] if proposer else [])))
     unknown = [v for v in views if v not in VIEWS]
     if unknown:
@@ -74,7 +76,7 @@ def gap_probe(generator, benchmark: str, data: str | Path, out: str | Path, *, v
     if "proposed" in views and not proposer:
         raise EvalError("the view 'proposed' needs --proposer (attention, grounding, confidence or rarity)")
     bench = get_benchmark(benchmark)
-    records = bench.load(data, limit=limit)
+    records = list(records) if records is not None else bench.load(data, limit=limit)
     out = Path(out)
     no_answer = [r for r in records if r.answer is None]
     proposal_scores = None

@@ -41,10 +41,13 @@ def judge_samples(judge: Judge | None, by_view: dict[str, list[dict[str, Any]]],
 
 def evaluate(generator, benchmark: str, data: str | Path, out: str | Path, *, limit: int | None = None,
              batch_size: int = 8, progress: bool = True, judge: Judge | None = None,
-             response_budget: dict[str, Any] | None = None, command_line: Sequence[str] | None = None) -> dict[str, Any]:
-    """Evaluate on the full image: samples.jsonl (resumable) and results.json in `out`; returns the results."""
+             response_budget: dict[str, Any] | None = None, command_line: Sequence[str] | None = None,
+             records: Sequence[Record] | None = None) -> dict[str, Any]:
+    """Evaluate on the full image: samples.jsonl (resumable) and results.json in `out`; returns the results.
+
+    `records`: the benchmark's records already loaded and checked (`preflight.load_checked`); else loaded here."""
     bench = get_benchmark(benchmark)
-    records = bench.load(data, limit=limit)
+    records = list(records) if records is not None else bench.load(data, limit=limit)
     scorable = [r for r in records if r.answer is not None]
     out = Path(out)
     settings = run_settings(generator, benchmark, data, len(records), limit=limit, batch_size=batch_size,

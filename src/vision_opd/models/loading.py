@@ -1,13 +1,22 @@
-"""Load a model and its processor from a hub id, a local directory, or `tiny:FAMILY` (built in code).
+"""Load a model and its processor from a hub id, a local directory, a LoRA checkpoint, or `tiny:FAMILY`.
 
     model, processor = load_model_and_processor("Qwen/Qwen2.5-VL-3B-Instruct", dtype="bfloat16", device="cuda")
+    model, processor = load_model_and_processor("runs/lora/checkpoints/step_000390")   # base + adapter
     model, processor = load_model(cfg.model, seed=0, device="cpu")      # what `train` calls
 
-The processor comes from `processors.load_processor` (which works without torchvision).
+Hub ids download as in any transformers program (set HF_HUB_OFFLINE=1 to use only the local cache). A name that is
+neither a model folder nor loadable from the hub raises ModelLoadError: one line saying what was tried and what to
+do. A LoRA checkpoint of `vision-opd train` (adapter_model.safetensors + config.yaml) loads its base model (the run's
+`model.*` keys) and attaches the adapter (peft). The processor comes from `processors.load_processor` (which works
+without torchvision).
 """
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -26,19 +35,113 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+class ModelLoadError(ValueError):
+    """A model that cannot be loaded; the message says what was tried (folder? hub id?) and what to do."""
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+ADAPTER_FILE = "adapter_config.json"
+
+
+def is_lora_checkpoint(name_or_path: str | Path) -> bool:
+    p = Path(name_or_path).expanduser()
+    return p.is_dir() and (p / ADAPTER_FILE).is_file() and not (p / "config.json").is_file()
+
+
+def check_model_name(name_or_path: str) -> str:
+    """A local model folder (returned as is), or a name that can be a hub id; ModelLoadError otherwise."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        if (p / "config.json").is_file() or (p / ADAPTER_FILE).is_file():
+            return str(p)
+        hint = f" (a training run? its checkpoints are {p}/checkpoints/step_NNNNNN)" if (p / "checkpoints").is_dir() else ""
+        raise ModelLoadError(f"model {name_or_path}: the folder has no config.json, so it is not a Hugging Face model "
+                             f"checkpoint{hint}")
+    if p.exists():
+        raise ModelLoadError(f"model {name_or_path}: a file, not a model folder or a hub id")
+    if not _HUB_ID.fullmatch(name_or_path) or ".." in name_or_path:
+        raise ModelLoadError(f"model {name_or_path}: no such folder ({p.resolve()}), and not a hub id (owner/name) "
+                             "either: check the path")
+    return name_or_path
+
+
+def hub_failure(name: str, err: Exception) -> ModelLoadError:
+    """The one-line message for a name that is no local folder and did not load from the hub."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    how = ("HF_HUB_OFFLINE=1 is set and the model is not in the local cache: download it where there is network "
+           f"(`hf download {name}`) or unset HF_HUB_OFFLINE" if offline else
+           "check the spelling of the id, log in for a gated or private model (`hf auth login`), or download it "
+           f"where there is network (`hf download {name}`) and set HF_HUB_OFFLINE=1")
+    return ModelLoadError(f"model {name}: not a local folder (no {Path(name).resolve()}), and the hub id {name!r} did "
+                          f"not load ({first}); {how}")
+
+
 def load_model_and_processor(name_or_path: str, *, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
                              attn_implementation: str | None = None, min_pixels: int | None = None,
                              max_pixels: int | None = None, trust_remote_code: bool = False):
-    """(model, processor) for any image-text-to-text checkpoint: a hub id or a local directory."""
+    """(model, processor) for any image-text-to-text checkpoint: a hub id, a local directory, a LoRA checkpoint."""
     from transformers import AutoModelForImageTextToText
 
+    name_or_path = check_model_name(str(name_or_path))
+    if is_lora_checkpoint(name_or_path):
+        return load_lora_checkpoint(name_or_path, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
     kw: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
-    model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kw).to(device)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kw).to(device)
+    except OSError as e:
+        if Path(name_or_path).is_dir():
+            raise ModelLoadError(f"model {name_or_path}: the folder does not load as a model ({str(e).splitlines()[0]})") from e
+        raise hub_failure(name_or_path, e) from e
     family = FAMILY_OF_MODEL_TYPE.get(model.config.model_type)
     processor = load_processor(name_or_path, family, min_pixels=min_pixels, max_pixels=max_pixels,
                                trust_remote_code=trust_remote_code)
+    return model, processor
+
+
+def lora_base(ckpt: str | Path) -> SimpleNamespace:
+    """The base model of a LoRA checkpoint: the run's `model.*` keys and seed (config.yaml, written by `train`), else
+    the adapter's own base_model_name_or_path (an adapter folder from elsewhere)."""
+    import json
+
+    import yaml
+
+    ckpt = Path(ckpt)
+    if (ckpt / "config.yaml").is_file():
+        saved = yaml.safe_load((ckpt / "config.yaml").read_text(encoding="utf-8")) or {}
+        m = dict(saved.get("model") or {})
+        return SimpleNamespace(**{**_MODEL_DEFAULTS, **m, "seed": int((saved.get("train") or {}).get("seed", 0))})
+    base = json.loads((ckpt / ADAPTER_FILE).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"{ckpt}: a LoRA adapter that names no base model (no config.yaml, no "
+                             "base_model_name_or_path in adapter_config.json)")
+    return SimpleNamespace(**{**_MODEL_DEFAULTS, "name_or_path": base, "seed": 0})
+
+
+_MODEL_DEFAULTS = {"dtype": "float32", "attn_implementation": None, "min_pixels": None, "max_pixels": None,
+                   "trust_remote_code": False, "tiny_image_size": 112}
+
+
+def load_lora_checkpoint(ckpt: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
+                         merge: bool = False, min_pixels: int | None = None, max_pixels: int | None = None):
+    """(base + adapter, processor) of a LoRA checkpoint: the base model as trained (`lora_base`), the adapter attached
+    by peft (merged into the weights with merge=True), the processor saved with the checkpoint."""
+    from .lora import attach_adapter
+
+    base = lora_base(ckpt)
+    if dtype is not None:
+        base.dtype = dtype if isinstance(dtype, str) else str(dtype).replace("torch.", "")
+    try:
+        model, _ = load_model(base, seed=base.seed, device=device)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{ckpt} is a LoRA checkpoint whose base model did not load: {e}") from e
+    if dtype is not None:
+        model = model.to(resolve_dtype(dtype))
+    model = attach_adapter(model, ckpt, merge=merge)
+    family = FAMILY_OF_MODEL_TYPE.get(model.config.model_type)
+    processor = load_processor(str(ckpt), family, min_pixels=min_pixels, max_pixels=max_pixels)
     return model, processor
 
 

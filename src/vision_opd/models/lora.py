@@ -4,7 +4,8 @@
 
 The lm_head and the vision tower are never adapted (the teacher's lm_head is then the student's, and a
 frozen teacher is exactly the base with the adapter disabled). Checkpoints hold the adapter only
-(`adapter_model.safetensors` + `adapter_config.json`); load with `PeftModel.from_pretrained(base, path)`.
+(`adapter_model.safetensors` + `adapter_config.json`); `attach_adapter(base, path)` loads one onto its base
+(`models.loading.load_model_and_processor(checkpoint)` finds the base itself), `vision-opd export --merge` folds it in.
 """
 
 from __future__ import annotations
@@ -28,6 +29,17 @@ def apply_lora(model, r: int, alpha: int, dropout: float = 0.0, target: str | No
     if any("lm_head" in n or ".visual." in n for n in adapted):
         raise ValueError("LoRA target must not include the lm_head or the vision tower")
     return peft_model
+
+
+def attach_adapter(base, path, *, merge: bool = False):
+    """The base model with a saved adapter attached (peft, eval mode); merge=True folds it into the weights and
+    returns a plain transformers model."""
+    try:
+        from peft import PeftModel
+    except ImportError as e:  # pragma: no cover - peft is a declared dependency of the lora extra
+        raise ImportError("a LoRA checkpoint needs peft: pip install 'vision-opd[lora]'") from e
+    model = PeftModel.from_pretrained(base, str(path), is_trainable=False).eval()
+    return model.merge_and_unload() if merge else model
 
 
 def load_adapter_weights(model, path) -> None:

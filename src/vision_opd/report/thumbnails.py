@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from ..data.crops import crop_region
 from ..data.records import Record
-from ..data.views import ViewConfig, student_view, teacher_view
+from ..data.views import ViewConfig, student_view, teacher_source_of, teacher_view
 from .document import esc
 
 PNG_MAX_SIDE = 400  # images up to this side are embedded as PNG (sharp edges); larger ones as JPEG
@@ -50,9 +50,10 @@ def outline(img: Image.Image, region: tuple[int, int, int, int], max_side: int) 
 
 def teacher_box(record: Record, cfg: ViewConfig) -> tuple[float, float, float, float] | None:
     """The box the teacher's crop is cut from under `cfg` (None for a given teacher image or the full view)."""
-    if cfg.teacher_source == "box":
+    source = teacher_source_of(record, cfg)  # auto follows the record
+    if source == "box":
         return record.box
-    if cfg.teacher_source == "proposer":
+    if source == "proposer":
         return record.meta.get("proposed_box")
     return None
 

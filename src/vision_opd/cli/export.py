@@ -1,0 +1,34 @@
+"""`vision-opd export`: a training checkpoint as a plain Hugging Face folder (LoRA merged), for eval and serving."""
+
+from __future__ import annotations
+
+
+def cmd_export(args) -> int:
+    from ..models.export import export_checkpoint
+
+    info = export_checkpoint(args.checkpoint, args.out, merge=args.merge, dtype=args.dtype)
+    if info["kind"] == "lora" and not info["merged"]:
+        print(f"wrote the adapter of {args.checkpoint} to {args.out} (base model {info['base_model']}); add --merge for a "
+              "full model folder")
+    else:
+        what = "merged base + adapter" if info["merged"] else "the full model"
+        if info["kind"] == "full" and args.merge:
+            what += " (a full fine-tuning checkpoint: nothing to merge)"
+        print(f"wrote {what} to {args.out}: load it with from_pretrained, evaluate it with `vision-opd eval --model "
+              f"{args.out}`, serve it with `vllm serve {args.out}`")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    e = sub.add_parser("export", help="write a checkpoint as a plain Hugging Face model folder (LoRA: merged with --merge)",
+                       description="Write a training checkpoint (RUN/checkpoints/step_NNNNNN) as a Hugging Face model "
+                       "folder: weights, config, generation config, processor and chat template under the stock class "
+                       "names, nothing of the trainer. A LoRA checkpoint is merged into its base model with --merge "
+                       "(the folder `from_pretrained` loads and `vllm serve` serves); without --merge it is written as "
+                       "an adapter folder naming its base. See docs/real-models.md.")
+    e.add_argument("checkpoint", help="a checkpoint folder, e.g. runs/NAME/checkpoints/step_000390")
+    e.add_argument("--out", required=True, help="the folder to write (new, or an earlier export, which is replaced)")
+    e.add_argument("--merge", action="store_true", help="LoRA: merge the adapter into the base weights")
+    e.add_argument("--dtype", default=None, help="save the weights in this dtype (float32, bfloat16, float16; default: "
+                   "as trained)")
+    e.set_defaults(func=cmd_export)
