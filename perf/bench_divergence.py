@@ -26,7 +26,7 @@ plain numbers of the largest size that fitted, scaled linearly in tokens (marked
 
 Run (docs/performance.md lists the exact command of each of its tables):
     python perf/bench_divergence.py --tokens 1024 2048 4096 --repeats 2
-Options: --chunk-size N (default: vision_opd.losses.DEFAULT_CHUNK_SIZE), --sweep 64 128 256 512
+Options: --chunk-size N (default: vision_opd.losses.pure.DEFAULT_CHUNK_SIZE), --sweep 64 128 256 512
 (time the fused and chunked paths at several chunk sizes, no plain), --repeats, --alpha, --threads.
 """
 
@@ -60,8 +60,8 @@ def run_case(case: str, tokens: int, vocab: int, hidden: int, chunk_size: int, a
     """Runs inside the child process; returns the measurement as a dict."""
     import torch
 
-    from vision_opd.divergence import generalized_jsd, token_divergence_from_hidden
-    from vision_opd.losses import DivergenceSpec, generalized_jsd_plain
+    from vision_opd.losses.divergence import generalized_jsd, token_divergence_from_hidden
+    from vision_opd.losses.pure import DivergenceSpec, generalized_jsd_plain
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -140,7 +140,7 @@ def _fmt_gb(x: float | None) -> str:
 
 
 def main() -> None:
-    from vision_opd.losses import DEFAULT_CHUNK_SIZE
+    from vision_opd.losses.pure import DEFAULT_CHUNK_SIZE
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096])

@@ -74,9 +74,9 @@ def bench_rollout(size: str, dtype_name: str, records, prompts: int, tokens: int
 
 
 def bench_step(size: str, synth: Path, tokens: int) -> dict:
-    from vision_opd import train as T
     from vision_opd.data.sources import load_train_records
     from vision_opd.rollout import make_engine
+    from vision_opd.training import loop as T
 
     out = {"size": size}
     for engine_name in ("hf", "vllm"):
@@ -93,8 +93,7 @@ def bench_step(size: str, synth: Path, tokens: int) -> dict:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         engine = make_engine(cfg, model, proc, suppress, device="cpu")
         try:
-            steps = [T.vision_opd_step(cfg, model, teacher, proc, records[8 * i:8 * i + 8], opt, sched, suppress,
-                                       torch.device("cpu"), engine=engine).metrics for i in range(2)]
+            steps = [T.vision_opd_step(cfg, T.StepContext(model, teacher, proc, opt, sched, suppress, torch.device("cpu"), engine), records[8 * i:8 * i + 8]).metrics for i in range(2)]
         finally:
             engine.close()
         m = steps[-1]  # the second step (the first includes warm-up)

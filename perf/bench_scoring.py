@@ -48,12 +48,12 @@ SETTINGS = {
 
 def run_case(setting: str, family: str, shared: bool, repeats: int, threads: int) -> dict:
     """One (setting, family, mode) in this process: medians of the step's times, counts of one step."""
-    from vision_opd import train as T
     from vision_opd.config import load_config
     from vision_opd.data.sources import load_train_records
     from vision_opd.demo.world import write_synthetic
     from vision_opd.models.loading import load_model
     from vision_opd.models.parts import unwrap
+    from vision_opd.training import loop as T
 
     torch.set_num_threads(threads)
     s = SETTINGS[setting]
@@ -116,7 +116,7 @@ def run_case(setting: str, family: str, shared: bool, repeats: int, threads: int
 
     def step() -> dict:
         torch.manual_seed(0)
-        return T.vision_opd_step(cfg, model, teacher, proc, records, opt, sched, suppress, device).metrics
+        return T.vision_opd_step(cfg, T.StepContext(model, teacher, proc, opt, sched, suppress, device), records).metrics
 
     step()  # warm-up
     for k in counts:

@@ -27,16 +27,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vision_opd import train as T  # noqa: E402
 from vision_opd.config import load_config  # noqa: E402
-from vision_opd.demo.world import write_synthetic  # noqa: E402
 from vision_opd.data.sources import load_train_records  # noqa: E402
+from vision_opd.demo.world import write_synthetic  # noqa: E402
+from vision_opd.losses.divergence import token_divergence_from_hidden  # noqa: E402
+from vision_opd.losses.pure import DivergenceSpec, masked_token_mean  # noqa: E402
 from vision_opd.models.loading import load_model  # noqa: E402
 from vision_opd.models.parts import backbone_and_head  # noqa: E402
-from vision_opd.scoring import score_responses  # noqa: E402
-from vision_opd.divergence import token_divergence_from_hidden  # noqa: E402
-from vision_opd.losses import DivergenceSpec, masked_token_mean  # noqa: E402
 from vision_opd.rollout import sample  # noqa: E402
+from vision_opd.scoring.forward import score_responses  # noqa: E402
+from vision_opd.training import loop as T  # noqa: E402
 
 
 def main() -> None:
@@ -116,7 +116,7 @@ def main() -> None:
 
     def step():
         torch.manual_seed(0)
-        T.vision_opd_step(cfg, model, teacher, proc, records, opt, sched, suppress, device)
+        T.vision_opd_step(cfg, T.StepContext(model, teacher, proc, opt, sched, suppress, device), records)
 
     def timed(fn):
         fn()  # warm-up

@@ -28,13 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vision_opd import train as T  # noqa: E402
 from vision_opd.config import load_config  # noqa: E402
 from vision_opd.data.sources import load_train_records  # noqa: E402
 from vision_opd.demo.world import WorldConfig, write_synthetic  # noqa: E402
 from vision_opd.models.loading import set_trainable  # noqa: E402
 from vision_opd.models.tiny import SPECIAL_TOKENS, build_processor  # noqa: E402
 from vision_opd.rollout import make_engine  # noqa: E402
+from vision_opd.training import loop as T  # noqa: E402
 
 SIZES = {  # Qwen2.5-VL-3B/7B-Instruct's published configs; "small" for a CPU smoke run
     "3b": dict(hidden=2048, layers=36, heads=16, kv=2, inter=11008, v_depth=32, v_hidden=1280, v_heads=16, v_inter=3420,
@@ -143,7 +143,7 @@ def main() -> None:
             batch = records[step * args.prompts:(step + 1) * args.prompts]
             torch.manual_seed(step)
             t0 = time.perf_counter()
-            res = T.vision_opd_step(cfg, model, teacher, proc, batch, opt, sched, suppress, device, engine=engine)
+            res = T.vision_opd_step(cfg, T.StepContext(model, teacher, proc, opt, sched, suppress, device, engine), batch)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             m = res.metrics

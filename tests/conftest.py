@@ -31,7 +31,7 @@ def _forward_logprobs(model, inputs, ro, temperature: float, banned):
     reference that the engines' recorded log-probs are checked against (written out here, not the trainer's code)."""
     import torch
 
-    from vision_opd.scoring import response_logits, select_prompts
+    from vision_opd.scoring.forward import response_logits, select_prompts
 
     with torch.no_grad():
         z = response_logits(model, select_prompts(inputs, ro.prompt_index_B, model.config.vision_start_token_id),

@@ -80,12 +80,24 @@ def _graph() -> dict[str, set[str]]:
 
 GRAPH = _graph()
 
-CORE = ("vision_opd.data", "vision_opd.models", "vision_opd.scoring", "vision_opd.scoring_shared", "vision_opd.prefix_cache",
-        "vision_opd.losses", "vision_opd.losses_chunked",
-        "vision_opd.divergence", "vision_opd.rollout", "vision_opd.mismatch", "vision_opd.teacher", "vision_opd.train", "vision_opd.checkpoint",
-        "vision_opd.distributed", "vision_opd.guards", "vision_opd.stream", "vision_opd.run_log", "vision_opd.config",
-        "vision_opd.run_folder", "vision_opd.proposers", "vision_opd.eval", "vision_opd.report", "vision_opd.responses",
-        "vision_opd.degenerate", "vision_opd.token_dump", "vision_opd.token_analysis")
+CORE = ("vision_opd.config", "vision_opd.data", "vision_opd.models", "vision_opd.losses", "vision_opd.scoring",
+        "vision_opd.rollout", "vision_opd.proposers", "vision_opd.eval", "vision_opd.report", "vision_opd.training")
+
+# The rooms of the package, in the order a step runs through them; each may import only itself and what is listed.
+LAYERS = [
+    ("vision_opd.data", ()),
+    ("vision_opd.models", ()),
+    ("vision_opd.losses", ()),
+    ("vision_opd.config", ("vision_opd.data",)),
+    ("vision_opd.scoring", ("vision_opd.models",)),
+    ("vision_opd.rollout", ("vision_opd.config", "vision_opd.data", "vision_opd.models")),
+    ("vision_opd.proposers", ("vision_opd.data", "vision_opd.models", "vision_opd.scoring", "vision_opd.rollout")),
+    ("vision_opd.eval", ("vision_opd.data", "vision_opd.models", "vision_opd.proposers", "vision_opd.rollout")),
+    ("vision_opd.report", ("vision_opd.data", "vision_opd.eval")),  # files only, never a model
+    ("vision_opd.training", ("vision_opd.config", "vision_opd.data", "vision_opd.models", "vision_opd.losses",
+                             "vision_opd.scoring", "vision_opd.rollout", "vision_opd.proposers", "vision_opd.eval",
+                             "vision_opd.report")),
+]
 
 
 def _under(module: str, prefixes) -> bool:
@@ -93,8 +105,9 @@ def _under(module: str, prefixes) -> bool:
 
 
 def test_the_graph_sees_the_package():
-    assert "vision_opd.train" in GRAPH and "vision_opd.demo.run" in GRAPH
-    assert "vision_opd.scoring" in GRAPH["vision_opd.train"]  # a relative import is resolved
+    assert "vision_opd.training.loop" in GRAPH and "vision_opd.demo.run" in GRAPH
+    assert "vision_opd.training.step" in GRAPH["vision_opd.training.loop"]  # a relative import is resolved
+    assert "vision_opd.scoring.forward" in GRAPH["vision_opd.training.step"]  # two levels up
     assert "vision_opd.demo.world" in GRAPH["vision_opd.cli.training"]  # a lazy import inside a function counts
 
 
@@ -126,23 +139,104 @@ def test_no_import_circles():
             visit(m)
 
 
-@pytest.mark.parametrize("layer, allowed", [
-    ("vision_opd.data", ("vision_opd.data",)),
-    ("vision_opd.models", ("vision_opd.models",)),
-    ("vision_opd.losses", ()),
-    ("vision_opd.proposers", ("vision_opd.proposers", "vision_opd.data", "vision_opd.models", "vision_opd.scoring",
-                              "vision_opd.rollout")),
-    ("vision_opd.report", ("vision_opd.report", "vision_opd.data", "vision_opd.eval")),  # files only, never a model
-])
-def test_lower_layers_import_only_lower_layers(layer, allowed):
+@pytest.mark.parametrize("layer, allowed", LAYERS, ids=[layer for layer, _ in LAYERS])
+def test_each_stage_imports_only_the_stages_below_it(layer, allowed):
     for m in (m for m in GRAPH if _under(m, (layer,))):
-        bad = sorted(d for d in GRAPH[m] if not _under(d, allowed))
+        bad = sorted(d for d in GRAPH[m] if not _under(d, (layer, *allowed)))
         assert not bad, f"{m} imports {bad}; a module of {layer} may only import {allowed or 'nothing of the package'}"
+
+
+def test_every_package_module_has_a_stage():
+    """A new top-level room must be placed in LAYERS (or be the demo / the CLI), so the order above stays complete."""
+    rooms = {".".join(m.split(".")[:2]) for m in GRAPH if m != "vision_opd"}
+    placed = {layer for layer, _ in LAYERS} | {"vision_opd.demo", "vision_opd.cli"}
+    assert rooms <= placed, f"place these in LAYERS: {sorted(rooms - placed)}"
+
+
+def test_at_most_three_modules_at_the_top_of_the_package():
+    loose = sorted(f.name for f in PKG.glob("*.py"))
+    assert len(loose) <= 3, f"the package's top level holds {loose}: put modules in the folder of their stage"
+
+
+# ----------------------------------------------------------------------------- functions
+
+def _functions():
+    for f in sorted(PKG.rglob("*.py")):
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+                names += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
+                owner = parents.get(node)
+                if names and names[0] in ("self", "cls") and isinstance(owner, ast.ClassDef):
+                    names = names[1:]
+                if isinstance(owner, ast.ClassDef) and node.name in ("forward", "backward") and any(
+                        "Function" in ast.unparse(b) for b in owner.bases):
+                    names = names[1:]  # torch.autograd.Function: ctx, then one argument per input (excepted below)
+                yield f.relative_to(PKG).as_posix(), owner, node, names
+
+
+def _is_autograd(owner) -> bool:
+    return isinstance(owner, ast.ClassDef) and any("Function" in ast.unparse(b) for b in owner.bases)
+
+
+def test_no_function_takes_more_than_ten_parameters():
+    long = [f"{path}:{node.lineno} {node.name} ({len(names)})" for path, owner, node, names in _functions()
+            if len(names) > 10 and not _is_autograd(owner)]
+    assert not long, f"group these parameters into a small typed object: {long}"
+
+
+STEP_PATH = ("training/step.py", "training/responses.py", "training/context.py")
+
+
+def test_the_steps_path_takes_at_most_six_parameters():
+    """The step and what it calls in training/ take the StepContext instead of long argument lists."""
+    long = [f"{path}:{node.lineno} {node.name} ({len(names)})" for path, owner, node, names in _functions()
+            if path in STEP_PATH and len(names) > 6]
+    assert not long, f"pass the StepContext: {long}"
+
+
+def _tree_in_architecture_doc() -> set[str]:
+    """The paths of the tree block in docs/architecture.md (two spaces of indent a level, folders end with '/')."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("## The tree", 1)[1].split("```", 2)[1]
+    stack: list[str] = []
+    paths = set()
+    for line in block.splitlines()[1:]:
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        name = line.split()[0]
+        stack[depth - 1:] = [name.rstrip("/")]
+        if depth >= 1:
+            paths.add("/".join(stack) + ("/" if name.endswith("/") else ""))
+    return paths
+
+
+def test_every_module_is_named_in_the_architecture_map():
+    """docs/architecture.md's tree has one line per module (a benchmark's file is named by the benchmarks/ line),
+    and nothing that is not there."""
+    tree = _tree_in_architecture_doc()
+    assert "training/step.py" in tree and "eval/benchmarks/" in tree, "the tree parser reads the doc's tree"
+    missing = []
+    for f in sorted(PKG.rglob("*.py")):
+        rel = f.relative_to(PKG).as_posix()
+        if rel.startswith("eval/benchmarks/"):
+            continue  # one file per benchmark: the folder's line names them all
+        if f.name == "__init__.py" and f.parent != PKG and (f.parent / "__init__.py").read_text().strip() == "":
+            continue  # an empty package marker
+        if rel not in tree:
+            missing.append(rel)
+    assert not missing, f"docs/architecture.md's tree does not name: {missing}"
+    stale = sorted(t for t in tree if not (PKG / t).exists())
+    assert not stale, f"docs/architecture.md's tree names what is not there: {stale}"
 
 
 def test_eval_never_imports_training():
     for m in (m for m in GRAPH if _under(m, ("vision_opd.eval",))):
-        bad = sorted(d for d in GRAPH[m] if _under(d, ("vision_opd.train", "vision_opd.teacher", "vision_opd.guards")))
+        bad = sorted(d for d in GRAPH[m] if _under(d, ("vision_opd.training",)))
         assert not bad, f"{m} imports {bad}: evaluation must not depend on the training loop"
 
 

@@ -14,7 +14,7 @@ from vision_opd.data.degrade import mask_cells
 from vision_opd.data.images import open_image
 from vision_opd.data.records import Record
 from vision_opd.data.views import ViewConfig, encode_views, teacher_view
-from vision_opd.degenerate import degenerate_flags, max_ngram_count
+from vision_opd.rollout.degenerate import degenerate_flags, max_ngram_count
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_multi_view_prompt_scores_at_the_response_positions(record, tmp_path):
     """Two prompts of different lengths (crop + full vs full), left-padded in one batch, rows selected out of order:
     the logits read at the response positions equal those of each prompt alone, unpadded."""
     from vision_opd.models.tiny import build_tiny
-    from vision_opd.scoring import response_logits, select_prompts
+    from vision_opd.scoring.forward import response_logits, select_prompts
 
     model, proc = build_tiny("qwen2_vl", seed=0, image_size=112)
     model.eval()

@@ -61,7 +61,7 @@ def _torchrun(args, *flags, module: bool = True):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, synth_dir):
     from vision_opd.config import load_config
-    from vision_opd.train import train
+    from vision_opd.training.loop import train
 
     return train(load_config(None, _args(synth_dir, tmp_path_factory.mktemp("one") / "run", "train.share_prompts=false")))
 
@@ -126,7 +126,7 @@ SHARE_SCRIPT = textwrap.dedent('''
     import vision_opd.eval.hf_backend as R
     import vision_opd.proposers.cache as C
     from vision_opd.config import load_config
-    from vision_opd.train import train
+    from vision_opd.training.loop import train
 
     rank, out = int(os.environ["RANK"]), sys.argv[1]
     counts = {"proposed": 0, "evaluated": 0}
@@ -154,11 +154,11 @@ def test_proposals_and_evaluation_shared_out_and_every_rank_rng_saved_and_restor
     rank draws its own noise); a resumed run ends with the weights of the uninterrupted one."""
     from safetensors.torch import load_file
 
-    from vision_opd.checkpoint import load_trainer_state
     from vision_opd.config import load_config
     from vision_opd.data.sources import load_train_records
     from vision_opd.models.loading import load_model
     from vision_opd.proposers import propose_with
+    from vision_opd.training.checkpoint import load_trainer_state
 
     run = tmp_path / "sampled"
     args = _args(synth_dir, run, "rollout.do_sample=true", "views.teacher_source=proposer", "teacher.keep_fallback=true")
@@ -192,7 +192,7 @@ RANK_SCRIPT = textwrap.dedent('''
     """Train with rank 1's loss made non-finite at step 1 (its gradient stays the same, finite one); record each rank's
     prompts per step, student forwards, rollouts and final weights."""
     import json, os, sys
-    import vision_opd.train as T
+    import vision_opd.training.loop as T
     from vision_opd.config import load_config
 
     rank, out = int(os.environ["RANK"]), sys.argv[1]
@@ -258,7 +258,7 @@ TIMEOUT_SCRIPT = textwrap.dedent('''
     import os, sys, time
     import torch.distributed as dist
     from vision_opd.config import load_config
-    from vision_opd.distributed import make_accelerator
+    from vision_opd.training.distributed import make_accelerator
 
     out, timeout, busy = sys.argv[1], sys.argv[2], float(sys.argv[3])
     rank = int(os.environ["RANK"])

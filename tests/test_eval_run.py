@@ -21,6 +21,7 @@ from vision_opd.data.validate import read_records
 from vision_opd.demo.world import QUESTION_TYPES, write_synthetic
 from vision_opd.eval.benchmarks.common import format_prompt
 from vision_opd.eval.hf_backend import HFGenerator
+from vision_opd.eval.options import EvalOptions
 from vision_opd.eval.run import evaluate, evaluate_records
 from vision_opd.eval.samples import read_samples
 from vision_opd.eval.views import EvalError, view_of
@@ -134,13 +135,13 @@ def test_resume_skips_done_items_and_drops_a_half_line(tmp_path, data6, tiny):
     model, processor = tiny
     out = tmp_path / "run"
     first = Counting(HFGenerator(model, processor, max_new_tokens=4, name="tiny"))
-    evaluate(first, "synthetic", data6, out, batch_size=2, progress=False)
+    evaluate(first, "synthetic", data6, out, EvalOptions(batch_size=2, progress=False))
     lines = _lines(out / "samples.jsonl")
     assert len(lines) == 6 and first.batches == [2, 2, 2]
     # an interrupted run: 3 complete lines and half of the fourth
     (out / "samples.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2], encoding="utf-8")
     second = Counting(HFGenerator(model, processor, max_new_tokens=4, name="tiny"))
-    r = evaluate(second, "synthetic", data6, out, batch_size=2, progress=False)
+    r = evaluate(second, "synthetic", data6, out, EvalOptions(batch_size=2, progress=False))
     assert sum(second.batches) == 3, "only the 3 items not complete on disk are generated again"
     final = _lines(out / "samples.jsonl")
     keys = [(s["id"], s["view"]) for s in map(json.loads, final)]
@@ -149,18 +150,16 @@ def test_resume_skips_done_items_and_drops_a_half_line(tmp_path, data6, tiny):
     assert r["n"] == 6
     # a third run has nothing left to do
     third = Counting(HFGenerator(model, processor, max_new_tokens=4, name="tiny"))
-    evaluate(third, "synthetic", data6, out, batch_size=2, progress=False)
+    evaluate(third, "synthetic", data6, out, EvalOptions(batch_size=2, progress=False))
     assert third.batches == [] and len(_lines(out / "samples.jsonl")) == 6
 
 
 def test_resume_refuses_other_settings(tmp_path, data6, tiny):
     model, processor = tiny
     out = tmp_path / "run"
-    evaluate(HFGenerator(model, processor, max_new_tokens=2, name="tiny"), "synthetic", data6, out, limit=2,
-             batch_size=2, progress=False)
+    evaluate(HFGenerator(model, processor, max_new_tokens=2, name="tiny"), "synthetic", data6, out, EvalOptions(limit=2, batch_size=2, progress=False))
     with pytest.raises(EvalError, match="different settings"):
-        evaluate(HFGenerator(model, processor, max_new_tokens=3, name="tiny"), "synthetic", data6, out, limit=2,
-                 batch_size=2, progress=False)
+        evaluate(HFGenerator(model, processor, max_new_tokens=3, name="tiny"), "synthetic", data6, out, EvalOptions(limit=2, batch_size=2, progress=False))
 
 
 def test_read_samples_rejects_a_broken_middle_line(tmp_path):

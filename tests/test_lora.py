@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("peft")
 
 from vision_opd.config import load_config  # noqa: E402
-from vision_opd.teacher import adapter_params  # noqa: E402
+from vision_opd.training.teacher import adapter_params  # noqa: E402
 
 
 def _cfg(tmp_path, synth_dir, *extra):
@@ -20,10 +20,10 @@ def _cfg(tmp_path, synth_dir, *extra):
 
 
 def _setup(cfg):
-    from vision_opd import train as T
     from vision_opd.data.sources import load_train_records
     from vision_opd.models.loading import load_model
     from vision_opd.models.lora import apply_lora
+    from vision_opd.training import loop as T
 
     T.seed_everything(0)
     model, proc = load_model(cfg.model, seed=0, device=torch.device("cpu"))
@@ -50,7 +50,7 @@ def test_lora_teacher_shares_the_base(mode, tmp_path, synth_dir):
     base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
     adapter0 = {n: p.detach().clone() for n, p in adapter_params(model).items()}
     ema_prev = {n: t.clone() for n, t in (teacher.ema_adapter or {}).items()}
-    res = T.vision_opd_step(cfg, model, teacher, proc, records[:2], opt, sched, T.vision_token_ids(model, proc), torch.device("cpu"))
+    res = T.vision_opd_step(cfg, T.StepContext(model, teacher, proc, opt, sched, T.vision_token_ids(model, proc), torch.device("cpu")), records[:2])
     assert res.metrics["loss"] > 0 and res.metrics["skipped"] == 0
     assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if "lora_" not in n), "base must not train"
     adapter1 = {n: p.detach() for n, p in adapter_params(model).items()}
@@ -76,8 +76,8 @@ def test_lora_teacher_shares_the_base(mode, tmp_path, synth_dir):
 def test_lora_run_checkpoints_the_adapter_and_resumes(tmp_path, synth_dir):
     from safetensors.torch import load_file
 
-    from vision_opd.checkpoint import complete_checkpoints
-    from vision_opd.train import train
+    from vision_opd.training.checkpoint import complete_checkpoints
+    from vision_opd.training.loop import train
 
     cfg = _cfg(tmp_path, synth_dir, "train.steps=3", "train.save_every=2", "teacher.mode=ema")
     run = train(cfg)
@@ -111,10 +111,10 @@ def test_lora_checkpoint_exports_merged_and_evaluates_like_the_adapter(tmp_path,
 
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-    from vision_opd.checkpoint import latest_checkpoint
     from vision_opd.cli import main
     from vision_opd.models.loading import load_model_and_processor
-    from vision_opd.train import train
+    from vision_opd.training.checkpoint import latest_checkpoint
+    from vision_opd.training.loop import train
 
     run = train(_cfg(tmp_path, synth_dir, "train.steps=2", "teacher.mode=frozen", "optim.lr=5e-2"))
     ck = latest_checkpoint(run)

@@ -1,4 +1,4 @@
-"""Numerics of vision_opd.losses: values against independent formulas, chunked vs plain parity,
+"""Numerics of vision_opd.losses.pure: values against independent formulas, chunked vs plain parity,
 masks, gradient routing, micro-batching, temperature. Run: python -m pytest tests/test_losses.py"""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vision_opd import losses_chunked
-from vision_opd.divergence import (
+from vision_opd.losses import chunked as losses_chunked
+from vision_opd.losses.divergence import (
     generalized_jsd,
     sampled_token_loss,
     token_divergence,
     token_divergence_from_hidden,
     topk_tail_jsd,
 )
-from vision_opd.losses import DivergenceSpec, generalized_jsd_plain, masked_token_mean
+from vision_opd.losses.pure import DivergenceSpec, generalized_jsd_plain, masked_token_mean
 
 ALPHAS = (0.0, 0.25, 0.5, 1.0)
 KINDS = ("jsd", "topk", "sampled", "ce")

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from vision_opd.data.views import ViewConfig, encode_views, student_view, teacher_view
-from vision_opd.scoring import response_logits, select_prompts
 from vision_opd.models.loading import load_model_and_processor, vision_token_ids
 from vision_opd.models.processors import has_torchvision
 from vision_opd.models.tiny import FAMILIES, build_tiny, save_tiny
 from vision_opd.rollout import response_mask, sample
+from vision_opd.scoring.forward import response_logits, select_prompts
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -17,7 +17,7 @@ from PIL import Image
 from vision_opd.config import load_config
 from vision_opd.data.images import open_image
 from vision_opd.data.validate import validate_file
-from vision_opd.guards import TrainingStopped
+from vision_opd.training.guards import TrainingStopped
 
 
 def _good(i, **kw):
@@ -140,8 +140,8 @@ def _wait_for(cond, proc, timeout=120):
 
 
 def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path, synth_dir):
-    from vision_opd.checkpoint import complete_checkpoints, latest_checkpoint
-    from vision_opd.train import train
+    from vision_opd.training.checkpoint import complete_checkpoints, latest_checkpoint
+    from vision_opd.training.loop import train
 
     run = tmp_path / "run"
     env = dict(os.environ, VISION_OPD_TEST_PAUSE_SAVE_AT="4", VISION_OPD_TEST_PAUSE_SECONDS="120")
@@ -161,7 +161,7 @@ def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_pa
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, synth_dir):
     from safetensors.torch import load_file
 
-    from vision_opd.checkpoint import latest_checkpoint, load_trainer_state
+    from vision_opd.training.checkpoint import latest_checkpoint, load_trainer_state
 
     steps = 5
     # every run in a fresh process with one thread, so that float summation orders match bit for bit
@@ -196,7 +196,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, synth_dir):
 
 
 def test_non_finite_loss_is_skipped_counted_and_training_goes_on(tmp_path, synth_dir, monkeypatch):
-    from vision_opd import train as T
+    from vision_opd.training import loop as T
 
     calls = {"n": 0}
     real = T.token_divergence_from_hidden
@@ -217,7 +217,7 @@ def test_non_finite_loss_is_skipped_counted_and_training_goes_on(tmp_path, synth
 
 
 def test_consecutive_non_finite_steps_stop_the_run_with_a_checkpoint(tmp_path, synth_dir, monkeypatch):
-    from vision_opd import train as T
+    from vision_opd.training import loop as T
 
     real = T.token_divergence_from_hidden
     monkeypatch.setattr(T, "token_divergence_from_hidden", lambda *a, **kw: (lambda r: (r[0] * float("inf"), r[1]))(real(*a, **kw)))
@@ -228,7 +228,7 @@ def test_consecutive_non_finite_steps_stop_the_run_with_a_checkpoint(tmp_path, s
 
 
 def test_collapse_signal_logged_and_can_stop(tmp_path, synth_dir):
-    from vision_opd import train as T
+    from vision_opd.training import loop as T
 
     # a random-weight model never emits EOS: truncation rate 1.0 is a collapse signal
     cfg = load_config(None, _cli(tmp_path / "run", synth_dir, "train.steps=5", "train.stop_on_collapse=true",
@@ -240,9 +240,9 @@ def test_collapse_signal_logged_and_can_stop(tmp_path, synth_dir):
 
 
 def test_checkpoint_state_loads_with_weights_only(tmp_path, synth_dir):
-    from vision_opd.checkpoint import latest_checkpoint
+    from vision_opd.training.checkpoint import latest_checkpoint
 
-    T = __import__("vision_opd.train", fromlist=["train"])
+    T = __import__("vision_opd.training.loop", fromlist=["train"])
     run = T.train(load_config(None, _cli(tmp_path / "run", synth_dir, "train.steps=1")[4:]))
     state = torch.load(latest_checkpoint(run) / "trainer_state.pt", weights_only=True)
     assert state["step"] == 1 and "optimizer" in state
@@ -251,7 +251,7 @@ def test_checkpoint_state_loads_with_weights_only(tmp_path, synth_dir):
 
 def test_collapse_watch_survives_resume(tmp_path, synth_dir):
     """The collapse streak (and the length baseline) is trainer state: a resumed run stops where an uninterrupted one would."""
-    from vision_opd import train as T
+    from vision_opd.training import loop as T
 
     base = _cli(tmp_path / "run", synth_dir, "train.stop_on_collapse=true", "train.collapse_patience=3")[4:]
     T.train(load_config(None, base + ["train.steps=2"]))  # truncation rate 1.0 at steps 1-2: a streak of 2, no stop
@@ -260,7 +260,7 @@ def test_collapse_watch_survives_resume(tmp_path, synth_dir):
 
 
 def test_consecutive_skip_counter_survives_resume(tmp_path, synth_dir, monkeypatch):
-    from vision_opd import train as T
+    from vision_opd.training import loop as T
 
     real = T.token_divergence_from_hidden
     monkeypatch.setattr(T, "token_divergence_from_hidden", lambda *a, **kw: (lambda r: (r[0] * float("nan"), r[1]))(real(*a, **kw)))
@@ -275,7 +275,7 @@ def test_consecutive_skip_counter_survives_resume(tmp_path, synth_dir, monkeypat
 def test_guards_state_round_trips():
     from types import SimpleNamespace
 
-    from vision_opd.guards import CollapseWatch, SkipGuard
+    from vision_opd.training.guards import CollapseWatch, SkipGuard
 
     t = SimpleNamespace(collapse_truncation_rate=0.5, collapse_kl=10.0, collapse_length_ratio=4.0, collapse_patience=3,
                         stop_on_collapse=True)

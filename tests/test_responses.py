@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from vision_opd.config import ConfigError, load_config
 from vision_opd.data.views import encode_views, student_view, teacher_view
-from vision_opd.responses import student_prompts
+from vision_opd.training.responses import student_prompts
 
 
 def _cfg(tmp_path, synth_dir, *extra):
@@ -23,9 +23,9 @@ def _cfg(tmp_path, synth_dir, *extra):
 
 
 def _setup(cfg):
-    from vision_opd import train as T
     from vision_opd.data.sources import load_train_records
     from vision_opd.models.loading import load_model, vision_token_ids
+    from vision_opd.training import loop as T
 
     T.seed_everything(cfg.train.seed)
     model, proc = load_model(cfg.model, seed=cfg.train.seed, device=torch.device("cpu"))
@@ -37,10 +37,11 @@ def _setup(cfg):
 
 
 def _step(cfg, setup, records):
-    from vision_opd.train import vision_opd_step
+    from vision_opd.training.context import StepContext
+    from vision_opd.training.step import vision_opd_step
 
     model, proc, _, teacher, opt, sched, suppress = setup
-    return vision_opd_step(cfg, model, teacher, proc, records, opt, sched, suppress, torch.device("cpu"))
+    return vision_opd_step(cfg, StepContext(model, teacher, proc, opt, sched, suppress, torch.device("cpu")), records)
 
 
 def _greedy(model, proc, views, G, max_new_tokens, suppress):
@@ -164,7 +165,7 @@ def test_degenerate_responses_are_counted_and_left_out(tmp_path, synth_dir):
     # samples.jsonl: a left-out response keeps its tokens, with no values (it was not scored), and the report shows
     # it uncoloured rather than as an inconsistent row
     from vision_opd.report.tokens import TokenScale, coloured_tokens
-    from vision_opd.run_log import sample_rows
+    from vision_opd.training.run_log import sample_rows
 
     rows = sample_rows(setup[1], setup[2][:3], res.rollout, res.token_values)
     assert len(rows) == 4 and all(r["left_out"] and r["tokens"] and r["token_kl"] is None for r in rows)
@@ -182,7 +183,7 @@ def test_token_sources_and_teacher_views_with_shared_prompts_equal_per_row_scori
                                                                                    monkeypatch):
     """train.share_prompts (each prompt scored once for its rows) gives the per-row step for teacher tokens, a mix
     with a text-only teacher and a multi-view teacher: the same tokens, loss and update (SGD, lr 1: the gradient)."""
-    import vision_opd.scoring as S
+    import vision_opd.scoring.forward as S
 
     calls = []
     shared_hidden = S.shared_response_hidden

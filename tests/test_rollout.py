@@ -13,7 +13,7 @@ from vision_opd.data.views import encode_views, student_view
 from vision_opd.models.loading import load_model_and_processor, vision_token_ids
 from vision_opd.models.tiny import save_tiny
 from vision_opd.rollout import Decoding, HFEngine
-from vision_opd.scoring import response_logits
+from vision_opd.scoring.forward import response_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_GENERATION_CONFIG = {"repetition_penalty": 1.05, "top_k": 1, "temperature": 0.01, "no_repeat_ngram_size": 2,
@@ -100,7 +100,7 @@ def test_greedy_rollout_logprobs_are_the_argmax_log_probs_at_temperature_1(synth
 
 
 def test_truncated_is_weights_by_hand():
-    from vision_opd.mismatch import MismatchStats, truncated_is_weights
+    from vision_opd.rollout.mismatch import MismatchStats, truncated_is_weights
 
     trainer = torch.tensor([-1.0, -2.0, -0.5, -3.0])
     rollout = torch.tensor([-1.0, -1.0, -1.5, -3.0 + math.log(4.0)])
@@ -115,7 +115,7 @@ def test_truncated_is_weights_by_hand():
 
 
 def test_sampled_token_logprobs_chunked_equal_plain():
-    from vision_opd.mismatch import sampled_token_logprobs, sampled_token_logprobs_from_hidden
+    from vision_opd.rollout.mismatch import sampled_token_logprobs, sampled_token_logprobs_from_hidden
 
     g = torch.Generator().manual_seed(0)
     h, w = torch.randn(37, 8, generator=g), torch.randn(50, 8, generator=g)
@@ -141,11 +141,11 @@ class _ShiftedEngine(HFEngine):
 
 
 def _one_step(tmp_path, synth_dir, engine_shift, *extra):
-    from vision_opd import train as T
     from vision_opd.config import load_config
     from vision_opd.data.sources import load_train_records
     from vision_opd.models.loading import load_model
     from vision_opd.rollout import decoding_of
+    from vision_opd.training import loop as T
 
     cfg = load_config(None, [f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={tmp_path}",
                              "train.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=6",
@@ -159,8 +159,7 @@ def _one_step(tmp_path, synth_dir, engine_shift, *extra):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     suppress = vision_token_ids(model, proc)
     engine = _ShiftedEngine(proc, decoding_of(cfg.rollout, suppress), engine_shift)
-    return T.vision_opd_step(cfg, model, teacher, proc, records[:2], opt, sched, suppress, torch.device("cpu"),
-                             engine=engine).metrics
+    return T.vision_opd_step(cfg, T.StepContext(model, teacher, proc, opt, sched, suppress, torch.device("cpu"), engine), records[:2]).metrics
 
 
 @pytest.mark.parametrize("share", ["true", "false"])

@@ -19,8 +19,8 @@ from vision_opd.data.views import ViewConfig, encode_views, student_view, teache
 from vision_opd.models.loading import set_trainable
 from vision_opd.models.parts import unwrap
 from vision_opd.models.tiny import FAMILIES, build_processor, build_tiny
-from vision_opd.scoring import score_responses
-from vision_opd.scoring_shared import sharing_blocker
+from vision_opd.scoring.forward import score_responses
+from vision_opd.scoring.shared import sharing_blocker
 
 # Qwen3.5's gated-delta decay parameters: their gradients (~1e-8 against a largest gradient ~0.2 in the tiny model)
 # are what is left after large terms cancel, so fp32 rounding is ~100% of them (the per-row path itself moves that
@@ -102,7 +102,7 @@ def test_shared_prompts_equal_per_row_scoring(family, rows, synth_dir):
 def test_shared_prompts_with_lora(family, synth_dir):
     pytest.importorskip("peft")
     from vision_opd.models.lora import apply_lora
-    from vision_opd.teacher import adapter_params
+    from vision_opd.training.teacher import adapter_params
 
     model, _ = build_tiny(family)
     model = apply_lora(model, 4, 8)
@@ -173,7 +173,7 @@ def test_shared_prompts_with_one_or_two_response_tokens(family, T, synth_dir):
 
 
 def test_a_model_that_cannot_share_says_so_once_and_scores_per_row(synth_dir, capsys):
-    from vision_opd import scoring
+    from vision_opd.scoring import forward as scoring
 
     model, _ = build_tiny("qwen2_vl")
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
@@ -196,8 +196,7 @@ def test_training_with_shared_prompts_ends_with_the_same_weights(family, tmp_pat
     from transformers import AutoModelForImageTextToText
 
     from vision_opd.cli import main
-
-    from vision_opd import scoring_shared
+    from vision_opd.scoring import shared as scoring_shared
 
     calls = []
     monkeypatch.setattr(scoring_shared, "_hidden", lambda *a, real=scoring_shared._hidden: calls.append(1) or real(*a))

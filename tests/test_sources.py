@@ -11,7 +11,7 @@ from PIL import Image
 from vision_opd.data.crops import draw_red_box
 from vision_opd.data.records import Record, RecordError, write_records
 from vision_opd.data.sources import detect_format, load_source, load_source_checked, split_problem
-from vision_opd.run_log import MetricsLogger
+from vision_opd.training.run_log import MetricsLogger
 
 HINT = "Only focus on the objects inside the red bounding box in the image to answer this question."
 INSTRUCTION = "Answer with the option's letter from the given choices."
@@ -125,7 +125,7 @@ def test_train_with_a_proposer_on_drawn_boxes_refuses_before_the_model_loads(six
     naming the record and the fix, exit 2, and no model loaded."""
     import shutil
 
-    import vision_opd.train as T
+    import vision_opd.training.loop as T
     from vision_opd.cli import main
 
     shutil.rmtree(sixk.parent / "original_images")

@@ -12,7 +12,7 @@ import torch
 
 from vision_opd.config import load_config
 from vision_opd.data.views import encode_views, student_view, teacher_view
-from vision_opd.scoring import response_logits
+from vision_opd.scoring.forward import response_logits
 
 
 def _cfg(tmp_path, synth_dir, *extra):
@@ -25,9 +25,9 @@ def _cfg(tmp_path, synth_dir, *extra):
 
 def _setup(cfg, lr: float = 1.0):
     """What train() builds, with plain SGD (no momentum, no decay): the update is then -lr x the clipped gradient."""
-    from vision_opd import train as T
     from vision_opd.data.sources import load_train_records
     from vision_opd.models.loading import load_model
+    from vision_opd.training import loop as T
 
     T.seed_everything(cfg.train.seed)
     model, proc = load_model(cfg.model, seed=cfg.train.seed, device=torch.device("cpu"))
@@ -71,8 +71,7 @@ def test_step_loss_kl_and_update_equal_an_independent_recomputation(tmp_path, sy
     T, model, proc, records, teacher, opt, sched = _setup(cfg, lr=1.0)
     batch = records[:4]
     before = copy.deepcopy(model)
-    res = T.vision_opd_step(cfg, model, teacher, proc, batch, opt, sched, T.vision_token_ids(model, proc),
-                            torch.device("cpu"))
+    res = T.vision_opd_step(cfg, T.StepContext(model, teacher, proc, opt, sched, T.vision_token_ids(model, proc), torch.device("cpu")), batch)
     ro, m = res.rollout, res.metrics
     assert ro.response_ids_B_T.shape[0] == 8 and m["skipped"] == 0  # micro-batches of 3, 3 and 2 responses
     loss, kl, n = _independent_loss(before, teacher.module(), proc, batch, ro, cfg)
@@ -92,8 +91,7 @@ def test_grad_clip_bounds_the_update(tmp_path, synth_dir):
     cfg = _cfg(tmp_path, synth_dir, "optim.grad_clip=0.001")
     T, model, proc, records, teacher, opt, sched = _setup(cfg, lr=1.0)
     start = _params(model)
-    m = T.vision_opd_step(cfg, model, teacher, proc, records[:4], opt, sched, T.vision_token_ids(model, proc),
-                          torch.device("cpu")).metrics
+    m = T.vision_opd_step(cfg, T.StepContext(model, teacher, proc, opt, sched, T.vision_token_ids(model, proc), torch.device("cpu")), records[:4]).metrics
     step = math.sqrt(sum(((start[k] - v).double() ** 2).sum().item() for k, v in _params(model).items()))
     assert m["grad_norm"] > 0.01  # the logged norm is the one before clipping
     assert step == pytest.approx(0.001, rel=1e-3)
@@ -106,8 +104,7 @@ def test_first_warmup_step_uses_lr_over_warmup_steps(tmp_path, synth_dir):
     T, model, proc, records, teacher, opt, sched = _setup(cfg, lr=cfg.optim.lr)
     for expected, batch in ((0.25, records[:4]), (0.5, records[4:8])):
         start = _params(model)
-        m = T.vision_opd_step(cfg, model, teacher, proc, batch, opt, sched, T.vision_token_ids(model, proc),
-                              torch.device("cpu")).metrics
+        m = T.vision_opd_step(cfg, T.StepContext(model, teacher, proc, opt, sched, T.vision_token_ids(model, proc), torch.device("cpu")), batch).metrics
         step = math.sqrt(sum(((start[k] - v).double() ** 2).sum().item() for k, v in _params(model).items()))
         assert m["lr"] == pytest.approx(expected)
         assert step == pytest.approx(expected * 0.001, rel=1e-3)  # clipped gradient of norm 0.001, times the lr
@@ -134,12 +131,12 @@ def _divergence(model, teacher_model, proc, records, responses, views):
 def test_a_few_steps_on_the_demo_model_lower_the_divergence(tmp_path):
     """The shipped pre-trained demo model with a frozen crop teacher: 6 Vision-OPD steps lower the divergence
     between its full-image and crop distributions on held-out items (a loss whose sign is flipped raises it)."""
-    from vision_opd import train as T
     from vision_opd.demo.arms import ArmConfig
     from vision_opd.demo.pretrain import DEMO_VIEWS, eval_split, load_demo_model
     from vision_opd.demo.run import ASSET_MODEL, world_of
     from vision_opd.rollout import sample
-    from vision_opd.stream import PromptStream
+    from vision_opd.training import loop as T
+    from vision_opd.training.stream import PromptStream
 
     world = world_of(ASSET_MODEL)
     train_recs = eval_split(tmp_path / "data", "opd", 48, world)
@@ -162,7 +159,7 @@ def test_a_few_steps_on_the_demo_model_lower_the_divergence(tmp_path):
     stream = PromptStream(len(train_recs), 0)
     for _ in range(cfg.train.steps):
         batch = [train_recs[i] for i in stream.take(cfg.train.prompts_per_step)]
-        T.vision_opd_step(cfg, model, teacher, proc, batch, opt, sched, suppress, torch.device("cpu"))
+        T.vision_opd_step(cfg, T.StepContext(model, teacher, proc, opt, sched, suppress, torch.device("cpu")), batch)
     d1 = _divergence(model, teacher.module(), proc, held, responses, views)
     assert d0 > 0.01, "the demo model has a gap to close"
     assert d1 < 0.8 * d0, (d0, d1)

@@ -7,7 +7,7 @@ import torch
 
 from vision_opd.data.views import encode_views, student_view
 from vision_opd.models.tiny import build_tiny
-from vision_opd.teacher import Teacher
+from vision_opd.training.teacher import Teacher
 
 
 def _with_dropout(model, p: float = 0.5):

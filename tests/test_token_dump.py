@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vision_opd.cli import main
-from vision_opd.token_dump import answer_span, in_answer_flags
+from vision_opd.training.token_dump import answer_span, in_answer_flags
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,10 @@ def _snapshot(model):
 
 def _run_steps(cfg, steps):
     """Build what train() builds and run `steps` steps; return (initial, student, teacher, metrics)."""
-    from vision_opd import train as T
     from vision_opd.data.sources import load_train_records
     from vision_opd.models.loading import load_model
-    from vision_opd.stream import PromptStream
+    from vision_opd.training import loop as T
+    from vision_opd.training.stream import PromptStream
 
     T.seed_everything(cfg.train.seed)
     device = torch.device("cpu")
@@ -47,7 +47,7 @@ def _run_steps(cfg, steps):
     for _ in range(steps):
         before_s, before_t = _snapshot(model), _snapshot(teacher.module())
         batch = [records[i] for i in stream.take(cfg.train.prompts_per_step)]
-        res = T.vision_opd_step(cfg, model, teacher, proc, batch, opt, sched, suppress, device)
+        res = T.vision_opd_step(cfg, T.StepContext(model, teacher, proc, opt, sched, suppress, device), batch)
         history.append((before_s, before_t, _snapshot(model), _snapshot(teacher.module()), res.metrics))
     return initial, model, teacher, history
 
@@ -97,8 +97,8 @@ def test_identical_views_frozen_teacher_give_zero_loss_at_step_zero(kind, tmp_pa
 def test_train_writes_metrics_checkpoint_and_resumes(tmp_path, synth_dir):
     from transformers import AutoModelForImageTextToText
 
-    from vision_opd.checkpoint import complete_checkpoints
-    from vision_opd.train import train
+    from vision_opd.training.checkpoint import complete_checkpoints
+    from vision_opd.training.loop import train
 
     cfg = _cfg(tmp_path, synth_dir, "train.steps=3", "train.save_every=2", "train.sample_every=1")
     run = train(cfg)
@@ -134,7 +134,7 @@ def test_train_writes_metrics_checkpoint_and_resumes(tmp_path, synth_dir):
 
 
 def test_eval_every_n_steps_is_logged(tmp_path, synth_dir):
-    from vision_opd.train import train
+    from vision_opd.training.loop import train
 
     cfg = _cfg(tmp_path, synth_dir, "train.steps=2", "train.eval_every=1", f"data.eval_file={synth_dir / 'train.jsonl'}",
                "train.eval_max_new_tokens=2")
@@ -176,7 +176,7 @@ def test_teacher_on_another_device_gives_the_same_step(tmp_path, synth_dir):
 
 def test_teacher_on_proposed_crops_without_boxes(tmp_path, synth_dir):
     """views.teacher_source=proposer: boxes come from the model (cached), never from the record's box."""
-    from vision_opd.train import train
+    from vision_opd.training.loop import train
 
     rows = [json.loads(x) for x in (synth_dir / "train.jsonl").read_text().splitlines()]
     no_box = synth_dir / "no_box.jsonl"  # same folder: image paths stay relative
@@ -195,7 +195,7 @@ def test_held_out_evaluation_uses_the_benchmark_views(tmp_path, synth_dir):
     from vision_opd.data.validate import read_records
     from vision_opd.data.views import ViewConfig
     from vision_opd.eval.views import view_of
-    from vision_opd.train import train
+    from vision_opd.training.loop import train
 
     rows = [json.loads(x) for x in (synth_dir / "train.jsonl").read_text().splitlines()]
     held = synth_dir / "held_mixed.jsonl"  # same folder: image paths stay relative
@@ -239,8 +239,8 @@ def tied_model_dir(tmp_path_factory):
 def test_tied_embeddings_ema_teacher_saves_and_resumes(teacher_device, tmp_path, synth_dir, tied_model_dir):
     from safetensors.torch import load_file
 
-    from vision_opd.checkpoint import complete_checkpoints, load_teacher_state
-    from vision_opd.train import train
+    from vision_opd.training.checkpoint import complete_checkpoints, load_teacher_state
+    from vision_opd.training.loop import train
 
     extra = [f"model.name_or_path={tied_model_dir}", "teacher.mode=ema", "teacher.ema_rate=0.5", "train.steps=3",
              "train.save_every=2"] + ([f"teacher.device={teacher_device}"] if teacher_device else [])
@@ -275,8 +275,8 @@ def test_every_shipped_config_loads_and_takes_own_data(path):
 def test_resume_cuts_the_logs_back_so_no_step_appears_twice(tmp_path, synth_dir):
     import shutil
 
-    from vision_opd.checkpoint import complete_checkpoints
-    from vision_opd.train import train
+    from vision_opd.training.checkpoint import complete_checkpoints
+    from vision_opd.training.loop import train
 
     cfg = _cfg(tmp_path, synth_dir, "train.steps=3", "train.save_every=2", "train.sample_every=1")
     run = train(cfg)

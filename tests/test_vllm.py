@@ -127,8 +127,8 @@ def _step_cfg(tmp_path, synth_dir, *extra):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_after_a_training_step_and_a_sync_greedy_equals_hf_with_the_new_weights(family, tmp_path, synth_dir,
                                                                                long_records, forward_logprobs):
-    from vision_opd import train as T
     from vision_opd.rollout import make_engine
+    from vision_opd.training import loop as T
 
     cfg = _step_cfg(tmp_path, synth_dir, f"model.name_or_path=tiny:{family}", "rollout.engine=vllm")
     model, proc = _tiny(family)
@@ -141,8 +141,7 @@ def test_after_a_training_step_and_a_sync_greedy_equals_hf_with_the_new_weights(
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         teacher = T.Teacher(model, "frozen", 0.05)
-        m = T.vision_opd_step(cfg, model, teacher, proc, long_records[4:6], opt, sched, suppress, torch.device("cpu"),
-                              engine=engine).metrics
+        m = T.vision_opd_step(cfg, T.StepContext(model, teacher, proc, opt, sched, suppress, torch.device("cpu"), engine), long_records[4:6]).metrics
         after = engine.sample(model, inputs, views)
     finally:
         engine.close()
@@ -189,7 +188,7 @@ def test_lora_sync_pushes_merged_weights_and_leaves_the_model_unmerged(long_reco
 def test_greedy_training_ends_with_the_same_weights_as_hf(tmp_path, synth_dir, share):
     from safetensors.torch import load_file
 
-    from vision_opd.train import train
+    from vision_opd.training.loop import train
 
     runs = {}
     for engine in ("hf", "vllm"):

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.command_line = ["vision-opd", *(sys.argv[1:] if argv is None else argv)]  # recorded by eval / gap
-    from ..guards import TrainingStopped
+    from ..training.guards import TrainingStopped
 
     try:
         return args.func(args)

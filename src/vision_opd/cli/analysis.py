@@ -14,7 +14,7 @@ def _steps(text: str | None) -> tuple[int, int] | None:
 
 
 def cmd_inspect(args) -> int:
-    from ..token_analysis import inspect_runs
+    from ..training.token_analysis import inspect_runs
 
     try:
         inspect_runs(args.runs, value=args.value, steps=_steps(args.steps), out=args.out)

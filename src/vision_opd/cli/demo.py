@@ -36,20 +36,20 @@ def _threads(n: int) -> None:
 
 
 def cmd_demo(args) -> int:
-    from ..demo.run import demo
+    from ..demo.arms import ArmConfig
+    from ..demo.run import DemoData, demo
 
     _threads(args.threads)
+    sizes = DemoData(n_opd=args.n_opd, n_eval=args.n_eval)
     if args.study:
         from ..demo.study import study
 
-        study(args.out, seeds=args.seeds, steps=args.steps, model_dir=args.model, n_eval=args.n_eval, n_opd=args.n_opd,
-              arms=args.arms, split=args.split, eval_every=args.eval_every, progress=not args.no_progress,
+        study(args.out, seeds=args.seeds, steps=args.steps, model_dir=args.model, sizes=sizes, arms=args.arms, split=args.split, eval_every=args.eval_every, progress=not args.no_progress,
               dump_tokens_every=args.dump_tokens_every)
         return 0
-    demo(args.out, model_dir=args.model, do_pretrain=args.pretrain, steps=args.steps, eval_every=args.eval_every,
-         n_eval=args.n_eval, n_opd=args.n_opd, seed=args.seed, lr=args.lr, teacher=args.teacher, loss=args.loss,
-         crop_source=args.crop_source,
-         progress=not args.no_progress)
+    arm = ArmConfig(arm="opd", steps=args.steps, eval_every=args.eval_every, seed=args.seed, lr=args.lr,
+                    teacher=args.teacher, loss=args.loss, crop_source=args.crop_source)
+    demo(args.out, model_dir=args.model, do_pretrain=args.pretrain, arm=arm, sizes=sizes, progress=not args.no_progress)
     return 0
 
 

@@ -10,10 +10,11 @@ def _eval_generator(args, budget: dict):
     kw = dict(max_new_tokens=budget["max_new_tokens"], min_pixels=args.min_pixels, max_pixels=args.max_pixels,
               enable_thinking=args.thinking)
     if args.backend == "openai":
-        from ..eval.openai_backend import OpenAIGenerator
+        from ..eval.openai_backend import Connection, OpenAIGenerator
 
+        conn = Connection(api_key_env=args.api_key_env, timeout=args.request_timeout, retries=args.retries)
         return OpenAIGenerator(args.api_base, args.api_model or args.model, concurrency=args.batch_size,
-                               timeout=args.request_timeout, retries=args.retries, api_key_env=args.api_key_env, **kw)
+                               connection=conn, **kw)
     if args.backend == "vllm":
         from ..eval.vllm_backend import VLLMGenerator
 
@@ -81,6 +82,7 @@ def _run_eval_command(args, gap: bool) -> int:
     """Options and records first (one line naming the fix, exit 2, from cli.main), then the model."""
     from ..eval.evidence_size import parse_edges
     from ..eval.thinking import response_budget
+    from ..eval.options import EvalOptions
     from ..eval.views import EvalError
 
     try:
@@ -91,13 +93,13 @@ def _run_eval_command(args, gap: bool) -> int:
     judge = _judge(args)
     views, records = _preflight(args, gap)
     gen = _eval_generator(args, budget)
-    common = dict(limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress, judge=judge,
-                  response_budget=budget, command_line=getattr(args, "command_line", None), records=records)
+    opts = EvalOptions(limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress, judge=judge,
+                       response_budget=budget, command_line=getattr(args, "command_line", None))
     if gap:
         from ..eval.gap import gap_probe
 
-        r = gap_probe(gen, args.benchmark, args.data, args.out, views=views, proposer=args.proposer,
-                      size_edges=edges, **common)
+        r = gap_probe(gen, args.benchmark, args.data, args.out, opts, views=views, proposer=args.proposer,
+                      size_edges=edges, records=records)
         if r.get("proposals"):
             print("proposals: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                             for k, v in r["proposals"].items()))
@@ -123,7 +125,7 @@ def _run_eval_command(args, gap: bool) -> int:
     else:
         from ..eval.run import evaluate
 
-        r = evaluate(gen, args.benchmark, args.data, args.out, **common)
+        r = evaluate(gen, args.benchmark, args.data, args.out, opts, records=records)
         _print_scores(args.benchmark, r)
         print(f"wrote {args.out}/results.json")
     return 0

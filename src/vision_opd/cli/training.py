@@ -9,14 +9,14 @@ them all with their defaults; each section's meaning is documented in src/vision
 
 def cmd_train(args) -> int:
     from ..config import load_config
-    from ..train import train
+    from ..training.loop import train
 
     cfg = load_config(args.config, args.overrides + (["data.skip_bad=true"] if args.skip_bad else []))
-    from ..run_folder import check_run_folder
+    from ..training.run_folder import check_run_folder
 
     check_run_folder(cfg.train.out_dir, cfg, resume=args.resume, overwrite=args.overwrite)  # before any data is made
     if cfg.data.synth_if_missing and _synth_applies(args.overrides):  # the tiny config's synthetic data (train() never
-        import os                                                      # generates data)
+        import os  # generates data)
 
         from ..demo.world import synthesize_if_missing
 

@@ -61,16 +61,16 @@ def load_source(path_or_id: str | Path, fmt: str = "auto", *, split: str = "trai
 
 def load_source_checked(path_or_id: str | Path, fmt: str = "auto", *, split: str = "train",
                         cache_dir: str | Path | None = None, student_image: str = "images", skip_bad: bool = False,
-                        check_images: bool = False, allow_outside_root: bool = True,
-                        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, progress: bool = False, views=None
-                        ) -> tuple[list[Record], ValidationReport]:
+                        check_images: bool = False, allow_outside_root: bool = True, progress: bool = False,
+                        views=None) -> tuple[list[Record], ValidationReport]:
     """Records plus the validation report (what `train` needs to count skipped records).
 
     check_images=True decodes every image once (then frees it) and checks each box against its image.
     allow_outside_root=False refuses image paths outside the data file's folder (JSONL formats only;
     images materialised from parquet / hub rows live in the cache folder). `views` (a ViewConfig): also refuse
-    records that cannot serve those views (no box for a crop, ...).
+    records that cannot serve those views (no box for a crop, ...); its max_image_pixels bounds a decoded image.
     """
+    max_pixels = views.max_image_pixels if views is not None else DEFAULT_MAX_IMAGE_PIXELS
     if student_image not in STUDENT_IMAGES:
         raise ValueError(f"student_image={student_image!r}: choose 'images' (red box drawn) or 'original' (clean image)")
     fmt = detect_format(path_or_id) if fmt == "auto" else fmt
@@ -360,8 +360,7 @@ def load_train_records(data_cfg, views_cfg, *, progress: bool = False) -> tuple[
     records, report = load_source_checked(data_cfg.train_file, data_cfg.format, split=data_cfg.split,
                                           cache_dir=data_cfg.cache_dir, student_image=data_cfg.student_image,
                                           skip_bad=data_cfg.skip_bad, check_images=data_cfg.validate_images,
-                                          allow_outside_root=data_cfg.allow_outside_root,
-                                          max_pixels=views_cfg.max_image_pixels, progress=progress,
+                                          allow_outside_root=data_cfg.allow_outside_root, progress=progress,
                                           views=views_cfg)
     if views_cfg.red_box and any(r.meta.get("red_box_drawn") for r in records):
         raise RecordError(f"{data_cfg.train_file}: the student images already have the red box drawn (Vision-OPD-6K "

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.records import Record
-from .world import WorldConfig
 from ..data.views import ViewConfig
 from .pretrain import DEMO_VIEWS, PretrainConfig, evaluate_views, labelled_stream, load_demo_model, supervised_step
+from .world import WorldConfig
 
 LOSSES = {  # name -> (loss.kind, loss.alpha)
     "jsd": ("jsd", 0.5),
@@ -126,11 +126,13 @@ def run_arm(cfg: ArmConfig, model_dir: str | Path, opd_records: list[Record], ev
     held-out crop accuracy is always measured on the true boxes (the reference the gap is defined by).
     dump_every > 0: every dump_every Vision-OPD steps, the step's tokens go to tokens_dir/tokens.jsonl (token_dump.py;
     `vision-opd inspect tokens_dir` reads them)."""
-    from ..models.parts import unwrap
     from ..models.loading import vision_token_ids
-    from ..teacher import Teacher
-    from ..stream import PromptStream
-    from ..train import lr_lambda, seed_everything, vision_opd_step
+    from ..models.parts import unwrap
+    from ..training.context import StepContext
+    from ..training.loop import lr_lambda, seed_everything
+    from ..training.step import vision_opd_step
+    from ..training.stream import PromptStream
+    from ..training.teacher import Teacher
 
     assert cfg.arm in ARMS, f"arm {cfg.arm!r}: choose one of {ARMS}"
     seed_everything(cfg.seed)
@@ -163,10 +165,10 @@ def run_arm(cfg: ArmConfig, model_dir: str | Path, opd_records: list[Record], ev
         m: dict = {}
         if cfg.arm in ("opd", "opd+continue"):
             batch = [opd_records[i] for i in stream.take(cfg.prompts)]
-            res = vision_opd_step(ocfg, model, teacher, processor, batch, optimizer, scheduler, suppress, torch.device("cpu"))
+            res = vision_opd_step(ocfg, StepContext(model, teacher, processor, optimizer, scheduler, suppress, torch.device("cpu")), batch)
             m = res.metrics
             if dump_every and step % dump_every == 0:
-                from ..token_dump import token_rows, write_token_rows
+                from ..training.token_dump import token_rows, write_token_rows
 
                 Path(tokens_dir).mkdir(parents=True, exist_ok=True)
                 write_token_rows(Path(tokens_dir) / "tokens.jsonl", step, token_rows(

@@ -19,14 +19,14 @@ import torch
 
 from ..data.records import LETTERS, Record
 from ..data.views import ViewConfig, encode_views, student_view, teacher_view
-from ..divergence import token_divergence_from_hidden
 from ..eval.choice import extract_choice
-from ..losses import DivergenceSpec
+from ..losses.divergence import token_divergence_from_hidden
+from ..losses.pure import DivergenceSpec
 from ..models.loading import vision_token_ids
 from ..models.parts import backbone_and_head, unwrap
 from ..rollout import sample
-from ..run_log import sample_rows
-from ..scoring import response_hidden
+from ..scoring.forward import response_hidden
+from ..training.run_log import sample_rows
 
 MAX_NEW_TOKENS = 8  # the demo's evaluation budget (demo.pretrain.evaluate_views)
 

@@ -36,10 +36,10 @@ from tqdm.auto import tqdm
 from ..data.crops import crop_image
 from ..data.records import Record
 from ..data.validate import read_records
-from .world import SPLIT_SEEDS, WorldConfig, draw_item, response_text, write_synthetic
 from ..data.views import View, ViewConfig, encode_views, prompt_text, student_view, teacher_view
+from ..scoring.forward import response_logits
 from .accuracy import accuracy
-from ..scoring import response_logits
+from .world import SPLIT_SEEDS, WorldConfig, draw_item, response_text, write_synthetic
 
 # The views the demo model was pre-trained and is measured with: the teacher's crop at its own size (the processor's
 # fixed 168 x 168 budget then resizes it), not the 2x enlargement of the real-model default (views.teacher_upscale).

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .arms import ArmConfig
 from .world import WorldConfig
 from .pretrain import DEMO_VIEWS, PretrainConfig, eval_split, evaluate_views, load_demo_model, pretrain
 
@@ -90,13 +92,21 @@ def _plot(path: Path, pre_curve: list[dict], runs: dict[str, list[dict]], title:
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class DemoData:
+    """How many items the demo draws: unlabelled hard images for Vision-OPD, held-out items for accuracy."""
+    n_opd: int = 1200
+    n_eval: int = 300
+
+
 def demo(out: str | Path = "runs/demo", *, model_dir: str | Path | None = None, do_pretrain: bool = False,
-         steps: int = 150, eval_every: int = 50, n_eval: int = 300, n_opd: int = 1200, seed: int = 0,
-         lr: float = 3e-4, teacher: str = "frozen", loss: str = "jsd", crop_source: str = "box",
-         pretrain_cfg: PretrainConfig | None = None,
+         arm: ArmConfig = ArmConfig(), sizes: DemoData = DemoData(), pretrain_cfg: PretrainConfig | None = None,
          progress: bool = True) -> dict:
-    """Run the demo; returns the summary (also written to out/summary.json)."""
-    from .arms import ArmConfig, run_arm
+    """Run the demo; returns the summary (also written to out/summary.json).
+
+    `arm`: the Vision-OPD arm's settings (steps, lr, teacher, loss, crop_source, seed, ...); its world and labelled
+    mix are the checkpoint's own."""
+    from .arms import run_arm
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -109,14 +119,13 @@ def demo(out: str | Path = "runs/demo", *, model_dir: str | Path | None = None, 
     world = world_of(model_dir)
     curve_file = model_dir / "pretrain_curve.json"
     pre = json.loads(curve_file.read_text()) if curve_file.exists() else {"curve": []}
-    opd, held = prepare_data(out, world, n_opd, n_eval)
+    opd, held = prepare_data(out, world, sizes.n_opd, sizes.n_eval)
     print(f"[demo] model {model_dir}; {len(opd)} unlabelled hard images for Vision-OPD; {len(held)} held-out items")
     model, processor = load_demo_model(model_dir)
     before = evaluate_views(model, processor, held, DEMO_VIEWS, progress=progress, max_new_tokens=world.max_new_tokens)
     print(f"[demo] before: full {before['full']:.3f}  crop {before['crop']:.3f}  gap {before['crop'] - before['full']:+.3f}")
-    cfg = ArmConfig(arm="opd", steps=steps, eval_every=eval_every, seed=seed, lr=lr, teacher=teacher, loss=loss, world=world,
-                    crop_source=crop_source,
-                    easy_share=easy_share_of(model_dir))
+    cfg = replace(arm, world=world, easy_share=easy_share_of(model_dir))
+    crop_source, teacher = cfg.crop_source, cfg.teacher
     res = run_arm(cfg, model_dir, opd, held, views=DEMO_VIEWS, progress=progress, eval_first=before,
                   proposal_cache=out / f"proposals_{crop_source}.jsonl")
     if res["proposals"]:

@@ -32,7 +32,7 @@ import statistics
 import time
 from pathlib import Path
 
-from .run import ASSET_MODEL, easy_share_of, prepare_data, world_of
+from .run import ASSET_MODEL, DemoData, easy_share_of, prepare_data, world_of
 from .arms import ArmConfig, run_arm
 from .pretrain import DEMO_VIEWS, evaluate_views, load_demo_model
 
@@ -71,7 +71,7 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 150, eval_every: int = 50,
-          model_dir: str | Path | None = None, n_eval: int = 300, n_opd: int = 1200, arms: str | None = None,
+          model_dir: str | Path | None = None, sizes: DemoData = DemoData(), arms: str | None = None,
           split: str = "test", progress: bool = True, dump_tokens_every: int = 0) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,10 +80,10 @@ def study(out: str | Path = "runs/demo_study", *, seeds: int = 3, steps: int = 1
     assert not bad, f"unknown study arms {bad}; choose from {list(STUDY_ARMS)}"
     model_dir = Path(model_dir or ASSET_MODEL)
     n_evals = steps // eval_every + 1
-    est = sum(seeds * (steps * SECONDS_PER_STEP[STUDY_ARMS[n]["arm"]] + n_evals * SECONDS_PER_EVAL * n_eval / 300) for n in names)
+    est = sum(seeds * (steps * SECONDS_PER_STEP[STUDY_ARMS[n]["arm"]] + n_evals * SECONDS_PER_EVAL * sizes.n_eval / 300) for n in names)
     print(f"[study] {len(names)} arms x {seeds} seeds x {steps} steps: expected about {est / 60:.0f} min on 2 CPU cores")
     world = world_of(model_dir)
-    opd, held = prepare_data(out, world, n_opd, n_eval, eval_split_name=split)
+    opd, held = prepare_data(out, world, sizes.n_opd, sizes.n_eval, eval_split_name=split)
     model, processor = load_demo_model(model_dir)
     before = evaluate_views(model, processor, held, DEMO_VIEWS, max_new_tokens=world.max_new_tokens)
     print(f"[study] before ({split}): full {before['full']:.3f} crop {before['crop']:.3f}")

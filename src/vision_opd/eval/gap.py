@@ -32,7 +32,7 @@ from ..data.records import Record
 from ..data.views import ViewConfig
 from .benchmarks import get_benchmark
 from .evidence_size import DEFAULT_EDGES, PLOT as SIZE_PLOT, evidence_share, gap_by_size, plot_gap_by_size
-from .judge import Judge
+from .options import EvalOptions
 from .provenance import provenance, run_settings, start_run
 from .run import RESULTS, judge_samples
 from .samples import generate_samples
@@ -57,11 +57,9 @@ def common_items(by_view: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {"n": len(ids), "accuracy": acc, "ci95": ci}
 
 
-def gap_probe(generator, benchmark: str, data: str | Path, out: str | Path, *, views: Sequence[str] = DEFAULT_VIEWS,
-              limit: int | None = None, batch_size: int = 8, view_cfg: ViewConfig = ViewConfig(),
-              progress: bool = True, proposer: str | None = None, judge: Judge | None = None,
-              size_edges: Sequence[float] = DEFAULT_EDGES, response_budget: dict[str, Any] | None = None,
-              command_line: Sequence[str] | None = None, records: Sequence[Record] | None = None) -> dict[str, Any]:
+def gap_probe(generator, benchmark: str, data: str | Path, out: str | Path, opts: EvalOptions = EvalOptions(), *,
+              views: Sequence[str] = DEFAULT_VIEWS, view_cfg: ViewConfig = ViewConfig(), proposer: str | None = None,
+              size_edges: Sequence[float] = DEFAULT_EDGES, records: Sequence[Record] | None = None) -> dict[str, Any]:
     """Run every view on the items that have evidence; write samples.jsonl, results.json and the plots to `out`.
 
     proposer (attention | grounding | confidence | rarity): no boxes needed. The model proposes each item's evidence box
@@ -69,6 +67,8 @@ def gap_probe(generator, benchmark: str, data: str | Path, out: str | Path, *, v
     views only where a box exists, and the proposals are scored against the true boxes where there are any
     (results["proposals"]). Needs the hf backend (the proposer reads the model).
     `records`: the benchmark's records already loaded and checked (`preflight.load_checked`); else loaded here."""
+    limit, batch_size, progress, judge = opts.limit, opts.batch_size, opts.progress, opts.judge
+    response_budget, command_line = opts.response_budget, opts.command_line
     views = list(dict.fromkeys(list(views) + (["proposed"] if proposer else [])))
     unknown = [v for v in views if v not in VIEWS]
     if unknown:

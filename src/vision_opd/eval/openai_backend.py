@@ -21,6 +21,7 @@ import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..data.views import View
@@ -38,6 +39,14 @@ def _openai():
         raise EvalError("the openai backend and the LLM judge need the openai package: "
                         "pip install 'vision-opd[serve]'") from None
     return openai
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach an OpenAI-compatible server: the key's environment variable, the request timeout, retries."""
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 600.0
+    retries: int = 2
 
 
 def client(api_base: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 600.0, retries: int = 2, what: str):
@@ -89,8 +98,9 @@ class OpenAIGenerator:
     """generate(views) -> list[Generation] through chat completions, greedy (temperature 0)."""
 
     def __init__(self, api_base: str, model: str, *, max_new_tokens: int = 32, min_pixels: int | None = None,
-                 max_pixels: int | None = None, enable_thinking: bool | None = None, timeout: float = 600.0,
-                 concurrency: int = 8, retries: int = 2, api_key_env: str = "OPENAI_API_KEY", check: bool = True):
+                 max_pixels: int | None = None, enable_thinking: bool | None = None, concurrency: int = 8,
+                 connection: Connection = Connection(), check: bool = True):
+        timeout, retries, api_key_env = connection.timeout, connection.retries, connection.api_key_env
         self.client = client(api_base, api_key_env=api_key_env, timeout=timeout, retries=retries, what="--api-base")
         self.api_base, self.model = api_base.rstrip("/"), model
         self.max_new_tokens, self.enable_thinking = max_new_tokens, enable_thinking

@@ -22,6 +22,7 @@ from ..data.views import ViewConfig
 from .benchmarks import get_benchmark
 from .hf_backend import HFGenerator
 from .judge import JUDGE_FILE, Judge, apply_judge
+from .options import EvalOptions
 from .provenance import provenance, run_settings, start_run
 from .samples import generate_samples, write_samples
 from .summary import summarise
@@ -39,13 +40,13 @@ def judge_samples(judge: Judge | None, by_view: dict[str, list[dict[str, Any]]],
     return {v: [next(it) for _ in s] for v, s in by_view.items()}, report
 
 
-def evaluate(generator, benchmark: str, data: str | Path, out: str | Path, *, limit: int | None = None,
-             batch_size: int = 8, progress: bool = True, judge: Judge | None = None,
-             response_budget: dict[str, Any] | None = None, command_line: Sequence[str] | None = None,
+def evaluate(generator, benchmark: str, data: str | Path, out: str | Path, opts: EvalOptions = EvalOptions(), *,
              records: Sequence[Record] | None = None) -> dict[str, Any]:
     """Evaluate on the full image: samples.jsonl (resumable) and results.json in `out`; returns the results.
 
     `records`: the benchmark's records already loaded and checked (`preflight.load_checked`); else loaded here."""
+    limit, batch_size, progress, judge = opts.limit, opts.batch_size, opts.progress, opts.judge
+    response_budget, command_line = opts.response_budget, opts.command_line
     bench = get_benchmark(benchmark)
     records = list(records) if records is not None else bench.load(data, limit=limit)
     scorable = [r for r in records if r.answer is not None]

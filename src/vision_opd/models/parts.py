@@ -35,3 +35,8 @@ def backbone_and_head(model):
     if not hasattr(m, "model") or head is None:
         raise TypeError(f"{type(m).__name__}: expected a *ForConditionalGeneration model with .model and an lm_head")
     return m.model, head
+
+
+def is_fsdp(model) -> bool:
+    """Whether `model` (or what it wraps) is sharded by FSDP2 (its class name starts with FSDP)."""
+    return type(model).__name__.startswith("FSDP") or any(type(m).__name__.startswith("FSDP") for m in [unwrap(model)])

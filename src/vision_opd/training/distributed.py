@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .models.parts import unwrap
+from ..models.parts import is_fsdp, unwrap
 
 
 def make_accelerator(cpu: bool, timeout_s: int = 1800):
@@ -73,10 +73,6 @@ class Ranks:
         out: list[Any] = [None] * self.world
         torch.distributed.all_gather_object(out, obj)
         return out
-
-
-def is_fsdp(model) -> bool:
-    return type(model).__name__.startswith("FSDP") or any(type(m).__name__.startswith("FSDP") for m in [unwrap(model)])
 
 
 def shard_fsdp(model, mixed_precision: bool = False):

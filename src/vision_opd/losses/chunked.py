@@ -40,11 +40,11 @@ plain reference.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor
 
-from .losses import DivergenceSpec, gjsd_from_logprobs, with_tail_bucket
-
+from .pure import DivergenceSpec, gjsd_from_logprobs, with_tail_bucket
 
 # Row-block size for the element-wise math on the CPU: a block's [rows, V] float32 temporaries
 # are about this many bytes each (17 rows at V = 151936). Chosen by measurement (see above).

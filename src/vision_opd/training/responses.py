@@ -1,7 +1,6 @@
 """The step's responses: who writes the tokens the loss is read on (`rollout.source`), and which of them count.
 
-    resp = collect_responses(cfg.rollout, engine, model, teacher, processor, records, s_inputs, s_views, t_inputs,
-                             suppress_ids, vision_start_id)
+    resp = collect_responses(cfg.rollout, ctx, StepViews(records, s_views, s_inputs, t_inputs))
     resp.rollout          # all P x G responses, prompt-major (as `engine.sample`), with their own masks
     resp.loss_mask_B_T    # the rollout's mask with left-out responses zeroed: what the loss reads
     resp.counts           # for the metrics (`response_metrics`)
@@ -30,9 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .degenerate import degenerate_flags
-from .rollout import Rollout, sample
-from .scoring import select_prompts
+from ..rollout import Rollout, sample
+from ..rollout.degenerate import degenerate_flags
+from ..scoring.forward import select_prompts
+from .context import StepContext, StepViews
 
 COUNTS = ("prompts", "student_prompts", "responses", "teacher_responses", "unanswered", "repetitive", "runaway",
           "degenerate", "left_out")
@@ -55,9 +55,10 @@ def student_prompts(P: int, fraction: float) -> torch.Tensor:
     return chosen
 
 
-def collect_responses(cfg, engine, model, teacher, processor, records, s_inputs, s_views, t_inputs,
-                      suppress_ids: list[int], vision_start_id: int, *, synced_gpus: bool = False) -> Responses:
+def collect_responses(cfg, ctx: StepContext, views: StepViews) -> Responses:
     """The step's responses as configured by `cfg` (a RolloutConfig); see the module docstring."""
+    records, s_inputs, s_views, t_inputs = views.records, views.student_inputs, views.student_views, views.teacher_inputs
+    teacher, processor, vision_start_id = ctx.teacher, ctx.processor, ctx.vision_start_id
     P, G = len(records), cfg.samples_per_prompt
     if cfg.source == "student":
         by_teacher_P = torch.zeros(P, dtype=torch.bool)
@@ -66,19 +67,19 @@ def collect_responses(cfg, engine, model, teacher, processor, records, s_inputs,
     else:
         by_teacher_P = ~student_prompts(P, cfg.student_fraction)
     kw = dict(samples_per_prompt=G, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-              suppress_ids=suppress_ids)
+              suppress_ids=ctx.suppress_ids)
     parts = []
     if not by_teacher_P.all():
         rows = torch.nonzero(~by_teacher_P).flatten()
         inputs = s_inputs if len(rows) == P else select_prompts(s_inputs, rows.to(s_inputs["input_ids"].device), vision_start_id)
-        parts.append((rows, engine.sample(model, inputs, [s_views[int(i)] for i in rows])))
+        parts.append((rows, ctx.rollout_engine(cfg).sample(ctx.model, inputs, [s_views[int(i)] for i in rows])))
     if by_teacher_P.any():
         rows = torch.nonzero(by_teacher_P).flatten()
         t_device = teacher.device or t_inputs["input_ids"].device
         inputs = t_inputs if len(rows) == P else select_prompts(t_inputs, rows.to(t_inputs["input_ids"].device), vision_start_id)
         with teacher.scoring() as t_model:
             ro = sample(t_model, processor, {k: v.to(t_device) for k, v in inputs.items()}, do_sample=cfg.teacher_do_sample,
-                        synced_gpus=synced_gpus and teacher.mode == "live", **kw)
+                        synced_gpus=ctx.synced_gpus and teacher.mode == "live", **kw)
         parts.append((rows, ro))
     rollout = _merge(parts, P, G, processor.tokenizer.pad_token_id, s_inputs["input_ids"].device)
     from_teacher_B = by_teacher_P.repeat_interleave(G)
@@ -139,8 +140,8 @@ def _on(x: torch.Tensor | None, device) -> torch.Tensor | None:
 
 def _answered(processor, records, rollout: Rollout) -> torch.Tensor:
     """bool [B]: the response holds an extractable final answer (a letter of the record's options, or an open answer)."""
-    from .eval.choice import extract_choice
-    from .eval.extraction import extract_open
+    from ..eval.choice import extract_choice
+    from ..eval.extraction import extract_open
 
     out = []
     for b in range(rollout.response_ids_B_T.shape[0]):

@@ -183,10 +183,10 @@ def load_student_weights(model, path: Path) -> None:
     """
     from transformers import AutoModelForImageTextToText
 
-    from .models.parts import strip_wrappers, unwrap
+    from ..models.parts import strip_wrappers, unwrap
 
     if hasattr(strip_wrappers(model), "peft_config"):
-        from .models.lora import load_adapter_weights
+        from ..models.lora import load_adapter_weights
 
         load_adapter_weights(strip_wrappers(model), path)
         return

@@ -19,8 +19,8 @@ import copy
 
 import torch
 
+from ..models.parts import strip_wrappers, unwrap
 from .distributed import full_tensor
-from .models.parts import strip_wrappers, unwrap
 
 
 def is_peft(model) -> bool:
@@ -75,7 +75,7 @@ class Teacher:
 
     def lm_head_weight(self) -> torch.Tensor:
         """The teacher's output projection (LoRA never adapts the lm_head, so it is the student's there)."""
-        from .models.parts import backbone_and_head
+        from ..models.parts import backbone_and_head
 
         owner = self._student if self.lora else self.module()
         return backbone_and_head(owner)[1].weight.detach()

@@ -23,7 +23,6 @@ import numbers
 from pathlib import Path
 from typing import Any
 
-
 METRICS = "metrics.jsonl"
 SAMPLES = "samples.jsonl"
 

@@ -17,10 +17,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .losses import (DEFAULT_CHUNK_SIZE, DivergenceSpec, check_alpha, check_ids, cross_entropy_plain,
-                     generalized_jsd_plain, logprobs, sampled_token_loss_plain, topk_tail_jsd_plain)
-from .losses_chunked import METRICS, ChunkedHiddenDivergence, ChunkedLogitsDivergence
-
+from .chunked import METRICS, ChunkedHiddenDivergence, ChunkedLogitsDivergence
+from .pure import (
+    DEFAULT_CHUNK_SIZE,
+    DivergenceSpec,
+    check_alpha,
+    check_ids,
+    cross_entropy_plain,
+    generalized_jsd_plain,
+    logprobs,
+    sampled_token_loss_plain,
+    topk_tail_jsd_plain,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Public per-kind functions on logits [..., T, V] -> [..., T].

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from ..config import Config, ConfigError, save_config, to_dict
 from .checkpoint import checkpoint_step, complete_checkpoints, latest_checkpoint
-from .config import Config, ConfigError, save_config, to_dict
 from .run_log import METRICS, SAMPLES, cut_logs
 
 RUN_FILES = ("config.yaml", METRICS, SAMPLES, "report.html")

@@ -29,8 +29,7 @@ import inspect
 import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .distributed import is_fsdp
-from .models.parts import backbone_and_head, strip_wrappers, unwrap
+from ..models.parts import backbone_and_head, is_fsdp, strip_wrappers, unwrap
 from .prefix_cache import PromptCache, unsupported_layers
 
 

@@ -31,8 +31,8 @@ VALUES = ("student_logprob", "teacher_logprob", "divergence", "reverse_kl", "stu
 
 def answer_span(text: str, options: list[str] | None) -> tuple[int, int] | None:
     """Character span [start, end) of the final answer in `text`, or None when no answer can be read."""
-    from .eval.choice import extract_choice
-    from .eval.extraction import LETTERS, extract_open
+    from ..eval.choice import extract_choice
+    from ..eval.extraction import LETTERS, extract_open
 
     if options:
         letter = extract_choice(text, options)

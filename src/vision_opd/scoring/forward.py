@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .models.parts import backbone_and_head, unwrap
-from .scoring_shared import shared_response_hidden, shared_response_logits, sharing_blocker
+from ..models.parts import backbone_and_head, unwrap
+from .shared import shared_response_hidden, shared_response_logits, sharing_blocker
 
 
 def select_prompts(inputs, rows: torch.Tensor, vision_start_id: int):
