@@ -193,18 +193,19 @@ RANK_SCRIPT = textwrap.dedent('''
     prompts per step, student forwards, rollouts and final weights."""
     import json, os, sys
     import vision_opd.training.loop as T
+    import vision_opd.training.step as S
     from vision_opd.config import load_config
 
     rank, out = int(os.environ["RANK"]), sys.argv[1]
-    real_step, real_mean = T.vision_opd_step, T.masked_token_mean
+    real_step, real_mean = T.vision_opd_step, S.masked_token_mean
     seen = {"step": 0, "model": None, "rollouts": [], "prompts": [], "forwards": []}
 
-    def step(cfg, model, teacher, processor, records, *args, **kw):
+    def step(cfg, ctx, records, *args, **kw):
         seen["step"] += 1
-        seen["model"] = model
+        seen["model"] = model = ctx.model
         calls = []
         hook = model.register_forward_pre_hook(lambda *a: calls.append(1))  # the student's forwards (DDP/FSDP wrapper)
-        res = real_step(cfg, model, teacher, processor, records, *args, **kw)
+        res = real_step(cfg, ctx, records, *args, **kw)
         hook.remove()
         seen["prompts"].append(len(records))
         seen["forwards"].append(len(calls))
@@ -217,7 +218,7 @@ RANK_SCRIPT = textwrap.dedent('''
         loss = real_mean(values, mask, num_tokens)
         return loss + float("inf") if rank == 1 and seen["step"] == 1 else loss
 
-    T.vision_opd_step, T.masked_token_mean = step, mean
+    T.vision_opd_step, S.masked_token_mean = step, mean
     T.train(load_config(None, sys.argv[2:]))
     params = {n: p.detach().double().sum().item() for n, p in seen["model"].named_parameters()}
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
