@@ -222,7 +222,7 @@ def test_fsdp_shards_are_gathered_into_every_whole_tensor_on_every_rank(tmp_path
     script = tmp_path / "fsdp_weights.py"
     script.write_text(FSDP_SCRIPT)
     res = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-                          str(_free_port()), str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          str(_free_port()), str(script), str(tmp_path)], check=False, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     for rank in (0, 1):
