@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP, DATA, DIST = "tests/test_step.py", "tests/test_data.py", "tests/test_distributed.py"
-DECODING, SYNC = "tests/test_decoding.py", "tests/test_weight_sync.py"
+DECODING, SYNC, ENGINE = "tests/test_decoding.py", "tests/test_weight_sync.py", "tests/test_vllm_engine_logic.py"
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,16 @@ MUTANTS = (
     Mutant("M36", "a run folder that holds a run is silently reused", "src/vision_opd/training/run_folder.py",
            "if trained and not overwrite:", "if False:",
            ("tests/test_cli_errors.py::test_run_folders_never_mix",)),
+    # the vLLM engine's logic that runs without vLLM (reached before only by tests/test_vllm.py)
+    Mutant("M37", "the step never syncs the rollout engine", "src/vision_opd/training/step.py",
+           "sec_sync = engine.sync(model) if finite else 0.0", "sec_sync = 0.0",
+           (f"{ENGINE}::test_the_step_syncs_the_engine_once_after_the_update_with_the_updated_weights",)),
+    Mutant("M38", "vLLM's first listed log-prob recorded, not the sampled token's", "src/vision_opd/rollout/vllm_engine.py",
+           "next(iter(step.values())).logprob if len(step) == 1 else", "next(iter(step.values())).logprob if step else",
+           (f"{ENGINE}::test_sampled_outputs_become_a_prompt_major_rollout_with_the_sampled_tokens_logprobs",)),
+    Mutant("M39", "a head_dim vLLM's CPU attention lacks is not refused", "src/vision_opd/rollout/vllm_engine.py",
+           'if device_type == "cpu" and head_dim not in CPU_HEAD_DIMS:', "if False:",
+           (f"{ENGINE}::test_models_vllm_cannot_run_are_refused_before_an_engine_is_built",)),
 )
 
 
