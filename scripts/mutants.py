@@ -166,6 +166,12 @@ MUTANTS = (
     Mutant("M36", "a run folder that holds a run is silently reused", "src/vision_opd/training/run_folder.py",
            "if trained and not overwrite:", "if False:",
            ("tests/test_cli_errors.py::test_run_folders_never_mix",)),
+    Mutant("M40", "the mask control leaves each masked cell's last row and column", "src/vision_opd/data/degrade.py",
+           "draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=fill)", "draw.rectangle([x1, y1, x2 - 2, y2 - 2], fill=fill)",
+           ("tests/test_controls.py::test_mask_view_fills_exactly_the_chosen_cells_with_the_mean_colour",)),
+    Mutant("M41", "inspect's share of the divergence divided by the token count", "src/vision_opd/training/token_analysis.py",
+           '"value_share": sum(v) / total_v if total_v else 0.0', '"value_share": sum(v) / total_n if total_v else 0.0',
+           ("tests/test_token_dump.py::test_inspect_prints_tables_and_writes_a_plot",)),
     # the vLLM engine's logic that runs without vLLM (reached before only by tests/test_vllm.py)
     Mutant("M37", "the step never syncs the rollout engine", "src/vision_opd/training/step.py",
            "sec_sync = engine.sync(model) if finite else 0.0", "sec_sync = 0.0",
