@@ -10,7 +10,7 @@
 - Resuming compares the checkpoint's config with the new one and names every changed key: changes that make
   the saved state mean something else (the model, the data, the views, the teacher's kind, the seed) are
   refused; the others (steps, logging, evaluation, guards, learning rate, ...) are allowed and printed.
-- metrics.jsonl and samples.jsonl are cut back to the resumed step, so no step appears twice.
+- metrics.jsonl, samples.jsonl and tokens.jsonl are cut back to the resumed step, so no step appears twice.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import yaml
 
 from ..config import Config, ConfigError, save_config, to_dict
 from .checkpoint import checkpoint_step, complete_checkpoints, latest_checkpoint
-from .run_log import METRICS, SAMPLES, cut_logs
+from .run_log import METRICS, SAMPLES, TOKENS, cut_logs
 
-RUN_FILES = ("config.yaml", METRICS, SAMPLES, "report.html")
+RUN_FILES = ("config.yaml", METRICS, SAMPLES, TOKENS, "report.html")
 RUN_DIRS = ("checkpoints", "tensorboard", "wandb")
 RUN_GLOBS = ("proposals_*.jsonl",)  # caches computed by the run's initial model
 
@@ -127,5 +127,5 @@ def start_run_folder(plan: RunPlan, cfg: Config) -> None:
         if plan.changed:
             print(f"[vision-opd] resuming with changed config keys: {_show(plan.changed)}")
         if dropped:
-            print(f"[vision-opd] dropped {dropped} log line(s) after step {step} (metrics.jsonl, samples.jsonl)")
+            print(f"[vision-opd] dropped {dropped} log line(s) after step {step} (metrics.jsonl, samples.jsonl, tokens.jsonl)")
     save_config(cfg, plan.run_dir / "config.yaml")
