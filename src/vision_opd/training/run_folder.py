@@ -6,7 +6,8 @@
 - A folder that holds a run (metrics.jsonl, samples.jsonl, checkpoints/, ...) is refused unless `resume`
   (continue it) or `overwrite` (delete that run's files first; nothing else in the folder is touched). A
   config.yaml alone (a run stopped by bad data before its first step) is simply replaced.
-- `resume` with no complete checkpoint stops with a message (it never starts from scratch silently).
+- `resume` with no complete checkpoint stops with a message (it never starts from scratch silently), and so does
+  `resume` with train.steps not above the checkpoint's step (the run is finished, or would go backwards).
 - Resuming compares the checkpoint's config with the new one and names every changed key: changes that make
   the saved state mean something else (the model, the data, the views, the teacher's kind, the seed) are
   refused; the others (steps, logging, evaluation, guards, learning rate, ...) are allowed and printed.
@@ -111,6 +112,11 @@ def check_run_folder(run_dir: str | Path, cfg: Config, *, resume: bool, overwrit
         raise ConfigError(f"--resume: {last} was trained with another config; these keys may not change on resume: "
                           f"{_show(bad)}. Restore them (the run's config: {saved_path}), or start a new run in another "
                           "train.out_dir" + (f" (changes that resume allows: {_show(ok)})" if ok else ""))
+    done = checkpoint_step(last)
+    if cfg.train.steps <= done:
+        state = "is finished" if cfg.train.steps == done else f"is past train.steps={cfg.train.steps}"
+        raise ConfigError(f"--resume: {where} already has step {done} ({last.name}) and {state}; set train.steps above "
+                          f"{done} to train on, or start a new run in another train.out_dir")
     return RunPlan(run_dir, resume_from=last, changed=changes)
 
 
