@@ -72,7 +72,7 @@ class SkipGuard:
         print(f"[vision-opd] step {step}: non-finite loss or gradient, step skipped ({self.streak} in a row)")
         if self.streak >= self.max_consecutive:
             raise TrainingStopped(f"{self.streak} consecutive non-finite steps (train.max_consecutive_skips): "
-                                  "lower optim.lr, check the data, or use float32")
+                                  "lower optim.lr (a --resume applies it), check the data, or use float32")
 
 
 class CollapseWatch:

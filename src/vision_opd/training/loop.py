@@ -73,6 +73,17 @@ def lr_lambda(cfg: Config):
     return f
 
 
+def apply_optim_config(optimizer, scheduler, cfg: Config) -> None:
+    """The config's optimizer settings over a resumed optimizer's and schedule's: a checkpoint's state holds the lr,
+    betas and weight decay it was built with, and `--resume optim.lr=...` (allowed, and printed) must then train
+    with the new value. The next step's lr is recomputed from the new lr and schedule at the resumed position."""
+    factor = lr_lambda(cfg)(scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group.update(initial_lr=cfg.optim.lr, lr=cfg.optim.lr * factor, betas=tuple(cfg.optim.betas),
+                     weight_decay=cfg.optim.weight_decay)
+    scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
+
+
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Run Vision-OPD as configured; returns the run directory.
 
@@ -138,6 +149,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
         else:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        apply_optim_config(optimizer, scheduler, cfg)  # a changed optim.lr / betas / weight_decay takes effect
         teacher.load_state_dict(ckpt.load_teacher_state(last))
         stream.cursor = int(state["cursor"])
         start_step = int(state["step"])
