@@ -197,9 +197,10 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, synth_dir):
 
 def test_non_finite_loss_is_skipped_counted_and_training_goes_on(tmp_path, synth_dir, monkeypatch):
     from vision_opd.training import loop as T
+    from vision_opd.training import step as S  # the step looks the divergence up in its own module
 
     calls = {"n": 0}
-    real = T.token_divergence_from_hidden
+    real = S.token_divergence_from_hidden
 
     def poisoned(*a, **kw):
         calls["n"] += 1
@@ -208,7 +209,7 @@ def test_non_finite_loss_is_skipped_counted_and_training_goes_on(tmp_path, synth
             per_tok = per_tok * float("nan")
         return per_tok, m
 
-    monkeypatch.setattr(T, "token_divergence_from_hidden", poisoned)
+    monkeypatch.setattr(S, "token_divergence_from_hidden", poisoned)
     cfg = load_config(None, _cli(tmp_path / "run", synth_dir, "train.steps=3")[4:])
     T.train(cfg)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -218,9 +219,10 @@ def test_non_finite_loss_is_skipped_counted_and_training_goes_on(tmp_path, synth
 
 def test_consecutive_non_finite_steps_stop_the_run_with_a_checkpoint(tmp_path, synth_dir, monkeypatch):
     from vision_opd.training import loop as T
+    from vision_opd.training import step as S  # the step looks the divergence up in its own module
 
-    real = T.token_divergence_from_hidden
-    monkeypatch.setattr(T, "token_divergence_from_hidden", lambda *a, **kw: (lambda r: (r[0] * float("inf"), r[1]))(real(*a, **kw)))
+    real = S.token_divergence_from_hidden
+    monkeypatch.setattr(S, "token_divergence_from_hidden", lambda *a, **kw: (lambda r: (r[0] * float("inf"), r[1]))(real(*a, **kw)))
     cfg = load_config(None, _cli(tmp_path / "run", synth_dir, "train.steps=10", "train.max_consecutive_skips=2")[4:])
     with pytest.raises(TrainingStopped, match="2 consecutive non-finite"):
         T.train(cfg)
@@ -261,9 +263,10 @@ def test_collapse_watch_survives_resume(tmp_path, synth_dir):
 
 def test_consecutive_skip_counter_survives_resume(tmp_path, synth_dir, monkeypatch):
     from vision_opd.training import loop as T
+    from vision_opd.training import step as S  # the step looks the divergence up in its own module
 
-    real = T.token_divergence_from_hidden
-    monkeypatch.setattr(T, "token_divergence_from_hidden", lambda *a, **kw: (lambda r: (r[0] * float("nan"), r[1]))(real(*a, **kw)))
+    real = S.token_divergence_from_hidden
+    monkeypatch.setattr(S, "token_divergence_from_hidden", lambda *a, **kw: (lambda r: (r[0] * float("nan"), r[1]))(real(*a, **kw)))
     base = _cli(tmp_path / "run", synth_dir, "train.max_consecutive_skips=3")[4:]
     T.train(load_config(None, base + ["train.steps=2"]))  # two non-finite steps in a row, then the final checkpoint
     with pytest.raises(TrainingStopped, match="3 consecutive non-finite") as e:
