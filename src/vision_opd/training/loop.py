@@ -216,7 +216,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
                 write_token_rows(run_dir / "tokens.jsonl", step + 1, token_rows(processor, batch, result.rollout,
                                                                                 result.token_values,
                                                                                 result.responses.from_teacher_B))
-            skips.update(m["skipped"], step + 1)
+            skips.update(m["skipped"], step + 1, m["skip_reason"])
             watch.check(m["collapse"], step + 1)
             wait_for_signal_test_hook(step + 1, stop)
             if stop.requested(accelerator):
