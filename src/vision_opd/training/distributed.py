@@ -40,12 +40,6 @@ def make_accelerator(cpu: bool, timeout_s: int = 1800):
                        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """The sampling seed of `rank`: ranks draw independent noise (rank 0 keeps `seed`; a large stride keeps runs
-    with neighbouring seeds from sharing a rank's stream)."""
-    return seed + 1_000_003 * rank
-
-
 @dataclass(frozen=True)
 class Ranks:
     """This process's place among the ranks, with the two things sharded work needs: an even share, a gather."""

@@ -25,7 +25,7 @@ from ..data.views import encode_views, student_view
 from ..models.loading import load_model, set_trainable, vision_token_ids
 from ..models.parts import strip_wrappers, unwrap
 from ..report import report_after_run
-from ..rollout import check_engine_available, make_engine
+from ..rollout import check_engine_available, make_engine, rank_seed
 from . import checkpoint as ckpt
 from .context import StepContext
 from .distributed import (
@@ -34,7 +34,6 @@ from .distributed import (
     full_optimizer_state,
     load_full_optimizer_state,
     make_accelerator,
-    rank_seed,
     shard_fsdp,
 )
 from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingStopped, wait_for_signal_test_hook
@@ -159,7 +158,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
         skips.load_state_dict(state["guards"]["skips"])
         if is_main:
             print(f"[vision-opd] resumed from {last} at step {start_step}")
-    # the rollout engine, from the student's current weights (initial or resumed); rank r samples its shard
+    # the rollout engine, from the student's current weights (initial or resumed); rank r samples its shard; building
+    # it leaves the RNG restored above as it is
     engine = make_engine(cfg, model, processor, suppress_ids, device=device, rank=rank, world=world,
                          synced_gpus=fsdp and world > 1)
     ctx = StepContext(model, teacher, processor, optimizer, scheduler, suppress_ids, device, engine, accelerator)
