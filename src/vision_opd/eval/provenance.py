@@ -84,7 +84,8 @@ def weights_fingerprint(model: str) -> dict[str, Any]:
     times (a checkpoint retrained in place, or copied with its times kept, has the same ones); None for a hub id or
     a model built in code (compared by name)."""
     p = Path(model)
-    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in WEIGHT_FILES) if p.is_dir() else []
+    is_folder = bool(model) and p.is_dir()  # the folder's own files (a checkpoint's teacher/ subfolder is not the model)
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in WEIGHT_FILES) if is_folder else []
     if not files:
         return {"fingerprint": None, "note": "not a local folder with weight files: the model is compared by name"}
     h = hashlib.blake2b(digest_size=16)
