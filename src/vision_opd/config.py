@@ -53,6 +53,10 @@ class DataConfig:
     student_image: str = "images"  # Vision-OPD-6K: images (red box already drawn) | original (clean image)
     split: str = "train"  # parquet folder / hub dataset split
     cache_dir: str | None = None  # where images embedded in parquet / hub rows are written once (None: next to the data)
+    # how Records JSONL writes its boxes: auto (pixels [x1, y1, x2, y2]; a file of normalised or [x, y, w, h] boxes is
+    # refused, naming the fix) | xyxy (pixels, no guessing) | xywh (pixels [x, y, width, height], COCO) | normalized
+    # ([x1, y1, x2, y2] as fractions of the width and height); converted to pixels on read (data/doctor.py)
+    box_format: str = "auto"
 
 
 @dataclass
@@ -212,6 +216,8 @@ class Config:
         need(self.train.micro_batch_size >= 1 and self.train.steps >= 0, "train.micro_batch_size must be >= 1, train.steps >= 0")
         need(self.data.format in ("auto", "records", "vision_opd_6k", "parquet", "hub"),
              f"data.format={self.data.format!r}: choose auto, records, vision_opd_6k, parquet or hub")
+        need(self.data.box_format in ("auto", "xyxy", "xywh", "normalized"),
+             f"data.box_format={self.data.box_format!r}: choose auto, xyxy, xywh or normalized")
         need(self.data.student_image in ("images", "original"), f"data.student_image={self.data.student_image!r}: choose images or original")
         need(self.train.dist_timeout_s > 0, f"train.dist_timeout_s={self.train.dist_timeout_s}: must be > 0 (seconds)")
         need(self.train.distributed in ("ddp", "fsdp"), f"train.distributed={self.train.distributed!r}: choose ddp or fsdp")

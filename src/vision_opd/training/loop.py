@@ -100,7 +100,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
 
     # load: data first (every record checked, views included: nothing expensive has happened yet), then the model
     records, n_bad = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)
-    eval_records = read_records(cfg.data.eval_file) if cfg.data.eval_file and cfg.train.eval_every else None
+    eval_records = (read_records(cfg.data.eval_file, box_format=cfg.data.box_format)
+                    if cfg.data.eval_file and cfg.train.eval_every else None)
     model, processor = load_model(cfg.model, seed=cfg.train.seed, device=device)
     suppress_ids = vision_token_ids(unwrap(model), processor)
     if cfg.model.lora_r > 0:
