@@ -346,7 +346,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:  # name the file, line and column (yaml says "<unicode string>")
+            mark = getattr(e, "problem_mark", None)
+            where = f"{p}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(p)
+            what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+            raise ConfigError(f"{where}: not valid YAML ({what})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a config is a YAML mapping of sections (train:, model:, ...), got "
+                              f"{type(data).__name__}")
     data = apply_overrides(data, overrides or [])
     return _build(Config, data, "").validate()
 

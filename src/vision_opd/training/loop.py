@@ -37,7 +37,7 @@ from .distributed import (
     rank_seed,
     shard_fsdp,
 )
-from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingStopped, wait_for_signal_test_hook
+from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingInterrupted, TrainingStopped, wait_for_signal_test_hook
 from .run_folder import check_run_folder, start_run_folder
 from .run_log import MetricsLogger, sample_rows
 from .step import vision_opd_step
@@ -78,6 +78,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
 
     The run folder holds one run: `resume` continues it from its latest complete checkpoint, `overwrite` deletes it
     first; anything else there is refused (run_folder.py). Data and every record are checked before the model loads.
+    A SIGINT/SIGTERM saves the state, then raises `TrainingInterrupted` (the command exits 130 / 143).
     """
     accelerator = make_accelerator(cpu=cfg.train.device == "cpu", timeout_s=cfg.train.dist_timeout_s)  # None: 1 process
     ranks = Ranks.of(accelerator)
@@ -209,9 +210,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
             watch.check(m["collapse"], step + 1)
             wait_for_signal_test_hook(step + 1, stop)
             if stop.requested(accelerator):
-                path = save(step + 1)
-                print(f"[vision-opd] received {stop.signal}: saved {path}; resume with --resume")
-                return run_dir
+                raise TrainingInterrupted(stop.signal, save(step + 1))  # the command exits 130 / 143
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.steps:
                 save(step + 1)
     except TrainingStopped as e:
