@@ -8,7 +8,9 @@ subclass this package uses internally), a flat preprocessor_config.json beside t
 (older loaders read the former), and `vision_opd_export.json` (where it came from). Nothing of the trainer
 (optimizer state, EMA teacher, config.yaml, COMPLETE) is copied.
 
-- A LoRA checkpoint with merge=True: base + adapter merged (peft `merge_and_unload`), saved in the base's dtype.
+- A LoRA checkpoint with merge=True: base + adapter merged in float32 (peft `merge_and_unload`), then cast once to
+  the dtype the adapter was trained in (bfloat16 under train.mixed_precision=bf16, else model.dtype; `dtype`
+  overrides).
 - A LoRA checkpoint without merge: the adapter folder (adapter_model.safetensors, adapter_config.json naming the
   base) + the processor, for peft or a server's LoRA support.
 - A full fine-tuning checkpoint: its model files as they are (merge has nothing to do).
@@ -45,7 +47,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, merge: bool = False,
         base = lora_base(ckpt)
         info["base_model"] = base.name_or_path
         if merge:
-            model, _ = load_lora_checkpoint(ckpt, dtype=dtype or base.dtype, merge=True)
+            model, _ = load_lora_checkpoint(ckpt, dtype=dtype, merge=True)
             model.save_pretrained(out, safe_serialization=True)
             info["merged"] = True
             info["dtype"] = str(model.dtype).replace("torch.", "")

@@ -120,6 +120,20 @@ def lora_base(ckpt: str | Path) -> SimpleNamespace:
     return SimpleNamespace(**{**_MODEL_DEFAULTS, "name_or_path": base, "seed": 0})
 
 
+def trained_dtype(ckpt: str | Path) -> str | None:
+    """The dtype a LoRA checkpoint's adapter was trained in: bfloat16 under train.mixed_precision=bf16 (bf16 compute
+    over fp32 weights), else the run's model.dtype; None for an adapter from elsewhere (no config.yaml)."""
+    import yaml
+
+    path = Path(ckpt) / "config.yaml"
+    if not path.is_file():
+        return None
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if (saved.get("train") or {}).get("mixed_precision") == "bf16":
+        return "bfloat16"
+    return str((saved.get("model") or {}).get("dtype") or _MODEL_DEFAULTS["dtype"])
+
+
 _MODEL_DEFAULTS = {"dtype": "float32", "attn_implementation": None, "min_pixels": None, "max_pixels": None,
                    "trust_remote_code": False, "tiny_image_size": 112}
 
@@ -127,19 +141,23 @@ _MODEL_DEFAULTS = {"dtype": "float32", "attn_implementation": None, "min_pixels"
 def load_lora_checkpoint(ckpt: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
                          merge: bool = False, min_pixels: int | None = None, max_pixels: int | None = None):
     """(base + adapter, processor) of a LoRA checkpoint: the base model as trained (`lora_base`), the adapter attached
-    by peft (merged into the weights with merge=True), the processor saved with the checkpoint."""
+    by peft (merged into the weights with merge=True), the processor saved with the checkpoint. dtype None: the dtype
+    the adapter was trained in (`trained_dtype`). merge=True merges in float32 and casts the merged weights to
+    `dtype` once (never W + BA rounded twice)."""
     from .lora import attach_adapter
 
     base = lora_base(ckpt)
-    if dtype is not None:
-        base.dtype = dtype if isinstance(dtype, str) else str(dtype).replace("torch.", "")
+    dtype = dtype if dtype is not None else (trained_dtype(ckpt) or base.dtype)
+    dtype = dtype if isinstance(dtype, str) else str(dtype).replace("torch.", "")
+    base.dtype = "float32" if merge else dtype
     try:
         model, _ = load_model(base, seed=base.seed, device=device)
     except ModelLoadError as e:
         raise ModelLoadError(f"{ckpt} is a LoRA checkpoint whose base model did not load: {e}") from e
-    if dtype is not None:
-        model = model.to(resolve_dtype(dtype))
+    model = model.to(resolve_dtype(base.dtype))  # tiny:FAMILY is built in float32
     model = attach_adapter(model, ckpt, merge=merge)
+    if merge:
+        model = model.to(resolve_dtype(dtype))  # merged in float32, cast once
     family = FAMILY_OF_MODEL_TYPE.get(model.config.model_type)
     processor = load_processor(str(ckpt), family, min_pixels=min_pixels, max_pixels=max_pixels)
     return model, processor
