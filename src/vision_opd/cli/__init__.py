@@ -26,8 +26,14 @@ from . import analysis, demo, evaluation, export, report, training
 
 
 def _quiet_hf() -> None:
-    """Quieter transformers logs. Hub ids download as in any transformers program (HF_HUB_OFFLINE=1 is the user's
-    choice, never set here: the demo and the tiny models name no hub id, so they are offline by construction)."""
+    """Quieter transformers logs, and none of the libraries' deprecation notices (FutureWarning / DeprecationWarning
+    from transformers, peft, accelerate, torch: about their own internals, nothing a user can act on). Hub ids
+    download as in any transformers program (HF_HUB_OFFLINE=1 is the user's choice, never set here: the demo and the
+    tiny models name no hub id, so they are offline by construction)."""
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|accelerate|torch)(\.|$)")
     try:
         from transformers.utils import logging as hf_logging
 

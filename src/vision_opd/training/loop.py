@@ -38,7 +38,7 @@ from .distributed import (
     shard_fsdp,
 )
 from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingInterrupted, TrainingStopped, wait_for_signal_test_hook
-from .run_folder import check_run_folder, start_run_folder
+from .run_folder import check_run_folder, start_run_folder, write_run_config
 from .run_log import MetricsLogger, sample_rows
 from .step import vision_opd_step
 from .stream import PromptStream
@@ -73,6 +73,21 @@ def lr_lambda(cfg: Config):
     return f
 
 
+def startup_summary(cfg: Config, model, trainable: list, n_records: int, n_bad: int, start_step: int) -> str:
+    """What is about to run, in one line: model, dtype, trainable parameters, records, steps, where the run writes."""
+    total = sum(p.numel() for p in unwrap(model).parameters())
+    n_train = sum(p.numel() for p in trainable)
+    dtype = str(next(unwrap(model).parameters()).dtype).replace("torch.", "")
+    if cfg.train.mixed_precision == "bf16":
+        dtype += " weights, bf16 compute"
+    lora = f", LoRA r={cfg.model.lora_r}" if cfg.model.lora_r > 0 else ""
+    skipped = f" ({n_bad} bad skipped)" if n_bad else ""
+    start = f", from step {start_step}" if start_step else ""
+    return (f"[vision-opd] training {cfg.model.name_or_path} ({dtype}{lora}; {n_train:,} of {total:,} parameters "
+            f"trainable) on {n_records} records of {cfg.data.train_file}{skipped}: {cfg.train.steps} steps{start} x "
+            f"{cfg.train.prompts_per_step} prompts x {cfg.rollout.samples_per_prompt} samples; writes {cfg.train.out_dir}")
+
+
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Run Vision-OPD as configured; returns the run directory.
 
@@ -92,7 +107,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
     if accelerator:
         accelerator.wait_for_everyone()
     if is_main:
-        start_run_folder(plan, cfg)
+        start_run_folder(plan)
     seed_everything(cfg.train.seed)
     check_engine_available(cfg)  # rollout.engine=vllm without vLLM: one line naming the extra, before any loading
     if cfg.train.threads > 0:
@@ -184,6 +199,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
         return out
 
     # loop: rollout, score, loss, step, log, save (a SIGINT/SIGTERM saves a checkpoint, then the run exits)
+    if is_main:  # only now: a start that failed above left nothing a later run must overwrite
+        write_run_config(run_dir, cfg)
+        print(startup_summary(cfg, model, params, len(records), n_bad, start_step))
     log = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb=cfg.train.wandb, wandb_project=cfg.train.wandb_project,
                         config=to_dict(cfg), enabled=is_main, purge_step=start_step + 1 if last is not None else None)
     bar = tqdm(range(start_step, cfg.train.steps), desc="vision-opd", disable=not (cfg.train.progress and is_main),
