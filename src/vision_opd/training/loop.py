@@ -82,9 +82,9 @@ def startup_summary(cfg: Config, model, trainable: list, n_records: int, n_bad: 
         dtype += " weights, bf16 compute"
     lora = f", LoRA r={cfg.model.lora_r}" if cfg.model.lora_r > 0 else ""
     skipped = f" ({n_bad} bad skipped)" if n_bad else ""
-    start = f", from step {start_step}" if start_step else ""
+    steps = f"steps {start_step + 1}-{cfg.train.steps} of {cfg.train.steps}" if start_step else f"{cfg.train.steps} steps"
     return (f"[vision-opd] training {cfg.model.name_or_path} ({dtype}{lora}; {n_train:,} of {total:,} parameters "
-            f"trainable) on {n_records} records of {cfg.data.train_file}{skipped}: {cfg.train.steps} steps{start} x "
+            f"trainable) on {n_records} records of {cfg.data.train_file}{skipped}: {steps} x "
             f"{cfg.train.prompts_per_step} prompts x {cfg.rollout.samples_per_prompt} samples; writes {cfg.train.out_dir}")
 
 
