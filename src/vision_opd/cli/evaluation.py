@@ -178,7 +178,7 @@ def add_parsers(sub) -> None:
         e.add_argument("--request-timeout", type=float, default=600.0, help="openai backend and judge: seconds per request")
         e.add_argument("--retries", type=int, default=2, help="openai backend and judge: retries with backoff per request")
         e.add_argument("--dtype", default=None, help="hf / vllm backend: float32, bfloat16 or float16 (default: bfloat16 on "
-                       "cuda, float32 on cpu)")
+                       "cuda, float32 on cpu; hf with a LoRA checkpoint: the dtype its adapter was trained in)")
         e.add_argument("--device", default=None, help="hf backend: cpu, cuda, cuda:1 ... (default: cuda if available)")
         if name == "gap":
             e.add_argument("--views", default="full,crop,redbox,full+crop",
