@@ -152,3 +152,43 @@ def test_lora_checkpoint_exports_merged_and_evaluates_like_the_adapter(tmp_path,
     # without --merge: the adapter folder (for peft or a server's LoRA support), naming its base
     assert main(["export", str(ck), "--out", str(tmp_path / "adapter_only")]) == 0
     assert json.loads((tmp_path / "adapter_only" / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny:qwen2_5_vl"
+
+
+def test_bf16_adapter_and_its_merged_export_agree(tmp_path, synth_dir):
+    """A LoRA trained under bf16 autocast (train.mixed_precision=bf16) on the demo model: the adapter checkpoint is
+    evaluated on its base in bfloat16 (the dtype it was trained in), `export --merge` merges in float32 and casts
+    once to bfloat16, and the two give the same greedy answers on the same items."""
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from vision_opd.cli import main
+    from vision_opd.demo.run import ASSET_MODEL
+    from vision_opd.models.loading import load_lora_checkpoint
+    from vision_opd.training.checkpoint import latest_checkpoint
+    from vision_opd.training.loop import train
+
+    run = train(_cfg(tmp_path, synth_dir, f"model.name_or_path={ASSET_MODEL}", "train.mixed_precision=bf16",
+                     "teacher.mode=frozen", "optim.lr=2e-3", "train.report=false"))
+    ck = latest_checkpoint(run)
+    out = tmp_path / "merged"
+    assert main(["export", str(ck), "--out", str(out), "--merge"]) == 0
+    assert json.loads((out / "vision_opd_export.json").read_text())["dtype"] == "bfloat16"
+    # merged in float32, cast once: every exported tensor is the float32 merge rounded to bfloat16
+    ref, _ = load_lora_checkpoint(ck, dtype="float32", merge=True)
+    assert {t.dtype for t in load_file(str(out / "model.safetensors")).values()} == {torch.bfloat16}
+    saved = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.bfloat16).state_dict()
+    ref_state = ref.state_dict()
+    assert saved.keys() == ref_state.keys()
+    for k, t in saved.items():
+        assert torch.equal(t, ref_state[k].to(torch.bfloat16)), k
+    data = str(synth_dir / "train.jsonl")
+    for model, name, extra in ((str(ck), "adapter", []), (str(out), "merged", ["--dtype", "bfloat16"])):
+        assert main(["eval", "--model", model, "--benchmark", "synthetic", "--data", data, "--out", str(tmp_path / name),
+                     "--max-new-tokens", "6", "--no-progress", *extra]) == 0
+    settings = json.loads((tmp_path / "adapter" / "settings.json").read_text())
+    assert settings["model"]["dtype"] == "bfloat16"  # the adapter ran on its base in the dtype it was trained in
+    a, b = ([json.loads(x) for x in (tmp_path / n / "samples.jsonl").read_text().splitlines()] for n in ("adapter", "merged"))
+    assert len(a) == 12 and [s["extracted"] for s in a] == [s["extracted"] for s in b]
+    assert sum(s["extracted"] is not None for s in a) >= 6  # the demo model answers: the comparison is not of Nones

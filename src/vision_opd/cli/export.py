@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def cmd_export(args) -> int:
-    from ..models.export import export_checkpoint
+    from ..models.export import export_checkpoint, serve_commands
 
     info = export_checkpoint(args.checkpoint, args.out, merge=args.merge, dtype=args.dtype)
     if info["kind"] == "lora" and not info["merged"]:
@@ -15,7 +17,10 @@ def cmd_export(args) -> int:
         if info["kind"] == "full" and args.merge:
             what += " (a full fine-tuning checkpoint: nothing to merge)"
         print(f"wrote {what} to {args.out}: load it with from_pretrained, evaluate it with `vision-opd eval --model "
-              f"{args.out}`, serve it with `vllm serve {args.out}`")
+              f"{args.out}`; serve it (OpenAI-compatible, then `vision-opd eval --backend openai --api-base "
+              f"http://127.0.0.1:8000/v1 --model {Path(args.out).name}`) with:")
+        for line in serve_commands(args.out):
+            print(f"  {line}")
     return 0
 
 

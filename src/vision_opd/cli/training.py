@@ -37,17 +37,22 @@ def cmd_validate(args) -> int:
     from ..data.images import DEFAULT_MAX_IMAGE_PIXELS
     from ..data.validate import validate_file
 
-    bad = 0
-    views = None
+    bad = whole = 0
+    views, box_format = None, args.box_format
     if args.config:
         from ..config import load_config
 
-        views = load_config(args.config).views
+        cfg = load_config(args.config)
+        views, box_format = cfg.views, box_format or cfg.data.box_format
     for path in args.paths:
         report = validate_file(path, allow_outside_root=args.allow_outside_root, check_images=not args.no_images,
-                               max_pixels=args.max_pixels or DEFAULT_MAX_IMAGE_PIXELS, progress=True, views=views)
+                               max_pixels=args.max_pixels or DEFAULT_MAX_IMAGE_PIXELS, progress=True, views=views,
+                               box_format=box_format or "auto")
         print(report.summary())
         bad += len(report.problems)
+        whole += len(report.file_problems)
+    if whole:  # the file as a whole: nothing to skip
+        return 1
     if bad and args.skip_bad:
         print(f"{bad} bad record(s) would be skipped (--skip-bad)")
         return 0
@@ -106,6 +111,11 @@ def add_parsers(sub) -> None:
     v.add_argument("--allow-outside-root", action="store_true", help="allow image paths outside the data file's folder")
     v.add_argument("--no-images", action="store_true", help="check the records only, without decoding images")
     v.add_argument("--max-pixels", type=int, default=None, help="refuse images with more pixels (default 200M)")
+    v.add_argument("--box-format", default=None, choices=["auto", "xyxy", "xywh", "normalized"],
+                   help="how the file writes its boxes: auto (pixels [x1, y1, x2, y2]; a file of normalised or [x, y, w, "
+                   "h] boxes is reported, naming the fix), xyxy (pixels, no guessing), xywh (pixels [x, y, width, "
+                   "height], COCO), normalized ([x1, y1, x2, y2] as fractions of the image); default: --config's data.box_format, "
+                   "else auto")
     v.add_argument("--config", default=None, help="also check that every record can serve this training config's "
                    "views (e.g. views.teacher_source=box needs a box); default: no view check")
     v.set_defaults(func=cmd_validate)

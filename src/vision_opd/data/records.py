@@ -61,7 +61,8 @@ def parse_box(value: Any) -> tuple[float, float, float, float]:
     if not all(math.isfinite(v) for v in b):
         raise ValueError(f"box contains a non-finite value: {value!r}")
     if b[2] <= b[0] or b[3] <= b[1]:
-        raise ValueError(f"box {value!r} has zero or negative area (need x2 > x1 and y2 > y1)")
+        raise ValueError(f"box {value!r} has zero or negative area as [x1, y1, x2, y2] (need x2 > x1 and y2 > y1); if the "
+                         "boxes are [x, y, width, height] (COCO), pass --box-format xywh (config: data.box_format=xywh)")
     return b  # type: ignore[return-value]
 
 

@@ -357,11 +357,20 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
 def load_train_records(data_cfg, views_cfg, *, progress: bool = False) -> tuple[list[Record], int]:
     """The training records of a config (any data.format), validated as they load; bad ones stop the run unless
     data.skip_bad. Returns (records, number skipped)."""
-    records, report = load_source_checked(data_cfg.train_file, data_cfg.format, split=data_cfg.split,
-                                          cache_dir=data_cfg.cache_dir, student_image=data_cfg.student_image,
-                                          skip_bad=data_cfg.skip_bad, check_images=data_cfg.validate_images,
-                                          allow_outside_root=data_cfg.allow_outside_root, progress=progress,
-                                          views=views_cfg)
+    check = dict(skip_bad=data_cfg.skip_bad, check_images=data_cfg.validate_images, progress=progress, views=views_cfg,
+                 allow_outside_root=data_cfg.allow_outside_root)
+    fmt = detect_format(data_cfg.train_file) if data_cfg.format == "auto" else data_cfg.format
+    if fmt == "records":  # the one format whose box convention is the user's (data.box_format, data/doctor.py)
+        records, report = load_records_checked(_jsonl_file(data_cfg.train_file), box_format=data_cfg.box_format,
+                                               max_pixels=views_cfg.max_image_pixels, **check)
+    elif data_cfg.box_format != "auto":
+        raise RecordError(f"{data_cfg.train_file}: data.box_format={data_cfg.box_format} applies to Records JSONL; the "
+                          f"{fmt} format reads its boxes in its own convention (leave data.box_format=auto)")
+    else:
+        records, report = load_source_checked(data_cfg.train_file, data_cfg.format, split=data_cfg.split,
+                                              cache_dir=data_cfg.cache_dir, student_image=data_cfg.student_image, **check)
+    for note in report.notes:
+        print(f"[vision-opd] {note}")
     if views_cfg.red_box and any(r.meta.get("red_box_drawn") for r in records):
         raise RecordError(f"{data_cfg.train_file}: the student images already have the red box drawn (Vision-OPD-6K "
                           "images); set views.red_box=false, or data.student_image=original to draw it on the clean image")

@@ -1,10 +1,12 @@
 """Check every record of a data file before any work starts; report or skip what is bad.
 
-    vision-opd data validate data/train.jsonl [--skip-bad] [--allow-outside-root]
+    vision-opd data validate data/train.jsonl [--skip-bad] [--allow-outside-root] [--box-format auto]
 
 Each problem names the file, the line, the record id and what to fix. The same checks run when training
 and evaluation load their data (`load_records_checked`); with `skip_bad=True` bad records are skipped and
-counted instead of stopping the run.
+counted instead of stopping the run. The file as a whole is checked too (`doctor.py`): a file that is not JSON
+Lines, boxes in another convention (normalised, [x, y, w, h]) are one line each and stop the run whatever
+`skip_bad` says; conversions whose intent is certain (`box_format`, lettered options) are made on read and noted.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .doctor import Doctor
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageError, image_size, open_image
 from .records import Record, RecordError, record_from_dict
 from .views import ViewConfig, check_views
@@ -32,14 +35,17 @@ class ValidationReport:
     records: list[Record] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     lines: int = 0
+    file_problems: list[str] = field(default_factory=list)  # the file as a whole (never skipped by skip_bad)
+    notes: list[str] = field(default_factory=list)  # what was converted on read
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.file_problems
 
     def summary(self) -> str:
         head = f"{self.path}: {len(self.records)} good record(s), {len(self.problems)} bad, {self.lines} line(s)"
-        return "\n".join([head] + [f"  {p.message}" for p in self.problems])
+        return "\n".join([head] + [f"  {m}" for m in self.file_problems + self.notes]
+                         + [f"  {p.message}" for p in self.problems])
 
 
 def check_image(path: str, *, max_pixels: int, decode: bool = True) -> tuple[int, int]:
@@ -83,12 +89,20 @@ def check_record(rec: Record, root: Path, *, max_pixels: int = DEFAULT_MAX_IMAGE
 
 
 def validate_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, allow_outside_root: bool = False,
-                  check_images: bool = True, progress: bool = False, views: ViewConfig | None = None) -> ValidationReport:
-    """Check every line of a Records JSONL file; never raises for a bad record (it is reported)."""
+                  check_images: bool = True, progress: bool = False, views: ViewConfig | None = None,
+                  box_format: str = "auto") -> ValidationReport:
+    """Check every line of a Records JSONL file; never raises for a bad record (it is reported). box_format: how the
+    file writes its boxes (doctor.BOX_FORMATS); they are converted to pixel [x1, y1, x2, y2] on read."""
     path = Path(path)
     report = ValidationReport(path)
     root = path.parent
     seen: dict[str, int] = {}
+    if not path.is_file():
+        raise RecordError(f"{path}: data file not found")
+    doctor = Doctor(path, box_format)
+    if whole := doctor.not_json_lines():
+        report.file_problems.append(whole)
+        return report
     lines = _lines(path, report)
     if progress:
         from tqdm.auto import tqdm
@@ -98,6 +112,8 @@ def validate_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
         report.lines += 1
         rid = str(obj.get("id")) if isinstance(obj, dict) and obj.get("id") is not None else None
         where = f"{path}:{n}" + (f" (id {rid!r})" if rid else "")
+        doctor.note_box(obj, root)
+        obj = doctor.prepare(obj, root)
         try:
             rec = record_from_dict(obj, root, where=f"{path}:{n}")
             if rec.id in seen:
@@ -112,13 +128,12 @@ def validate_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
             continue
         seen[rec.id] = n
         report.records.append(rec)
+    report.file_problems, report.notes = doctor.finish()
     return report
 
 
 def _lines(path: Path, report: ValidationReport):
     """(line, object) pairs; invalid JSON / UTF-8 lines become problems instead of stopping the scan."""
-    if not path.is_file():
-        raise RecordError(f"{path}: data file not found")
     import json
 
     out = []
@@ -141,7 +156,10 @@ def _lines(path: Path, report: ValidationReport):
 
 
 def raise_if_bad(report: ValidationReport, source, skip_bad: bool) -> None:
-    """Stop on bad records (naming up to 20 of them) unless skip_bad; stop when nothing usable is left."""
+    """Stop on a file-level problem (always), on bad records (naming up to 20 of them) unless skip_bad; stop when
+    nothing usable is left."""
+    if report.file_problems:
+        raise RecordError("\n".join(report.file_problems))
     if report.problems and not skip_bad:
         shown = "\n  ".join(p.message for p in report.problems[:20])
         more = f"\n  ... and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
@@ -158,10 +176,12 @@ def load_records_checked(path: str | Path, *, skip_bad: bool = False, **kw) -> t
     return report.records, report
 
 
-def read_records(path: str | Path, *, check_images: bool = False, skip_bad: bool = False) -> list[Record]:
+def read_records(path: str | Path, *, check_images: bool = False, skip_bad: bool = False,
+                 box_format: str = "auto") -> list[Record]:
     """Read and validate a Records JSONL file; a bad record raises RecordError naming file, line and id.
 
     Images are decoded and boxes checked against them only with check_images=True.
     """
-    records, _ = load_records_checked(path, skip_bad=skip_bad, check_images=check_images, allow_outside_root=True)
+    records, _ = load_records_checked(path, skip_bad=skip_bad, check_images=check_images, allow_outside_root=True,
+                                      box_format=box_format)
     return records

@@ -96,6 +96,8 @@ def gap_probe(generator, benchmark: str, data: str | Path, out: str | Path, opts
                             views=views, view_cfg=view_cfg, response_budget=response_budget)
     if proposer:
         settings["proposer"] = proposer
+    if opts.box_format != "auto":  # boxes converted on read: another number than the file read as pixels
+        settings["dataset"]["box_format"] = opts.box_format
     if judge is not None:
         settings["judge"] = judge.settings()
     samples_path = start_run(out, settings)

@@ -108,7 +108,11 @@ def load_hf_generator(model: str, *, dtype: str | None = None, device: str | Non
                       min_pixels: int | None = None, max_pixels: int | None = None,
                       enable_thinking: bool | None = None) -> HFGenerator:
     """An HFGenerator for a hub id, a local directory, or `tiny:FAMILY` (a random tiny model, for trying it out)."""
+    from ..models.loading import is_lora_checkpoint, trained_dtype
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None and is_lora_checkpoint(model):  # an adapter runs on its base in the dtype it was trained in
+        dtype = trained_dtype(model)
     dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
     if model.startswith("tiny:"):
         from ..models.loading import resolve_dtype

@@ -17,3 +17,4 @@ class EvalOptions:
     judge: Any = None  # eval.judge.Judge: an LLM judge for the responses no rule could read
     response_budget: dict[str, Any] | None = None  # max_new_tokens / thinking, recorded in the settings
     command_line: Sequence[str] | None = None  # recorded in results.json's provenance
+    box_format: str = "auto"  # how the Records JSONL writes its boxes (data/doctor.py); recorded in the settings

@@ -31,8 +31,10 @@ def benchmark_or_error(name: str):
 
 
 def load_checked(benchmark: str, data: str | Path, *, limit: int | None = None, skip_bad: bool = False,
-                 boxes: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[list[Record], ValidationReport]:
-    """The benchmark's records (the first `limit`), every one checked; EvalError / RecordError naming the fix."""
+                 boxes: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 box_format: str = "auto") -> tuple[list[Record], ValidationReport]:
+    """The benchmark's records (the first `limit`), every one checked; EvalError / RecordError naming the fix.
+    box_format: how a Records JSONL writes its boxes (data/doctor.py), converted to pixels on read."""
     bench = benchmark_or_error(benchmark)
     p = Path(data)
     if not p.exists() and not is_hub_id(str(data)):
@@ -41,11 +43,14 @@ def load_checked(benchmark: str, data: str | Path, *, limit: int | None = None, 
         from .benchmarks.jsonl import _jsonl_file
 
         path = _jsonl_file(p)
-        report = validate_file(path, check_images=False, allow_outside_root=True)
+        report = validate_file(path, check_images=False, allow_outside_root=True, box_format=box_format)
         for r in report.records:
             r.meta.setdefault("benchmark", bench.name)
         root = path.parent
     else:
+        if box_format != "auto":
+            raise EvalError(f"--box-format {box_format} applies to Records JSONL (--benchmark jsonl or synthetic); "
+                            f"{bench.name} reads its boxes in its own convention")
         try:
             loaded = bench.load(data, limit=limit)
         except (OSError, ValueError) as e:

@@ -53,6 +53,8 @@ def evaluate(generator, benchmark: str, data: str | Path, out: str | Path, opts:
     out = Path(out)
     settings = run_settings(generator, benchmark, data, len(records), limit=limit, batch_size=batch_size,
                             views=["full"], response_budget=response_budget)
+    if opts.box_format != "auto":  # boxes converted on read: another number than the file read as pixels
+        settings["dataset"]["box_format"] = opts.box_format
     if judge is not None:
         settings["judge"] = judge.settings()
     samples_path = start_run(out, settings)

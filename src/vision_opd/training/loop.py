@@ -36,8 +36,8 @@ from .distributed import (
     make_accelerator,
     shard_fsdp,
 )
-from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingStopped, wait_for_signal_test_hook
-from .run_folder import check_run_folder, start_run_folder
+from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingInterrupted, TrainingStopped, wait_for_signal_test_hook
+from .run_folder import check_run_folder, start_run_folder, write_run_config
 from .run_log import MetricsLogger, sample_rows
 from .step import vision_opd_step
 from .stream import PromptStream
@@ -83,11 +83,27 @@ def apply_optim_config(optimizer, scheduler, cfg: Config) -> None:
     scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
 
 
+def startup_summary(cfg: Config, model, trainable: list, n_records: int, n_bad: int, start_step: int) -> str:
+    """What is about to run, in one line: model, dtype, trainable parameters, records, steps, where the run writes."""
+    total = sum(p.numel() for p in unwrap(model).parameters())
+    n_train = sum(p.numel() for p in trainable)
+    dtype = str(next(unwrap(model).parameters()).dtype).replace("torch.", "")
+    if cfg.train.mixed_precision == "bf16":
+        dtype += " weights, bf16 compute"
+    lora = f", LoRA r={cfg.model.lora_r}" if cfg.model.lora_r > 0 else ""
+    skipped = f" ({n_bad} bad skipped)" if n_bad else ""
+    steps = f"steps {start_step + 1}-{cfg.train.steps} of {cfg.train.steps}" if start_step else f"{cfg.train.steps} steps"
+    return (f"[vision-opd] training {cfg.model.name_or_path} ({dtype}{lora}; {n_train:,} of {total:,} parameters "
+            f"trainable) on {n_records} records of {cfg.data.train_file}{skipped}: {steps} x "
+            f"{cfg.train.prompts_per_step} prompts x {cfg.rollout.samples_per_prompt} samples; writes {cfg.train.out_dir}")
+
+
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Run Vision-OPD as configured; returns the run directory.
 
     The run folder holds one run: `resume` continues it from its latest complete checkpoint, `overwrite` deletes it
     first; anything else there is refused (run_folder.py). Data and every record are checked before the model loads.
+    A SIGINT/SIGTERM saves the state, then raises `TrainingInterrupted` (the command exits 130 / 143).
     """
     accelerator = make_accelerator(cpu=cfg.train.device == "cpu", timeout_s=cfg.train.dist_timeout_s)  # None: 1 process
     ranks = Ranks.of(accelerator)
@@ -101,7 +117,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
     if accelerator:
         accelerator.wait_for_everyone()
     if is_main:
-        start_run_folder(plan, cfg)
+        start_run_folder(plan)
     seed_everything(cfg.train.seed)
     check_engine_available(cfg)  # rollout.engine=vllm without vLLM: one line naming the extra, before any loading
     if cfg.train.threads > 0:
@@ -110,7 +126,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
 
     # load: data first (every record checked, views included: nothing expensive has happened yet), then the model
     records, n_bad = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)
-    eval_records = read_records(cfg.data.eval_file) if cfg.data.eval_file and cfg.train.eval_every else None
+    eval_records = (read_records(cfg.data.eval_file, box_format=cfg.data.box_format)
+                    if cfg.data.eval_file and cfg.train.eval_every else None)
     model, processor = load_model(cfg.model, seed=cfg.train.seed, device=device)
     suppress_ids = vision_token_ids(unwrap(model), processor)
     if cfg.model.lora_r > 0:
@@ -194,6 +211,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
         return out
 
     # loop: rollout, score, loss, step, log, save (a SIGINT/SIGTERM saves a checkpoint, then the run exits)
+    if is_main:  # only now: a start that failed above left nothing a later run must overwrite
+        write_run_config(run_dir, cfg)
+        print(startup_summary(cfg, model, params, len(records), n_bad, start_step))
     log = MetricsLogger(run_dir, tensorboard=cfg.train.tensorboard, wandb=cfg.train.wandb, wandb_project=cfg.train.wandb_project,
                         config=to_dict(cfg), enabled=is_main, purge_step=start_step + 1 if last is not None else None)
     bar = tqdm(range(start_step, cfg.train.steps), desc="vision-opd", disable=not (cfg.train.progress and is_main),
@@ -220,9 +240,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
             watch.check(m["collapse"], step + 1)
             wait_for_signal_test_hook(step + 1, stop)
             if stop.requested(accelerator):
-                path = save(step + 1)
-                print(f"[vision-opd] received {stop.signal}: saved {path}; resume with --resume")
-                return run_dir
+                raise TrainingInterrupted(stop.signal, save(step + 1))  # the command exits 130 / 143
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.steps:
                 save(step + 1)
     except TrainingStopped as e:

@@ -1,11 +1,13 @@
 """The run folder: one run per folder, resumed only from its own checkpoints under a compatible config.
 
     plan = check_run_folder(run_dir, cfg, resume=False, overwrite=False)   # every process; reads only
-    start_run_folder(plan, cfg)                                            # the main process: writes
+    start_run_folder(plan)                                                 # the main process: deletes, cuts logs
+    write_run_config(plan.run_dir, cfg)                                    # once the model and engine are loaded
 
 - A folder that holds a run (metrics.jsonl, samples.jsonl, checkpoints/, ...) is refused unless `resume`
-  (continue it) or `overwrite` (delete that run's files first; nothing else in the folder is touched). A
-  config.yaml alone (a run stopped by bad data before its first step) is simply replaced.
+  (continue it) or `overwrite` (delete that run's files first; nothing else in the folder is touched). config.yaml
+  is written only when everything is loaded, just before step 1, so a start that fails (bad data, a model that does
+  not load) leaves nothing a later run must overwrite; a config.yaml alone (from such a start) is simply replaced.
 - `resume` with no complete checkpoint stops with a message (it never starts from scratch silently), and so does
   `resume` with train.steps not above the checkpoint's step (the run is finished, or would go backwards).
 - Resuming compares the checkpoint's config with the new one and names every changed key: changes that make
@@ -120,12 +122,12 @@ def check_run_folder(run_dir: str | Path, cfg: Config, *, resume: bool, overwrit
     return RunPlan(run_dir, resume_from=last, changed=changes)
 
 
-def start_run_folder(plan: RunPlan, cfg: Config) -> None:
-    """The main process: delete an overwritten run's files, cut the logs back to the resumed step, write config.yaml."""
+def start_run_folder(plan: RunPlan) -> None:
+    """The main process: delete an overwritten run's files, cut the logs back to the resumed step."""
     for p in plan.overwrite:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    if plan.overwrite:
+    if any(p.name != "config.yaml" for p in plan.overwrite):  # a config.yaml alone is no run: nothing to announce
         print(f"[vision-opd] --overwrite: deleted the previous run in {plan.run_dir} ({', '.join(p.name for p in plan.overwrite)})")
     if plan.resume_from is not None:
         step = checkpoint_step(plan.resume_from)
@@ -134,4 +136,8 @@ def start_run_folder(plan: RunPlan, cfg: Config) -> None:
             print(f"[vision-opd] resuming with changed config keys: {_show(plan.changed)}")
         if dropped:
             print(f"[vision-opd] dropped {dropped} log line(s) after step {step} (metrics.jsonl, samples.jsonl, tokens.jsonl)")
-    save_config(cfg, plan.run_dir / "config.yaml")
+
+
+def write_run_config(run_dir: Path, cfg: Config) -> None:
+    """The run's config.yaml, written when the run is about to take its first step."""
+    save_config(cfg, Path(run_dir) / "config.yaml")
