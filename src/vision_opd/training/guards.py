@@ -18,7 +18,6 @@ import time
 
 import torch
 
-
 SKIP_NON_FINITE = "non-finite loss or gradient"  # why a step was skipped (metrics["skip_reason"])
 SKIP_NO_TOKENS = "no loss token (every response left out)"
 
