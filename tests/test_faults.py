@@ -48,12 +48,18 @@ def _no_model(monkeypatch):
 # ------------------------------------------------------------------------------------------------- a full disk
 
 
+FULL = ("No space left on device", "the writer stopped part-way (torch: unexpected pos), as on a full disk",
+        "the writer stopped part-way (torch: file write failed), as on a full disk")
+
+
 def _assert_disk_full_line(err: str, what: str, run: Path, intact: str) -> None:
     assert "Traceback" not in err
     line = _last_line(err)
     assert line.startswith(f"vision-opd: error: cannot write {what} to {run}"), line
-    assert "No space left on device" in line and "free of" in line and "on that file system" in line, line
-    assert f"the last complete checkpoint, {run / 'checkpoints' / intact}, is intact" in line, line
+    assert any(f": {reason}; " in line for reason in FULL), line
+    assert " free of " in line and " on that file system; " in line, line
+    assert line.endswith(f"; the last complete checkpoint, {run / 'checkpoints' / intact}, is intact (checksums "
+                         "verified): free space and rerun with --resume"), line
 
 
 @pytest.fixture()
@@ -80,24 +86,35 @@ def test_full_disk_during_a_checkpoint_on_a_small_file_system(small_disk, synth_
     assert _names(run) == ["step_000001", "step_000002"]
 
 
-@pytest.mark.parametrize("error", [
-    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1689856 vs 1689744"),
-    RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file data/3: file write failed"),
-    OSError(errno.ENOSPC, "No space left on device"),
-], ids=["unexpected-pos", "file-write-failed", "enospc"])
-def test_checkpoint_write_fails_injected(tmp_path, synth_dir, capsys, monkeypatch, error):
-    """torch.save of step 2's trainer state fails as on a full disk (the issue's traceback): one line, step 1 intact."""
-    import torch
+def _safetensors_full():
+    from safetensors import SafetensorError
 
-    real = torch.save
+    return SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("writer, error", [
+    ("torch.save", lambda: RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1689856 vs 1689744")),
+    ("torch.save", lambda: RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing "
+                                        "file data/3: file write failed")),
+    ("torch.save", lambda: OSError(errno.ENOSPC, "No space left on device")),
+    ("safetensors.torch.save_file", _safetensors_full),
+], ids=["torch-unexpected-pos", "torch-file-write-failed", "enospc", "safetensors"])
+def test_checkpoint_write_fails_injected(tmp_path, synth_dir, capsys, monkeypatch, writer, error):
+    """Step 2's trainer state (torch.save) or EMA teacher (safetensors) fails as on a full disk (the issue's
+    traceback): one line, step 1 intact, no half checkpoint left."""
+    import importlib
+
+    module, name = writer.rsplit(".", 1)
+    module = importlib.import_module(module)
+    real = getattr(module, name)
 
     def full(obj, path, *a, **k):
         if "step_000002" in str(path):
             Path(path).write_bytes(b"\0" * 1000)  # part of the file made it
-            raise error
+            raise error()
         return real(obj, path, *a, **k)
 
-    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(module, name, full)
     run = tmp_path / "run"
     assert main(_train(run, synth_dir / "train.jsonl", "train.steps=2", "train.save_every=1")) == 4
     _assert_disk_full_line(capsys.readouterr().err, "checkpoint step_000002", run, "step_000001")
@@ -169,7 +186,7 @@ def test_eval_samples_write_fails_then_rerun_completes(tmp_path, synth_dir, caps
 def test_write_failures_are_named_and_other_errors_pass(tmp_path):
     from vision_opd.data.writes import WriteFailed, write_text_atomic, writing
 
-    with pytest.raises(WriteFailed, match=r"cannot write results.json to .*: Permission denied \("):
+    with pytest.raises(WriteFailed, match=r"cannot write results.json to .*: Permission denied; .* free of "):
         with writing("results.json", tmp_path / "results.json"):
             raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "results.json"))
     with pytest.raises(PermissionError):  # a permission error on a file outside the folder written: a read, not ours

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except WriteFailed as e:  # a full disk or no permission: what, where, the space left, what is intact
         print(f"vision-opd: error: {e}", file=sys.stderr)
         return 4
-    except (OSError, RuntimeError) as e:  # a refused write no command named (a library's own files)
+    except Exception as e:  # a refused write that no command named (a library's own files); anything else re-raised
         if (reason := refused_write(e)) is None:
             raise
         print(f"vision-opd: error: {WriteFailed('a file', getattr(e, 'filename', None) or '.', reason)}", file=sys.stderr)

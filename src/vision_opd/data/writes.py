@@ -2,9 +2,10 @@
 
     with writing("checkpoint step_000020", run_dir / "checkpoints"):
         model.save_pretrained(...)
-    # OSError ENOSPC / EDQUOT / EFBIG / EACCES / EPERM / EROFS, or torch's "file write failed" / "unexpected pos"
-    # RuntimeError of a full disk -> WriteFailed: "cannot write checkpoint step_000020 to runs/x/checkpoints: No space
-    # left on device (12.0 MB free of 2.0 GB on that file system)"
+    # OSError ENOSPC / EDQUOT / EFBIG / EACCES / EPERM / EROFS, safetensors' "No space left on device (os error 28)",
+    # torch's "file write failed" / "unexpected pos" RuntimeError -> WriteFailed: "cannot write checkpoint
+    # step_000020 to runs/x/checkpoints/step_000020.tmp: No space left on device; 12.0 MB free of 2.0 GB on that file
+    # system"
 
     write_text_atomic(out / "results.json", text)   # a temporary file, then a rename: never half a file
 
@@ -23,8 +24,8 @@ from typing import Iterator
 
 SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
-# what torch.save / safetensors raise when the file system refuses the bytes (the C++ writer hides the errno)
-TORCH_WRITE_FAILURES = ("file write failed", "unexpected pos", "No space left on device")
+# what torch.save raises when the file system refuses the bytes (its C++ writer hides the errno)
+TORCH_WRITE_FAILURES = ("file write failed", "unexpected pos")
 
 
 class WriteFailed(Exception):
@@ -35,12 +36,12 @@ class WriteFailed(Exception):
         self.what, self.path, self.reason, self.note = what, Path(path), reason, note
 
     def __str__(self) -> str:
-        text = f"cannot write {self.what} to {self.path}: {self.reason} ({free_space(self.path)})"
+        text = f"cannot write {self.what} to {self.path}: {self.reason}; {free_space(self.path)}"
         return text + (f"; {self.note}" if self.note else "")
 
 
 def free_space(path: str | Path) -> str:
-    """'12.0 MB free of 2.0 GB on that file system' for the nearest existing folder above `path`."""
+    """'12.0 MB free of 2.0 GB on that file system' for the nearest existing folder at or above `path`."""
     p = Path(path).absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
@@ -67,10 +68,14 @@ def refused_write(e: BaseException, where: str | Path | None = None) -> str | No
     if isinstance(e, OSError) and e.errno in PERMISSION and where is not None:
         inside = e.filename is None or Path(os.path.abspath(e.filename)).is_relative_to(Path(where).absolute())
         return os.strerror(e.errno) if inside else None
-    if isinstance(e, RuntimeError) and any(s in str(e) for s in TORCH_WRITE_FAILURES):
-        return "No space left on device (the writer stopped part-way)"
-    if isinstance(e, OSError) and "No space left" in str(e):  # safetensors' Rust writer: an OSError without errno
-        return "No space left on device"
+    if isinstance(e, OSError) and e.errno is not None:
+        return None
+    text = str(e)  # writers that hide the errno in their message: safetensors (Rust), torch.save (C++)
+    for said in (os.strerror(n) for n in SPACE):
+        if said in text:
+            return said
+    if isinstance(e, RuntimeError) and (said := next((s for s in TORCH_WRITE_FAILURES if s in text), None)):
+        return f"the writer stopped part-way (torch: {said}), as on a full disk"
     return None
 
 
@@ -81,7 +86,7 @@ def writing(what: str, path: str | Path) -> Iterator[None]:
         yield
     except WriteFailed:
         raise
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - only a refused write is turned into WriteFailed; the rest is re-raised
         reason = refused_write(e, path)
         if reason is None:
             raise
