@@ -357,6 +357,7 @@ def test_truncated_weights_fall_back_to_the_previous_checkpoint_then_refuse(tmp_
     size = weights.stat().st_size
     with open(weights, "r+b") as f:
         f.truncate(size // 2)
+    (run / "checkpoints" / "step_000003.tmp").mkdir()  # a save that never finished
     capsys.readouterr()
 
     assert main(["check", str(run)]) == 1
@@ -364,6 +365,7 @@ def test_truncated_weights_fall_back_to_the_previous_checkpoint_then_refuse(tmp_
     assert lines[0].startswith(f"{run / 'checkpoints' / 'step_000001'}: intact (11 files, ")
     assert lines[1] == (f"{run / 'checkpoints' / 'step_000002'}: DAMAGED: {weights} has {size // 2} bytes where "
                         f"COMPLETE says {size}: truncated or overwritten")
+    assert lines[2] == f"{run / 'checkpoints' / 'step_000003.tmp'}: incomplete (no COMPLETE: a save that did not finish; --resume ignores it)"
 
     assert main(args + ["train.steps=3", "--resume"]) == 0
     captured = capsys.readouterr()

@@ -71,7 +71,7 @@ def refused_write(e: BaseException, where: str | Path | None = None) -> str | No
     if isinstance(e, OSError) and e.errno is not None:
         return None
     text = str(e)  # writers that hide the errno in their message: safetensors (Rust), torch.save (C++)
-    for said in (os.strerror(n) for n in SPACE):
+    for said in (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT)):
         if said in text:
             return said
     if isinstance(e, RuntimeError) and (said := next((s for s in TORCH_WRITE_FAILURES if s in text), None)):
