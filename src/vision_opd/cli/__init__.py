@@ -11,9 +11,10 @@
     vision-opd report PATH [--out FILE]                    one self-contained HTML page for a run / eval / gap folder
     vision-opd export CHECKPOINT --out DIR [--merge]       a checkpoint as a plain Hugging Face folder (LoRA merged)
     vision-opd inspect RUN [RUN ...]                       where the divergence concentrates (tokens.jsonl)
+    vision-opd check RUN                                   verify every checkpoint of a run against its checksums
 
 Each module here holds a group of subcommands (`add_parsers` + the `cmd_*` functions they call):
-training.py (train, config, data, synth), evaluation.py (eval, gap), demo.py (pretrain, demo), report.py (report),
+training.py (train, config, data, synth, check), evaluation.py (eval, gap), demo.py (pretrain, demo), report.py (report),
 export.py (export), analysis.py (inspect).
 """
 
@@ -103,12 +104,13 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Mistakes a user can fix (a bad key, record, image, path, benchmark or model): one line, no traceback."""
     from ..config import ConfigError
     from ..data.files import DataFileError
+    from ..data.folder_lock import FolderBusy
     from ..data.images import ImageError
     from ..data.records import RecordError
     from ..eval.views import EvalError
     from ..models.loading import ModelLoadError
 
-    return ConfigError, RecordError, ImageError, DataFileError, EvalError, ModelLoadError
+    return ConfigError, RecordError, ImageError, DataFileError, EvalError, ModelLoadError, FolderBusy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as e:
         print(f"vision-opd: error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # the run's own stops; no import of the training stack for the other commands
+    except Exception as e:  # the run's own stops and refused writes; no import of the training stack for the others
+        from ..data.writes import WriteFailed, refused_write
         from ..training.guards import TrainingInterrupted, TrainingStopped
 
         if isinstance(e, TrainingInterrupted):
@@ -138,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, TrainingStopped):
             print(f"vision-opd: training stopped: {e}", file=sys.stderr)
             return 3
-        raise
+        if isinstance(e, WriteFailed):  # a full disk or no permission: what, where, the space left, what is intact
+            print(f"vision-opd: error: {e}", file=sys.stderr)
+            return 4
+        if (reason := refused_write(e)) is None:  # a refused write no command named (a library's own files)
+            raise
+        print(f"vision-opd: error: {WriteFailed('a file', getattr(e, 'filename', None) or '.', reason)}", file=sys.stderr)
+        return 4
 
 
 if __name__ == "__main__":

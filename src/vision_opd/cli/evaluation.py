@@ -135,12 +135,27 @@ def _run_eval_command(args, gap: bool) -> int:
     return 0
 
 
+def _in_locked_folder(args, gap: bool) -> int:
+    """One writer per --out folder (a second eval / gap there is refused, naming the first); a refused write says
+    that the samples written before it are kept."""
+    from ..data.folder_lock import folder_lock
+    from ..data.writes import WriteFailed
+
+    with folder_lock(args.out, "gap" if gap else "eval", break_lock=args.break_lock):
+        try:
+            return _run_eval_command(args, gap)
+        except WriteFailed as e:
+            e.note = (f"every sample written before it is kept in {args.out}/samples.jsonl: free space and rerun the "
+                      "same command to continue")
+            raise
+
+
 def cmd_eval(args) -> int:
-    return _run_eval_command(args, gap=False)
+    return _in_locked_folder(args, gap=False)
 
 
 def cmd_gap(args) -> int:
-    return _run_eval_command(args, gap=True)
+    return _in_locked_folder(args, gap=True)
 
 
 def add_parsers(sub) -> None:
@@ -196,4 +211,6 @@ def add_parsers(sub) -> None:
         e.add_argument("--skip-bad", action="store_true", help="skip (and count) bad records instead of stopping; without "
                        "it every bad record is named and nothing runs")
         e.add_argument("--no-progress", action="store_true", help="no progress bars")
+        e.add_argument("--break-lock", action="store_true", help="take over the --out folder's lock held by a process "
+                       "on another host that you know is gone")
         e.set_defaults(func=cmd_gap if name == "gap" else cmd_eval)

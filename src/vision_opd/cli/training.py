@@ -1,4 +1,4 @@
-"""`vision-opd train | config | data validate | synth`: training and its data."""
+"""`vision-opd train | config | data validate | synth | check`: training, its data and its checkpoints."""
 
 from __future__ import annotations
 
@@ -8,21 +8,63 @@ them all with their defaults; each section's meaning is documented in src/vision
 
 
 def cmd_train(args) -> int:
-    from ..config import load_config
+    import os
+    from pathlib import Path
+
+    from ..config import ConfigError, load_config
+    from ..data.folder_lock import folder_lock
+    from ..data.writes import WriteFailed, writing
     from ..training.loop import train
+    from ..training.run_folder import check_run_folder, what_survived
 
     cfg = load_config(args.config, args.overrides + (["data.skip_bad=true"] if args.skip_bad else []))
-    from ..training.run_folder import check_run_folder
+    if args.accept_data_change and not args.resume:
+        raise ConfigError("--accept-data-change continues a run on changed data: it goes with --resume")
+    rank = int(os.environ.get("RANK", "0"))
+    out_dir = cfg.train.out_dir
+    if not Path(out_dir).exists():  # (--resume of a folder that is not there: said before the lock makes it)
+        check_run_folder(out_dir, cfg, resume=args.resume, overwrite=args.overwrite)
+    # one writer per run folder: the launch's rank 0 holds the lock (the other ranks are its own processes); a live
+    # writer is named before anything about the folder's contents
+    with folder_lock(out_dir, "train", enabled=rank == 0, break_lock=args.break_lock):
+        check_run_folder(out_dir, cfg, resume=args.resume, overwrite=args.overwrite)  # before any data is made
+        if cfg.data.synth_if_missing and _synth_applies(args.overrides):  # the tiny config's synthetic data (train()
+            from ..demo.world import synthesize_if_missing  # never generates data)
 
-    check_run_folder(cfg.train.out_dir, cfg, resume=args.resume, overwrite=args.overwrite)  # before any data is made
-    if cfg.data.synth_if_missing and _synth_applies(args.overrides):  # the tiny config's synthetic data (train() never
-        import os  # generates data)
-
-        from ..demo.world import synthesize_if_missing
-
-        synthesize_if_missing(cfg.data, rank=int(os.environ.get("RANK", "0")))
-    train(cfg, resume=args.resume, overwrite=args.overwrite)
+            synthesize_if_missing(cfg.data, rank=rank)
+        try:
+            with writing("a file of the run", out_dir):
+                train(cfg, resume=args.resume, overwrite=args.overwrite, accept_data_change=args.accept_data_change)
+        except WriteFailed as e:
+            e.note = what_survived(out_dir)
+            raise
     return 0
+
+
+def cmd_check(args) -> int:
+    """One line per checkpoint of a run: intact (every file matches COMPLETE), damaged (the file named), incomplete."""
+    from pathlib import Path
+
+    from ..config import ConfigError
+    from ..training.checksums import DONE_FILE, damage, read_marker
+
+    root = Path(args.run) / "checkpoints"
+    folders = sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
+    if not folders:
+        raise ConfigError(f"{args.run} holds no checkpoints ({root}/step_*): give a run folder (train.out_dir)")
+    bad = 0
+    for p in folders:
+        if p.name.endswith(".tmp") or not (p / DONE_FILE).is_file():
+            print(f"{p}: incomplete (no {DONE_FILE}: a save that did not finish; --resume ignores it)")
+        elif (problem := damage(p)) is not None:
+            bad += 1
+            print(f"{p}: DAMAGED: {problem}")
+        else:
+            listed = read_marker(p)[1]
+            size = sum(s for s, _ in listed.values())
+            aside = " (set aside by a resume; delete it when done)" if "." in p.name else ""
+            print(f"{p}: intact ({len(listed)} files, {size / 1e6:.1f} MB, sha256 verified){aside}")
+    return 1 if bad else 0
 
 
 def _synth_applies(overrides: list[str]) -> bool:
@@ -89,6 +131,10 @@ def add_parsers(sub) -> None:
     t.add_argument("--overwrite", action="store_true", help="train.out_dir holds another run: delete its files first "
                    "(without --resume or --overwrite such a folder is refused)")
     t.add_argument("--skip-bad", action="store_true", help="skip (and count) bad records instead of stopping (= data.skip_bad=true)")
+    t.add_argument("--accept-data-change", action="store_true", help="--resume on training data that changed since the "
+                   "checkpoint (records added, removed or edited): continue on the new data, its epoch restarted")
+    t.add_argument("--break-lock", action="store_true", help="take over the run folder's lock held by a process on "
+                   "another host that you know is gone (a lock of this host is checked, and taken over when stale)")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     t.set_defaults(func=cmd_train)
 
@@ -132,3 +178,11 @@ def add_parsers(sub) -> None:
     s.add_argument("--target-size", type=int, default=20, help="object side in pixels")
     s.add_argument("--name", default="records.jsonl", help="JSONL file name inside --out")
     s.set_defaults(func=cmd_synth)
+
+    k = sub.add_parser("check", help="verify every checkpoint of a run against the checksums of its COMPLETE marker",
+                       description="Verify every checkpoint of a run (RUN/checkpoints/step_*): each file's size and "
+                       "sha256 against its COMPLETE marker. One line per checkpoint: intact, DAMAGED (naming the file) "
+                       "or incomplete. Exit status 1 if any is damaged. `train --resume` runs the same check on the "
+                       "checkpoint it picks and falls back to the previous intact one.")
+    k.add_argument("run", help="the run folder (train.out_dir)")
+    k.set_defaults(func=cmd_check)

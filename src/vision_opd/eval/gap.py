@@ -30,6 +30,7 @@ import numpy as np
 
 from ..data.records import Record
 from ..data.views import ViewConfig
+from ..data.writes import write_text_atomic, writing
 from .benchmarks import get_benchmark
 from .evidence_size import DEFAULT_EDGES, PLOT as SIZE_PLOT, evidence_share, gap_by_size, plot_gap_by_size
 from .options import EvalOptions
@@ -140,10 +141,11 @@ def gap_probe(generator, benchmark: str, data: str | Path, out: str | Path, opts
         "settings": settings,
         "provenance": provenance(command_line),
     }
-    (out / RESULTS).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    write_text_atomic(out / RESULTS, json.dumps(results, indent=2, default=str))
     title = f"{bench.name}: {settings['model'].get('model')}"
-    plot_gap(results, out / PLOT, title=title)
-    plot_gap_by_size(results["by_evidence_size"], out / SIZE_PLOT, title=title)
+    with writing("the gap plots", out):
+        plot_gap(results, out / PLOT, title=title)
+        plot_gap_by_size(results["by_evidence_size"], out / SIZE_PLOT, title=title)
     return results
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..data.views import ViewConfig
+from ..data.writes import write_text_atomic, writing
 from .benchmarks import get_benchmark
 from .benchmarks.common import MC_SUFFIX, SHORT_SUFFIX
 from .extraction import EXTRACTION_RULE
@@ -126,7 +127,8 @@ def run_settings(generator, benchmark: str, data: str | Path, n_records: int, *,
 
 def start_run(out: Path, settings: dict[str, Any]) -> Path:
     """Create `out`, refuse to resume samples made with other settings, write settings.json; the samples path."""
-    out.mkdir(parents=True, exist_ok=True)
+    with writing("the output folder", out):
+        out.mkdir(parents=True, exist_ok=True)
     path = out / SETTINGS
     if path.exists() and (out / SAMPLES).exists():
         old, new = _compared(json.loads(path.read_text(encoding="utf-8"))), _compared(settings)
@@ -135,7 +137,7 @@ def start_run(out: Path, settings: dict[str, Any]) -> Path:
             what = " (other weights than those the samples were made with)" if "weights" in diff else ""
             raise EvalError(f"{out} holds samples made with different settings ({', '.join(diff)}){what}; "
                             f"use another --out, or delete {out / SAMPLES} to start over")
-    path.write_text(json.dumps(settings, indent=2, default=str), encoding="utf-8")
+    write_text_atomic(path, json.dumps(settings, indent=2, default=str))
     return out / SAMPLES
 
 

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from ..data.records import Record
 from ..data.views import ViewConfig
+from ..data.writes import write_text_atomic
 from .benchmarks import get_benchmark
 from .hf_backend import HFGenerator
 from .judge import JUDGE_FILE, Judge, apply_judge
@@ -65,7 +66,7 @@ def evaluate(generator, benchmark: str, data: str | Path, out: str | Path, opts:
     results = {**summarise(by_view["full"], scorable, benchmark), "skipped_no_answer": len(records) - len(scorable),
                "judge": judge_report, "wall_seconds_this_run": round(time.perf_counter() - t0, 3),
                "settings": settings, "provenance": provenance(command_line)}
-    (out / RESULTS).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    write_text_atomic(out / RESULTS, json.dumps(results, indent=2, default=str))
     return results
 
 

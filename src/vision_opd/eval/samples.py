@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 from ..data.records import Record
 from ..data.views import View, ViewConfig
+from ..data.writes import write_text_atomic, writing
 from .benchmarks.common import format_prompt, score_record
 from .grading import failure_kind
 from .views import EvalError, view_available, view_of
@@ -61,9 +62,7 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
 
 def write_samples(path: Path, samples: Sequence[dict[str, Any]]) -> None:
     """Replace `path` with `samples` (atomically: a temporary file, then a rename)."""
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
 
 
 def make_sample(record: Record, view: str, g: Generation, score: Callable[[Record, str], dict]) -> dict[str, Any]:
@@ -87,7 +86,8 @@ def generate_samples(generate: Callable[[list[View]], list[Generation]], records
     from tqdm.auto import tqdm
 
     done = {(s["id"], s["view"]): s for s in read_samples(samples_path)} if samples_path else {}
-    out = open(samples_path, "a", encoding="utf-8") if samples_path else None
+    with writing(SAMPLES, samples_path or SAMPLES):
+        out = open(samples_path, "a", encoding="utf-8") if samples_path else None
     try:
         for view in views:
             todo = [r for r in records if view_available(r, view) and (r.id, view) not in done]
@@ -97,12 +97,15 @@ def generate_samples(generate: Callable[[list[View]], list[Generation]], records
                 if len(gens) != len(batch):
                     raise EvalError(f"the generator returned {len(gens)} responses for {len(batch)} prompts")
                 for r, g in zip(batch, gens, strict=True):
-                    done[(r.id, view)] = sample = make_sample(r, view, g, score)
-                    if out:
-                        out.write(json.dumps(sample, ensure_ascii=False) + "\n")
+                    done[(r.id, view)] = make_sample(r, view, g, score)
                 if out:
-                    out.flush()
+                    with writing(SAMPLES, samples_path):
+                        out.write("".join(json.dumps(done[(r.id, view)], ensure_ascii=False) + "\n" for r in batch))
+                        out.flush()
     finally:
         if out:
-            out.close()
+            try:
+                out.close()
+            except OSError:  # a full disk: the failed write has said so; read_samples drops a torn last line
+                pass
     return {v: [done[(r.id, v)] for r in records if (r.id, v) in done] for v in views}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..data.writes import write_text_atomic, writing
 from .limits import Limits
 
 REPORT = "report.html"
@@ -69,10 +70,9 @@ def build_report(path: str | Path, out: str | Path | None = None, limits: Limits
     """Write the page of folder `path` to `out` (default: PATH/report.html); returns the file written."""
     html = build_html(path, limits)
     out = Path(out) if out is not None else Path(path) / REPORT
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    with writing(out.name, out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, html)
     return out
 
 

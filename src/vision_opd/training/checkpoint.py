@@ -8,7 +8,12 @@ Layout of one checkpoint, `RUN/checkpoints/step_000020/`:
     trainer_state.pt                      optimizer, scheduler, step, data cursor, every rank's RNG states
                                           (tensors only: loaded with torch.load(weights_only=True))
     config.yaml                           the resolved config
-    COMPLETE                              written last; a folder without it is ignored
+    data_fingerprint.json                 the training records' ids and content hashes (data/fingerprint.py)
+    COMPLETE                              written last: the step and every file's size and sha256 (checksums.py);
+                                          a folder without it is ignored, a file that does not match it is damaged
+
+A save that the file system refuses (a full disk, no permission) removes its temporary folder and raises
+`WriteFailed` (data/writes.py): the checkpoints already complete are untouched.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.writes import writing
+from .checksums import DONE_FILE, marker_text, read_marker
+
 STATE_FILE = "trainer_state.pt"
-DONE_FILE = "COMPLETE"
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -33,12 +40,13 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / DONE_FILE).is_file() and not p.name.endswith(".tmp"))
+    # step_000020.tmp (being written) and step_000020.damaged (set aside by a resume) are not checkpoints
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / DONE_FILE).is_file() and "." not in p.name)
 
 
 def checkpoint_step(ckpt: Path) -> int:
     """The step a complete checkpoint was written at (its COMPLETE file)."""
-    return int((Path(ckpt) / DONE_FILE).read_text().strip())
+    return read_marker(ckpt)[0]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -87,19 +95,39 @@ def _rng_from_tensors(state: dict) -> dict:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer_state: dict, teacher_state: dict | None,
-                    config_yaml: str, keep_last: int = 3, state_dict: dict | None = None,
+                    texts: dict[str, str], keep_last: int = 3, state_dict: dict | None = None,
                     rng_states: list[dict] | None = None) -> Path:
     """Write a complete checkpoint atomically (tmp folder + rename) and prune to the last `keep_last`.
 
+    `texts`: small files written beside the weights ({"config.yaml": ..., "data_fingerprint.json": ...});
     `state_dict` overrides the model's own (FSDP: the gathered full state); `rng_states` are every rank's
     `rng_state()` in rank order (None: this process's only)."""
-    from safetensors.torch import save_file
-
     final = step_dir(Path(run_dir), step)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        with writing(f"checkpoint {final.name}", tmp):
+            tmp.mkdir(parents=True)
+            _write_files(tmp, step, model=model, processor=processor, trainer_state=trainer_state,
+                         teacher_state=teacher_state, texts=texts, state_dict=state_dict, rng_states=rng_states)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # half a checkpoint is never taken for one, and frees its space
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    if keep_last > 0:
+        for old in complete_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_files(tmp: Path, step: int, *, model, processor, trainer_state: dict, teacher_state: dict | None,
+                 texts: dict[str, str], state_dict: dict | None, rng_states: list[dict] | None) -> None:
+    """Every file of the checkpoint into `tmp`, the COMPLETE marker (checksums of all the others) last."""
+    from safetensors.torch import save_file
+
     model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
     if processor is not None:
         processor.save_pretrained(tmp)
@@ -111,15 +139,9 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer
     state["rng"] = [_rng_to_tensors(r) for r in (rng_states or [rng_state()])]
     torch.save(state, tmp / STATE_FILE)
     _test_pause(step)
-    (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
-    (tmp / DONE_FILE).write_text(f"{step}\n")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    if keep_last > 0:
-        for old in complete_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+    for name, text in texts.items():
+        (tmp / name).write_text(text, encoding="utf-8")
+    (tmp / DONE_FILE).write_text(marker_text(tmp, step), encoding="utf-8")
 
 
 def _test_pause(step: int) -> None:

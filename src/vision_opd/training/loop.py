@@ -19,6 +19,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, to_dict
+from ..data.fingerprint import FINGERPRINT, fingerprint
 from ..data.sources import load_train_records
 from ..data.validate import read_records
 from ..data.views import encode_views, student_view
@@ -37,7 +38,7 @@ from .distributed import (
     shard_fsdp,
 )
 from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingInterrupted, TrainingStopped, wait_for_signal_test_hook
-from .run_folder import check_run_folder, start_run_folder, write_run_config
+from .run_folder import check_run_folder, compare_data, fingerprint_text, start_run_folder, write_run_config
 from .run_log import MetricsLogger, sample_rows
 from .step import vision_opd_step
 from .stream import PromptStream
@@ -98,11 +99,12 @@ def startup_summary(cfg: Config, model, trainable: list, n_records: int, n_bad: 
             f"{cfg.train.prompts_per_step} prompts x {cfg.rollout.samples_per_prompt} samples; writes {cfg.train.out_dir}")
 
 
-def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path:
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, accept_data_change: bool = False) -> Path:
     """Run Vision-OPD as configured; returns the run directory.
 
-    The run folder holds one run: `resume` continues it from its latest complete checkpoint, `overwrite` deletes it
-    first; anything else there is refused (run_folder.py). Data and every record are checked before the model loads.
+    The run folder holds one run: `resume` continues it from its latest intact checkpoint, `overwrite` deletes it
+    first; anything else there is refused (run_folder.py). Data and every record are checked before the model loads,
+    and on resume compared with the checkpoint's (changed data: refused unless `accept_data_change`).
     A SIGINT/SIGTERM saves the state, then raises `TrainingInterrupted` (the command exits 130 / 143).
     """
     accelerator = make_accelerator(cpu=cfg.train.device == "cpu", timeout_s=cfg.train.dist_timeout_s)  # None: 1 process
@@ -126,6 +128,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
 
     # load: data first (every record checked, views included: nothing expensive has happened yet), then the model
     records, n_bad = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)
+    data_fp = fingerprint(records)
+    data_change = compare_data(plan.resume_from, data_fp, train_file=cfg.data.train_file, accept=accept_data_change)
     eval_records = (read_records(cfg.data.eval_file, box_format=cfg.data.box_format)
                     if cfg.data.eval_file and cfg.train.eval_every else None)
     model, processor = load_model(cfg.model, seed=cfg.train.seed, device=device)
@@ -169,12 +173,20 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
         teacher.load_state_dict(ckpt.load_teacher_state(last))
         stream.cursor = int(state["cursor"])
         start_step = int(state["step"])
+        if data_change is not None:  # --accept-data-change: the epoch it was in starts again on the new records
+            stream.cursor = data_change.restart(stream.cursor, len(records))
+            if is_main:
+                print(f"[vision-opd] the training data changed ({data_change.text}); continuing on the new data "
+                      f"(--accept-data-change): the prompt stream restarts epoch {stream.cursor // len(records)} on "
+                      f"its {len(records)} records")
         if rank < len(state["rng"]):  # each rank its own (a rank the checkpoint has none for keeps its fresh seed)
             ckpt.set_rng_state(state["rng"][rank])
         watch.load_state_dict(state["guards"]["collapse"])  # the streaks go on where they stopped
         skips.load_state_dict(state["guards"]["skips"])
         if is_main:
             print(f"[vision-opd] resumed from {last} at step {start_step}")
+    texts = {"config.yaml": config_yaml,
+             FINGERPRINT: fingerprint_text(data_fp, cfg.data.train_file, last, data_change, start_step)}
     # the rollout engine, from the student's current weights (initial or resumed); rank r samples its shard; building
     # it leaves the RNG restored above as it is
     engine = make_engine(cfg, model, processor, suppress_ids, device=device, rank=rank, world=world,
@@ -191,7 +203,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
         rng = ranks.gather(ckpt.rng_state())  # every rank's RNG, written by the main process
         if is_main:
             path = ckpt.save_checkpoint(run_dir, step, model=strip_wrappers(model), processor=processor, trainer_state=state,
-                                        teacher_state=teacher.state_dict(), config_yaml=config_yaml,
+                                        teacher_state=teacher.state_dict(), texts=texts,
                                         keep_last=cfg.train.keep_last, state_dict=weights, rng_states=rng)
         if accelerator:
             accelerator.wait_for_everyone()

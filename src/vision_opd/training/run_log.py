@@ -23,9 +23,11 @@ import numbers
 from pathlib import Path
 from typing import Any
 
+from ..data.writes import write_text_atomic, writing
+
 METRICS = "metrics.jsonl"
 SAMPLES = "samples.jsonl"
-TOKENS = "tokens.jsonl"  # written by token_dump.py (train.dump_tokens_every)
+TOKENS = "tokens.jsonl"  # training/token_dump.py
 
 
 class MetricsLogger:
@@ -45,7 +47,8 @@ class MetricsLogger:
                 raise ImportError("train.wandb=true needs the 'wandb' package, which is not installed: "
                                   "pip install wandb (and `wandb login`), or set train.wandb=false") from None
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics_f = open(self.run_dir / METRICS, "a", encoding="utf-8")
+        with writing(METRICS, self.run_dir / METRICS):
+            self._metrics_f = open(self.run_dir / METRICS, "a", encoding="utf-8")
         if use_tb:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -67,8 +70,9 @@ class MetricsLogger:
         if not self.enabled:
             return
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items() if k != "step"}}
-        self._metrics_f.write(json.dumps(row, default=str) + "\n")
-        self._metrics_f.flush()
+        with writing(METRICS, self.run_dir / METRICS):
+            self._metrics_f.write(json.dumps(row, default=str) + "\n")
+            self._metrics_f.flush()
         scalars = {k: float(v) for k, v in row.items() if k != "step" and _is_number(v)}
         if self._tb is not None:
             for k, v in scalars.items():
@@ -81,21 +85,25 @@ class MetricsLogger:
         """Append one line per sample `{"step": step, **row}` to samples.jsonl; to TensorBoard as text."""
         if not self.enabled or not rows:
             return
-        if self._samples_f is None:
-            self._samples_f = open(self.run_dir / SAMPLES, "a", encoding="utf-8")
         lines = [json.dumps({"step": step, **row}, ensure_ascii=False, default=str) for row in rows]
-        self._samples_f.write("".join(line + "\n" for line in lines))
-        self._samples_f.flush()
+        with writing(SAMPLES, self.run_dir / SAMPLES):
+            if self._samples_f is None:
+                self._samples_f = open(self.run_dir / SAMPLES, "a", encoding="utf-8")
+            self._samples_f.write("".join(line + "\n" for line in lines))
+            self._samples_f.flush()
         if self._tb is not None:
             self._tb.add_text("samples", _code_block("\n".join(lines)), step)
             self._tb.flush()
 
     def close(self) -> None:
         """Close the files and writers (safe to call twice)."""
-        for f in (self._metrics_f, self._samples_f):
+        files, self._metrics_f, self._samples_f = (self._metrics_f, self._samples_f), None, None
+        for f in files:
             if f is not None:
-                f.close()
-        self._metrics_f = self._samples_f = None
+                try:
+                    f.close()
+                except OSError:  # a full disk: the write that failed has said so; the lines before it are flushed
+                    pass
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -112,8 +120,8 @@ class MetricsLogger:
 
 def cut_logs(run_dir: str | Path, step: int) -> int:
     """Keep only the lines of metrics.jsonl, samples.jsonl and tokens.jsonl up to `step` (a resumed run appends after
-    them, so no step appears twice); an unreadable line (a write cut short by a kill) is dropped too. Returns the
-    lines dropped."""
+    them, so no step appears twice); an unreadable line (a write cut short by a kill or a full disk) is dropped too.
+    Returns the lines dropped."""
     dropped = 0
     for name in (METRICS, SAMPLES, TOKENS):
         path = Path(run_dir) / name
@@ -129,9 +137,7 @@ def cut_logs(run_dir: str | Path, step: int) -> int:
                 kept.append(line)
             else:
                 dropped += 1
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
     return dropped
 
 

@@ -26,6 +26,8 @@ import json
 import re
 from pathlib import Path
 
+from ..data.writes import writing
+
 VALUES = ("student_logprob", "teacher_logprob", "divergence", "reverse_kl", "student_entropy", "teacher_entropy")
 
 
@@ -82,7 +84,7 @@ def token_rows(processor, records, rollout, token_values: dict[str, list], from_
 
 def write_token_rows(path: str | Path, step: int, rows: list[dict]) -> None:
     """Append the rows of one step to `path` (tokens.jsonl), one JSON line each."""
-    with open(path, "a", encoding="utf-8") as f:
+    with writing(Path(path).name, path), open(path, "a", encoding="utf-8") as f:
         f.write("".join(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n" for row in rows))
 
 
