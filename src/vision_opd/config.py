@@ -128,6 +128,8 @@ class TrainConfig:
     steps: int = 20
     prompts_per_step: int = 4  # P; one optimizer step per batch of P x G trajectories (fully on-policy)
     micro_batch_size: int = 8  # trajectories per forward/backward (gradient accumulation within a step)
+    micro_batch_tokens: int = 0  # > 0: micro-batches by this budget of scored positions (prompts + padded responses,
+    # training/batching.py) instead of micro_batch_size rows; 0 = by row count
     share_prompts: bool = True  # score each prompt once for all its responses in a micro-batch (scoring_shared.py); false: per row
     seed: int = 0
     out_dir: str = "runs/tiny_cpu"
@@ -210,6 +212,8 @@ class Config:
         need(self.vllm.max_model_len >= 1 and self.vllm.max_num_seqs >= 1 and self.vllm.cpu_kv_cache_gb > 0,
              "vllm.max_model_len and vllm.max_num_seqs must be >= 1, vllm.cpu_kv_cache_gb > 0")
         need(self.train.micro_batch_size >= 1 and self.train.steps >= 0, "train.micro_batch_size must be >= 1, train.steps >= 0")
+        need(self.train.micro_batch_tokens >= 0,
+             f"train.micro_batch_tokens={self.train.micro_batch_tokens}: must be >= 0 (0 = micro-batches by train.micro_batch_size rows)")
         need(self.data.format in ("auto", "records", "vision_opd_6k", "parquet", "hub"),
              f"data.format={self.data.format!r}: choose auto, records, vision_opd_6k, parquet or hub")
         need(self.data.student_image in ("images", "original"), f"data.student_image={self.data.student_image!r}: choose images or original")
