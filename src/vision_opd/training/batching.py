@@ -14,18 +14,18 @@ response (every row is padded to it; at least 1, as the step trims). The teacher
 its own view (a crop: usually fewer image tokens).
 
 - `train.micro_batch_tokens = 0`: consecutive rows, `train.micro_batch_size` of them (prompt-major order).
-- `train.micro_batch_tokens = N > 0` (`plan_micro_batches`): the row count is not used; micro-batches are packed so
-  each one's cost stays within N. Two candidate plans, the cheaper in total positions wins (ties: the first):
-  1. grouped: each prompt's rows as one unit (its longest row first), units ordered by their longest row, packed
-     greedily (a unit that does not fit in what is left of the current micro-batch starts the next one); a group
-     that alone exceeds N is split into chunks of rows of similar length;
-  2. by length: all rows ordered by length (longest first), packed greedily row by row; rows of similar length
-     from several prompts share a micro-batch.
-  Grouped keeps a prompt's rows together (its prompt runs once per view) at the price of padding them to the
-  group's longest; by length pads little but may run a prompt in several micro-batches. With long prompts and
-  close lengths (1) wins; with short prompts and long-tailed lengths (2) does.
-  A single row whose own cost exceeds N runs alone in a micro-batch of its own: the budget bounds every
-  micro-batch but those.
+- `train.micro_batch_tokens = N > 0` (`plan_micro_batches`): the row count is not used; every micro-batch costs at
+  most N (a single row whose own cost exceeds N runs alone: the budget bounds every micro-batch but those). Rows
+  are put in one of two orders and split into consecutive micro-batches by dynamic programming, minimising the
+  positions run plus one prompt width per micro-batch (the fixed cost of a forward and backward pass):
+  1. grouped: each prompt's rows as one unit (longest first), units ordered by their longest row (a group that
+     alone exceeds N goes row by row): a prompt's rows stay together, its prompt runs once per view;
+  2. by length: all rows ordered by length (longest first): little padding, but a prompt may run in several
+     micro-batches.
+  The cheaper plan wins (ties: grouped). With long prompts and close lengths grouping wins; with short prompts and
+  long-tailed lengths (a few responses of hundreds of tokens among dozens of short ones) the by-length order does.
+- Several processes: every rank runs as many micro-batches (DDP and FSDP2 forwards are collective), so a rank
+  with fewer halves its largest ones (`StepPlan.split_to`).
 The loss is unchanged by any plan: every micro-batch's token sum is divided by the step's total token count.
 """
 
