@@ -74,8 +74,9 @@ class RolloutConfig:
     repeat_count: int = 4  # ... at least this many times is repetitive (0 = no repetition check)
     runaway_tokens: int = 0  # a response with no EOS in max_new_tokens, or at least this many tokens (0: no length cap), is runaway
     drop_degenerate: bool = False
-    engine: str = "hf"  # hf (transformers generate on the training model) | vllm (a colocated vLLM engine in this
-    # process, built once from the student's weights and synced after every optimizer step; section `vllm`)
+    engine: str = "auto"  # auto (vllm where it is installed and runs this model on this device, else hf; printed at
+    # start) | hf (transformers generate on the training model) | vllm (a colocated vLLM engine in this process, built
+    # once from the student's weights and synced after every optimizer step; section `vllm`)
     is_correction: bool = False  # weight each token's loss by min(p_trainer / p_rollout, is_threshold) (truncated IS)
     is_threshold: float = 2.0  # the truncation C of rollout.is_correction
 
@@ -201,7 +202,7 @@ class Config:
         need(self.optim.schedule in ("constant", "cosine"), f"optim.schedule={self.optim.schedule!r}: choose constant or cosine")
         need(self.rollout.samples_per_prompt >= 1 and self.train.prompts_per_step >= 1, "samples_per_prompt and prompts_per_step must be >= 1")
         need(self.rollout.temperature > 0, "rollout.temperature must be > 0")
-        need(self.rollout.engine in ("hf", "vllm"), f"rollout.engine={self.rollout.engine!r}: choose hf or vllm")
+        need(self.rollout.engine in ("auto", "hf", "vllm"), f"rollout.engine={self.rollout.engine!r}: choose auto, hf or vllm")
         need(not r.is_correction or r.source == "student",
              f"rollout.is_correction weights the student's own samples by p_trainer / p_rollout: it needs "
              f"rollout.source=student (got {r.source!r})")

@@ -146,7 +146,7 @@ class StepPlan:
         return plan_counts(self.rows, self.lengths_B, self.prompt_index_B, self.prompt_lengths_P, self.prompt_real_P,
                            self.share)
 
-    def split_to(self, n: int) -> "StepPlan":
+    def split_to(self, n: int) -> StepPlan:
         """At least `n` micro-batches (several processes run as many forwards each: DDP and FSDP2 collectives): the
         micro-batch with the most rows is halved (by length) until there are n; each half costs no more than it."""
         rows = list(self.rows)
