@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -225,6 +226,7 @@ def test_engine_auto_without_vllm_is_hf_and_says_so_once(tmp_path, synth_dir, ca
     from vision_opd.cli import main
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails, installed or not
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the VLLM_* defaults set on the way stay in this test
     assert main(["train", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), f"data.train_file={synth_dir / 'train.jsonl'}",
                  f"train.out_dir={tmp_path / 'run'}", "train.steps=2", "train.progress=false", "train.report=false"]) == 0
     out = capsys.readouterr().out
@@ -247,6 +249,7 @@ def test_engine_auto_chooses_vllm_where_it_imports_and_runs_the_model(monkeypatc
     from vision_opd.rollout import choose_engine
 
     monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     tiny, _ = build_tiny("qwen2_vl")
     demo, _ = build_demo_model()
     cfg = load_config(None, [])
