@@ -1,24 +1,29 @@
 """Real-size GPU check: a Qwen2.5-VL-3B/7B-sized model with random weights runs Vision-OPD steps in bf16.
 
-    bash perf/gpu_check.sh                         # the runs of docs/performance.md (one 80 GB GPU)
+    bash perf/gpu_check.sh                         # the check of docs/performance.md (one GPU, its own venv)
     python perf/gpu_check.py --grad-ckpt           # on a GPU machine: 3B config, bf16 weights, 5 steps
     python perf/gpu_check.py --size 7b --lora 64 --grad-ckpt --prompts 4 --samples 8 --micro-batch 4
-    python perf/gpu_check.py --size small --steps 2 --device cpu   # a shrunk config, to check the script here
-    python perf/gpu_check.py --grad-ckpt --prompts 2 --samples 8 --image-side 896 --share both   # shared vs per row
-    python perf/gpu_check.py --grad-ckpt --engine vllm             # the same step with vLLM rollouts (pip install vllm)
+    python perf/gpu_check.py --grad-ckpt --prompts 2 --samples 8 --image-side 896 --cases on:0 off:0 on:4096 \
+        --vary-lengths --engine vllm --json runs/vllm.json        # shared on/off, token budget on/off, one engine
+    python perf/gpu_check.py --table runs/hf.json runs/vllm.json  # one table from such files
+    python perf/gpu_check.py --dry-run             # the same code on the CPU with a shrunk model, in seconds
 
 No weights can be downloaded, so the model is the real architecture (Qwen2.5-VL-3B: 36 layers, hidden 2048,
 vocabulary 151,936, 32-layer vision tower) built from its config with random weights; the offline tokenizer of
 models/tiny.py drives it. A random model never emits EOS, so every response runs to --new-tokens (the worst case
-for memory). Prints seconds per step (and per phase), response tokens per second, and peak GPU memory.
-`--share both` runs the same steps twice, every response row with its own prompt and then each prompt once for
-its G responses (`train.share_prompts`), and prints both with their ratios (scoring = teacher + student seconds).
+for memory). With --vary-lengths each response is then cut at a drawn length (log-normal, median 48 tokens, sigma
+1, clipped to 8..--new-tokens; seeded per step, the same in every case), so the scoring sees real, varied lengths
+(the generation still runs to --new-tokens). Prints seconds per step (and per phase), response tokens per second,
+peak GPU memory and the padding share of the scored positions.
+--cases SHARE:TOKENS ... runs the same steps once per case on one model and engine: SHARE on / off =
+`train.share_prompts`, TOKENS = `train.micro_batch_tokens` (0: micro-batches of --micro-batch rows).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -36,13 +41,15 @@ from vision_opd.models.tiny import SPECIAL_TOKENS, build_processor  # noqa: E402
 from vision_opd.rollout import make_engine  # noqa: E402
 from vision_opd.training import loop as T  # noqa: E402
 
-SIZES = {  # Qwen2.5-VL-3B/7B-Instruct's published configs; "small" for a CPU smoke run
+SIZES = {  # Qwen2.5-VL-3B/7B-Instruct's published configs; "small" for a CPU smoke run, "dry" for --dry-run
     "3b": dict(hidden=2048, layers=36, heads=16, kv=2, inter=11008, v_depth=32, v_hidden=1280, v_heads=16, v_inter=3420,
                vocab=151936, tied=True),
     "7b": dict(hidden=3584, layers=28, heads=28, kv=4, inter=18944, v_depth=32, v_hidden=1280, v_heads=16, v_inter=3420,
                vocab=152064, tied=False),
     "small": dict(hidden=128, layers=2, heads=4, kv=2, inter=256, v_depth=2, v_hidden=64, v_heads=2, v_inter=128, vocab=151936,
                   tied=True),
+    "dry": dict(hidden=64, layers=2, heads=2, kv=1, inter=128, v_depth=1, v_hidden=32, v_heads=2, v_inter=64, vocab=512,
+                tied=True),
 }
 
 
@@ -76,14 +83,18 @@ def build(size: str, image_side: int, dtype: torch.dtype, device: str):
     return model, proc
 
 
-def main() -> None:
+CASE_KEYS = ("sec_per_step", "sec_rollout", "sec_teacher", "sec_student", "sec_sync", "response_tokens_per_sec",
+             "peak_gpu_gib", "padding_share", "response_padding_share", "micro_batches", "rollout_logprob_diff_max")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), default="3b")
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=5, help="steps per case (the first is warm-up when there are more)")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=256)
-    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--micro-batch", type=int, default=8, help="train.micro_batch_size (rows) of the cases without a budget")
     ap.add_argument("--image-side", type=int, default=448, help="pixel budget side (448 -> 256 image tokens)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--master", choices=["fp32", "bf16"], default="bf16",
@@ -92,13 +103,64 @@ def main() -> None:
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
     ap.add_argument("--lora", type=int, default=0, help="LoRA rank (0 = full fine-tuning); the vision tower is then frozen")
     ap.add_argument("--teacher", choices=["ema", "frozen", "live"], default="ema")
-    ap.add_argument("--share", choices=["on", "off", "both"], default="on",
-                    help="train.share_prompts: on (the default), off (every row with its own prompt), both (side by side)")
+    ap.add_argument("--cases", nargs="+", default=["on:0"], type=case_of,
+                    help="SHARE:TOKENS per case: train.share_prompts on/off, train.micro_batch_tokens (0 = by rows)")
+    ap.add_argument("--vary-lengths", action="store_true", help="cut each response at a drawn length (see above)")
     ap.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="rollout engine (rollout.engine)")
     ap.add_argument("--vllm-memory", type=float, default=0.3, help="vllm.gpu_memory_utilization (share of the GPU for vLLM)")
     ap.add_argument("--json", default=None, help="also write the results here")
-    args = ap.parse_args()
+    ap.add_argument("--table", nargs="+", default=None, metavar="JSON", help="print one table from these result files")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="the whole path on the CPU in seconds: a 2-layer model (vocabulary 512), 1 prompt x 4 samples, "
+                         "24 tokens, 2 steps per case, HF rollouts")
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        args.size, args.device, args.steps, args.prompts, args.samples = "dry", "cpu", 2, 1, 4
+        args.new_tokens, args.image_side, args.master, args.engine = 24, 56, "fp32", "hf"
+    return args
 
+
+def case_of(text: str) -> tuple[bool, int]:
+    share, _, tokens = text.partition(":")
+    if share not in ("on", "off") or not tokens.isdigit():
+        raise argparse.ArgumentTypeError(f"case {text!r}: expected SHARE:TOKENS with SHARE on or off, e.g. on:4096")
+    return share == "on", int(tokens)
+
+
+class CutLengths:
+    """An engine whose responses are cut at lengths drawn per step (log-normal, median 48, sigma 1, clipped to
+    8..new_tokens; new_tokens / 4..new_tokens below 32), step k of a case seeded by k: every case (and engine) scores the same
+    lengths."""
+
+    def __init__(self, engine, new_tokens: int):
+        self.engine, self.new_tokens, self.step = engine, new_tokens, 0
+
+    def sample(self, model, inputs, views=None):
+        import numpy as np
+
+        ro = self.engine.sample(model, inputs, views)
+        B, T = ro.response_ids_B_T.shape
+        rng = np.random.default_rng(1000 + self.step)
+        self.step += 1
+        keep_B = torch.tensor(np.clip(np.round(np.exp(rng.normal(np.log(48), 1.0, B))), min(8, max(1, self.new_tokens // 4)),
+                                       self.new_tokens).astype(int))
+        keep_B = keep_B.to(ro.response_mask_B_T.device)
+        keep_B_T = torch.arange(T, device=keep_B.device)[None, :] < keep_B[:, None]
+        ro.response_mask_B_T = ro.response_mask_B_T * keep_B_T
+        ro.response_ids_B_T = torch.where(keep_B_T, ro.response_ids_B_T, self.engine.processor.tokenizer.pad_token_id)
+        if ro.logprobs_B_T is not None:
+            ro.logprobs_B_T = ro.logprobs_B_T * keep_B_T
+        ro.truncated_B = ro.truncated_B & (keep_B >= T)
+        return ro
+
+    def sync(self, model) -> float:
+        return self.engine.sync(model)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def run(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp())
     write_synthetic(tmp, args.prompts * args.steps, seed=0, cfg=WorldConfig(), name="train.jsonl")
     over = [f"data.train_file={tmp / 'train.jsonl'}", f"train.prompts_per_step={args.prompts}",
@@ -128,13 +190,18 @@ def main() -> None:
     info = {"size": args.size, "params": n_params, "trainable": n_train, "lora": args.lora, "teacher": args.teacher,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "master": args.master,
             "grad_ckpt": args.grad_ckpt, "prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens,
-            "image_tokens": (args.image_side // 28) ** 2, "engine": args.engine,
+            "image_tokens": (args.image_side // 28) ** 2, "engine": args.engine, "vary_lengths": args.vary_lengths,
+            "torch": torch.__version__,
             "peak_gpu_gib_note": "training process only (torch allocator); vLLM's share is vllm.gpu_memory_utilization"}
     engine = make_engine(cfg, model, proc, suppress, device=device)  # hf: generate on the model; vllm: a colocated engine
+    if args.vary_lengths:
+        engine = CutLengths(engine, args.new_tokens)
 
-    def measure(share: bool) -> dict:
-        """--steps steps on the same prompts; the first is warm-up when there are more (CUDA kernels, allocator)."""
-        cfg.train.share_prompts = share
+    def measure(share: bool, tokens: int) -> dict:
+        """--steps steps on the same prompts (and, with --vary-lengths, the same lengths) as every other case."""
+        cfg.train.share_prompts, cfg.train.micro_batch_tokens = share, tokens
+        if args.vary_lengths:
+            engine.step = 0  # the same lengths in every case
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -149,28 +216,59 @@ def main() -> None:
             m = res.metrics
             m["wall"] = time.perf_counter() - t0
             rows.append(m)
-            print(f"share_prompts={share} step {step + 1}: {m['wall']:.2f} s (rollout {m['sec_rollout']:.2f}, teacher "
-                  f"{m['sec_teacher']:.2f}, student {m['sec_student']:.2f}, optim {m['sec_optim']:.2f}, sync {m['sec_sync']:.2f}); "
-                  f"{m['tokens']} response tokens; loss {m['loss']:.4g}; logprob mismatch max {m['rollout_logprob_diff_max']:.3g}")
+            print(f"share_prompts={share} micro_batch_tokens={tokens} step {step + 1}: {m['wall']:.2f} s (rollout "
+                  f"{m['sec_rollout']:.2f}, teacher {m['sec_teacher']:.2f}, student {m['sec_student']:.2f}, optim "
+                  f"{m['sec_optim']:.2f}, sync {m['sec_sync']:.2f}); {m['tokens']} response tokens; {m['micro_batches']} "
+                  f"micro-batches, padding {m['padding_share']:.1%}; loss {m['loss']:.4g}", flush=True)
         steady = rows[1:] or rows
-        mean = lambda key: sum(r[key] for r in steady) / len(steady)  # noqa: E731
-        return {"share_prompts": share, "sec_per_step": mean("wall"), "sec_scoring": mean("sec_teacher") + mean("sec_student"),
-                "sec_teacher": mean("sec_teacher"), "sec_student": mean("sec_student"),
-                "response_tokens_per_sec": mean("tokens") / mean("wall"), "sec_rollout": mean("sec_rollout"),
-                "sec_sync": mean("sec_sync"), "rollout_logprob_diff_max": max(r["rollout_logprob_diff_max"] for r in steady),
-                "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+        mean = lambda key: statistics.mean(r[key] for r in steady)  # noqa: E731
+        return {"share_prompts": share, "micro_batch_tokens": tokens, "sec_per_step": mean("wall"),
+                "sec_rollout": mean("sec_rollout"), "sec_teacher": mean("sec_teacher"), "sec_student": mean("sec_student"),
+                "sec_sync": mean("sec_sync"), "response_tokens_per_sec": mean("tokens") / mean("wall"),
+                "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+                "padding_share": mean("padding_share"), "response_padding_share": mean("response_padding_share"),
+                "micro_batches": mean("micro_batches"),
+                "rollout_logprob_diff_max": max(r["rollout_logprob_diff_max"] for r in steady)}
 
-    if args.share == "both":
-        off, on = measure(False), measure(True)
-        out = {**info, "per_row": off, "shared": on,
-               "per_row_over_shared": {k: off[k] / on[k] for k in ("sec_per_step", "sec_scoring", "peak_gpu_gib")
-                                       if off[k] and on[k]}}
-    else:
-        out = {**info, **measure(args.share == "on")}
-    engine.close()
+    try:
+        cases = [measure(share, tokens) for share, tokens in args.cases]
+    finally:
+        engine.close()
+    return {**info, "cases": cases}
+
+
+def table(results: list[dict]) -> str:
+    """One markdown table: a row per (engine, case)."""
+    lines = ["| engine | share prompts | micro-batches by | s / step | rollout s | teacher s | student s | sync s | "
+             "response tok/s | peak GiB (trainer) | padding (responses) | micro-batches |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        for c in r["cases"]:
+            peak = f"{c['peak_gpu_gib']:.1f}" if c["peak_gpu_gib"] is not None else "-"
+            by = f"<= {c['micro_batch_tokens']} positions" if c["micro_batch_tokens"] else "rows"
+            lines.append(f"| {r['engine']} | {'on' if c['share_prompts'] else 'off'} | {by} | {c['sec_per_step']:.2f} | "
+                         f"{c['sec_rollout']:.2f} | {c['sec_teacher']:.2f} | {c['sec_student']:.2f} | {c['sec_sync']:.2f} | "
+                         f"{c['response_tokens_per_sec']:.0f} | {peak} | {c['padding_share']:.1%} "
+                         f"({c['response_padding_share']:.1%}) | {c['micro_batches']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse(argv)
+    if args.table:
+        results = [json.loads(Path(p).read_text()) for p in args.table]
+        r = results[0]
+        print(f"{r['size']} ({r['params'] / 1e9:.2f} B params), {r['device']}, torch {r['torch']}, {r['master']} weights, "
+              f"grad ckpt {r['grad_ckpt']}, P={r['prompts']} x G={r['samples']}, {r['new_tokens']} new tokens, "
+              f"{r['image_tokens']} image tokens per view, lengths varied: {r['vary_lengths']}")
+        print(table(results))
+        return None
+    out = run(args)
     print(json.dumps(out, indent=1))
+    print(table([out]))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
 
 
 if __name__ == "__main__":

@@ -1,40 +1,59 @@
 #!/usr/bin/env bash
-# The device check of docs/performance.md: real-size Vision-OPD runs on one GPU, random weights (the first three recorded there);
-# then prepared, not yet run on a GPU: shared vs per-row prompt scoring, and the 3B step with HF and with vLLM rollouts.
-#   bash perf/gpu_check.sh [OUT_DIR]
-# Optional: wheels in .whl/ (e.g. the transformers/peft versions CI uses) are installed to /tmp/site first.
-set -u
-OUT=${1:-${OUT:-runs/gpu_check}}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
+# The GPU check of docs/performance.md, from the repository alone on a fresh GPU machine (one H100 80GB, under 10
+# minutes after the installs): a random-weight Qwen2.5-VL-3B twin (built from its published config values, no
+# download), 896 px images (1,024 image tokens per view), P = 2 prompts x G = 8 samples, 256 new tokens, responses
+# cut at drawn lengths (perf/gpu_check.py --vary-lengths), gradient checkpointing, bf16 weights. For each rollout
+# engine (HF generate, then vLLM): shared prompts on and off, micro-batches by rows and by a token budget; one table.
+#   bash perf/gpu_check.sh [OUT_DIR]          # default runs/gpu_check; VENV=.venv-gpu, LIMIT=270 s per engine run
+# It builds its own virtual environment (VENV) with `pip install torch -e ".[vllm]"` (a package index, or wheels
+# in .whl/ for a machine without one) and stops with a message at the first missing piece.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/gpu_check}
+VENV=${VENV:-.venv-gpu}
+LIMIT=${LIMIT:-270}
+die() { echo "gpu_check: $*" >&2; exit 1; }
+
+command -v nvidia-smi >/dev/null 2>&1 || die "nvidia-smi not found: this check needs an NVIDIA GPU and its driver"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || die "nvidia-smi sees no GPU"
+command -v python3 >/dev/null 2>&1 || die "python3 not found"
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python >= 3.11 needed (pyproject.toml)"
+[ -f pyproject.toml ] && [ -f perf/gpu_check.py ] || die "run from a checkout of the repository (pyproject.toml, perf/gpu_check.py)"
+mkdir -p "$OUT"
+
+# the environment: its own venv, torch (the CUDA build pip picks on Linux) and the project with its vLLM extra
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV" || die "python3 -m venv $VENV failed (install the python3-venv package)"
 fi
-export PYTHONPATH=src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
-common="--steps 3 --new-tokens 256 --image-side 448"
-run() { name=$1; shift; echo "== $name: $*"; timeout ${LIMIT:-170} python3 perf/gpu_check.py $common "$@" --json "$OUT/$name.json" 2>&1 \
-          | grep -v -i "warn" ; }
-run 3b_full_bf16 --size 3b --master bf16 --prompts 8 --samples 4 --micro-batch 8
-run 3b_full_bf16_ckpt --size 3b --master bf16 --prompts 8 --samples 4 --micro-batch 8 --grad-ckpt
-run 7b_lora64_bf16_ckpt --size 7b --master bf16 --lora 64 --prompts 4 --samples 8 --micro-batch 4 --grad-ckpt
-# prompts scored once for their G = 8 responses (train.share_prompts) against every row with its own prompt, side by
-# side: 896 px images (1,024 image tokens per view), 256 new tokens; prepared, not yet run on a GPU (docs/performance.md)
-LIMIT=420 run 3b_share_prompts_g8 --size 3b --master bf16 --prompts 2 --samples 8 --micro-batch 8 --grad-ckpt --image-side 896 --share both
-# the 3B step with each rollout engine, side by side (vLLM needs `pip install 'vision-opd[vllm]'` or vllm on the machine)
-if python3 -c "import vllm" 2>/dev/null; then
-  run 3b_ckpt_engine_hf --size 3b --master bf16 --prompts 8 --samples 4 --micro-batch 8 --grad-ckpt --engine hf
-  run 3b_ckpt_engine_vllm --size 3b --master bf16 --prompts 8 --samples 4 --micro-batch 8 --grad-ckpt --engine vllm
-  python3 - "$OUT" <<'PY'
-import json, sys, pathlib
-d = pathlib.Path(sys.argv[1]); r = {e: json.loads((d / f"3b_ckpt_engine_{e}.json").read_text()) for e in ("hf", "vllm")}
-print("| engine | s/step | rollout s | sync s | response tok/s | peak GiB (trainer) | logprob mismatch max |")
-print("|---|---|---|---|---|---|---|")
-for e, x in r.items():
-    print(f"| {e} | {x['sec_per_step']:.2f} | {x['sec_rollout']:.2f} | {x['sec_sync']:.2f} | {x['response_tokens_per_sec']:.0f} | "
-          f"{x['peak_gpu_gib']:.1f} | {x['rollout_logprob_diff_max']:.3g} |")
-print(f"step speed-up with vLLM: {r['hf']['sec_per_step'] / r['vllm']['sec_per_step']:.2f}x")
+PY=$VENV/bin/python
+pip_install() {
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --find-links .whl "$@"
+  else
+    "$PY" -m pip install -q "$@"
+  fi
+}
+pip_install --upgrade pip || die "pip cannot install (no package index reachable? put the wheels in .whl/)"
+pip_install torch -e ".[vllm]" || die "pip install torch -e '.[vllm]' failed (see above)"
+"$PY" - <<'PY' || die "the environment is incomplete (see above)"
+import torch, transformers, vllm, vision_opd
+assert torch.cuda.is_available(), f"torch {torch.__version__} sees no CUDA device (a CPU build of torch?)"
+print(f"{torch.cuda.get_device_name()}: torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"transformers {transformers.__version__}, vllm {vllm.__version__}")
 PY
-else
-  echo "vllm is not installed: skipping the engine comparison (pip install 'vision-opd[vllm]')"
-fi
+"$PY" perf/gpu_check.py --dry-run --cases on:0 on:64 --vary-lengths >"$OUT/dry_run.log" 2>&1 \
+  || { tail -20 "$OUT/dry_run.log" >&2; die "the CPU dry run failed (log: $OUT/dry_run.log)"; }
+
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false VLLM_USE_FLASHINFER_SAMPLER=0
+common=(--size 3b --master bf16 --grad-ckpt --prompts 2 --samples 8 --micro-batch 8 --new-tokens 256 --image-side 896
+        --steps 2 --vary-lengths --cases on:0 off:0 on:4096)
+for engine in hf vllm; do
+  echo "== $engine rollouts: ${common[*]}"
+  status=0
+  timeout "$LIMIT" "$PY" perf/gpu_check.py "${common[@]}" --engine "$engine" --json "$OUT/$engine.json" \
+    >"$OUT/$engine.log" 2>&1 || status=$?
+  grep -E "step [0-9]+:|Error|error:" "$OUT/$engine.log" | grep -v -i "warn" || true
+  [ "$status" -eq 0 ] || { tail -30 "$OUT/$engine.log" >&2; die "the $engine run failed (exit $status; log: $OUT/$engine.log)"; }
+  [ -s "$OUT/$engine.json" ] || die "the $engine run wrote no $OUT/$engine.json"
+done
+"$PY" perf/gpu_check.py --table "$OUT/hf.json" "$OUT/vllm.json" | tee "$OUT/table.md"

@@ -116,6 +116,16 @@ def test_ddp_two_processes_equal_one_with_prompts_not_divisible_by_ranks(tmp_pat
     _compare(single, tmp_path / "two")
 
 
+def test_fsdp_with_a_token_budget_equals_one_process(tmp_path, synth_dir, single):
+    """train.micro_batch_tokens=105 on prompts 94-102 positions wide with 4-token responses: a rank whose prompts
+    are at most 97 wide plans 2 micro-batches (a prompt's 2 rows each), a rank with a wider one 4 (one row each);
+    FSDP all-gathers in every forward, so the rank with fewer splits its own (`StepPlan.split_to`) to run as many
+    (without that, the run hangs); the same weights as one process."""
+    run = tmp_path / "fsdp_budget"
+    _torchrun(_args(synth_dir, run, "train.distributed=fsdp", "train.micro_batch_tokens=105"))
+    _compare(single, run)
+
+
 def test_fsdp_two_processes_equal_one_with_prompts_not_divisible_by_ranks_and_resume(tmp_path, synth_dir, single):
     """3 prompts over 2 FSDP ranks used to hang (2 micro-batches on rank 0, 1 on rank 1, an all-gather in each)."""
     run = tmp_path / "fsdp"

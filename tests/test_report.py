@@ -149,9 +149,11 @@ def test_training_run_page_shows_every_rollout_with_its_token_values(report_run)
         seen = teacher_view(record, ViewConfig(teacher_pixels=12544)).images[0].convert("RGB")
         assert crop.size == seen.size and np.array_equal(np.asarray(crop), np.asarray(seen)), "the teacher's own view"
         assert record.question in text(item)
-    # curves: loss, KL, length, truncation, agreement, grad norm, lr, held-out accuracy, responses, time,
+    # curves: loss, KL, length, truncation, agreement, grad norm, lr, held-out accuracy, responses, time, padding,
     # rollout-vs-trainer
-    assert len(tree.all(tag="svg", within=next(e for e in tree.elements if e["attrs"].get("id") == "curves"))) == 11
+    curves = next(e for e in tree.elements if e["attrs"].get("id") == "curves")
+    assert len(tree.all(tag="svg", within=curves)) == 12
+    assert "padding (share of the student's scored positions)" in text(curves)
 
 
 def test_missing_data_file_leaves_the_rest_of_the_page(report_run, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,46 @@ def test_vllm_evaluation_reads_the_eos_ids_where_the_hf_backend_does(tmp_path):
     assert _eos_token_id(str(path), config) == model.generation_config.eos_token_id == gc["eos_token_id"]
     (path / "generation_config.json").unlink()
     assert _eos_token_id(str(path), config) == config.get_text_config().eos_token_id
+
+
+def test_engine_auto_without_vllm_is_hf_and_says_so_once(tmp_path, synth_dir, capsys, monkeypatch):
+    """rollout.engine=auto (the default) where vLLM does not import: HF rollouts, one line at the start of the run."""
+    import sys
+
+    from vision_opd.cli import main
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails, installed or not
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # the VLLM_* defaults set on the way stay in this test
+    assert main(["train", "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), f"data.train_file={synth_dir / 'train.jsonl'}",
+                 f"train.out_dir={tmp_path / 'run'}", "train.steps=2", "train.progress=false", "train.report=false"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("rollout.engine=auto") == 1
+    assert "[vision-opd] rollout.engine=auto: hf (vLLM is not installed (pip install 'vision-opd[vllm]'))" in out
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["sec_sync"] for m in metrics] == [0.0, 0.0]  # the HF engine: generate reads the training weights
+
+
+def test_engine_auto_chooses_vllm_where_it_imports_and_runs_the_model(monkeypatch):
+    """With an importable vLLM (a stand-in module here; the real one in tests/test_vllm.py): vllm for a tiny model
+    (head_dim 32) on the CPU; hf for the demo model (head_dim 16: vLLM's CPU attention refuses it), for
+    rollout.source=teacher (nothing for vLLM to sample) and under several processes; a named engine as named."""
+    import sys
+    import types
+
+    from vision_opd.config import load_config
+    from vision_opd.demo.pretrain import build_demo_model
+    from vision_opd.models.tiny import build_tiny
+    from vision_opd.rollout import choose_engine
+
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    tiny, _ = build_tiny("qwen2_vl")
+    demo, _ = build_demo_model()
+    cfg = load_config(None, [])
+    assert cfg.rollout.engine == "auto"
+    assert choose_engine(cfg, tiny, "cpu") == ("vllm", "vLLM is installed and supports qwen2_vl on cpu")
+    engine, why = choose_engine(cfg, demo, "cpu")
+    assert engine == "hf" and "head_dim=16 is not supported by vLLM's CPU attention" in why
+    assert choose_engine(cfg, tiny, "cpu", world=2)[0] == "hf"
+    assert choose_engine(load_config(None, ["rollout.source=teacher"]), tiny, "cpu")[0] == "hf"
+    assert choose_engine(load_config(None, ["rollout.engine=hf"]), tiny, "cpu") == ("hf", "as configured")

@@ -268,6 +268,27 @@ def test_train_cli_as_written_with_the_vllm_engine(tmp_path, synth_dir, capsys):
     assert all(m["rollout_logprob_diff_max"] < 1e-4 and abs(m["is_weight_mean"] - 1) < 1e-3 for m in lines)
 
 
+def test_engine_auto_builds_vllm_here_and_hf_for_a_model_vllm_cannot_run(tmp_path, synth_dir, capsys):
+    """rollout.engine=auto (the default) with vLLM installed: a vLLM engine for a tiny model on this CPU, the HF
+    engine for the demo model (head_dim 16), each said in one line."""
+    from vision_opd.demo.pretrain import build_demo_model
+    from vision_opd.rollout import make_engine
+
+    cfg = _step_cfg(tmp_path, synth_dir, "model.name_or_path=tiny:qwen2_vl")
+    assert cfg.rollout.engine == "auto"
+    model, proc = _tiny("qwen2_vl")
+    engine = make_engine(cfg, model, proc, vision_token_ids(model, proc), device="cpu")
+    try:
+        assert isinstance(engine, VLLMEngine)
+    finally:
+        engine.close()
+    demo, demo_proc = build_demo_model()
+    assert isinstance(make_engine(cfg, demo, demo_proc, vision_token_ids(demo, demo_proc), device="cpu"), HFEngine)
+    out = capsys.readouterr().out
+    assert "[vision-opd] rollout.engine=auto: vllm (vLLM is installed and supports qwen2_vl on cpu)" in out
+    assert "rollout.engine=auto: hf (vLLM cannot run this model here (head_dim=16" in out
+
+
 def test_unsupported_head_dim_is_reported_when_the_engine_is_built():
     from vision_opd.demo.pretrain import build_demo_model
 

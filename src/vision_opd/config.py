@@ -78,8 +78,9 @@ class RolloutConfig:
     repeat_count: int = 4  # ... at least this many times is repetitive (0 = no repetition check)
     runaway_tokens: int = 0  # a response with no EOS in max_new_tokens, or at least this many tokens (0: no length cap), is runaway
     drop_degenerate: bool = False
-    engine: str = "hf"  # hf (transformers generate on the training model) | vllm (a colocated vLLM engine in this
-    # process, built once from the student's weights and synced after every optimizer step; section `vllm`)
+    engine: str = "auto"  # auto (vllm where it is installed and runs this model on this device, else hf; printed at
+    # start) | hf (transformers generate on the training model) | vllm (a colocated vLLM engine in this process, built
+    # once from the student's weights and synced after every optimizer step; section `vllm`)
     is_correction: bool = False  # weight each token's loss by min(p_trainer / p_rollout, is_threshold) (truncated IS)
     is_threshold: float = 2.0  # the truncation C of rollout.is_correction
 
@@ -132,6 +133,8 @@ class TrainConfig:
     steps: int = 20
     prompts_per_step: int = 4  # P; one optimizer step per batch of P x G trajectories (fully on-policy)
     micro_batch_size: int = 8  # trajectories per forward/backward (gradient accumulation within a step)
+    micro_batch_tokens: int = 0  # > 0: micro-batches by this budget of scored positions (prompts + padded responses,
+    # training/batching.py) instead of micro_batch_size rows; 0 = by row count
     share_prompts: bool = True  # score each prompt once for all its responses in a micro-batch (scoring_shared.py); false: per row
     seed: int = 0
     out_dir: str = "runs/tiny_cpu"
@@ -203,7 +206,7 @@ class Config:
         need(self.optim.schedule in ("constant", "cosine"), f"optim.schedule={self.optim.schedule!r}: choose constant or cosine")
         need(self.rollout.samples_per_prompt >= 1 and self.train.prompts_per_step >= 1, "samples_per_prompt and prompts_per_step must be >= 1")
         need(self.rollout.temperature > 0, "rollout.temperature must be > 0")
-        need(self.rollout.engine in ("hf", "vllm"), f"rollout.engine={self.rollout.engine!r}: choose hf or vllm")
+        need(self.rollout.engine in ("auto", "hf", "vllm"), f"rollout.engine={self.rollout.engine!r}: choose auto, hf or vllm")
         need(not r.is_correction or r.source == "student",
              f"rollout.is_correction weights the student's own samples by p_trainer / p_rollout: it needs "
              f"rollout.source=student (got {r.source!r})")
@@ -214,6 +217,8 @@ class Config:
         need(self.vllm.max_model_len >= 1 and self.vllm.max_num_seqs >= 1 and self.vllm.cpu_kv_cache_gb > 0,
              "vllm.max_model_len and vllm.max_num_seqs must be >= 1, vllm.cpu_kv_cache_gb > 0")
         need(self.train.micro_batch_size >= 1 and self.train.steps >= 0, "train.micro_batch_size must be >= 1, train.steps >= 0")
+        need(self.train.micro_batch_tokens >= 0,
+             f"train.micro_batch_tokens={self.train.micro_batch_tokens}: must be >= 0 (0 = micro-batches by train.micro_batch_size rows)")
         need(self.data.format in ("auto", "records", "vision_opd_6k", "parquet", "hub"),
              f"data.format={self.data.format!r}: choose auto, records, vision_opd_6k, parquet or hub")
         need(self.data.box_format in ("auto", "xyxy", "xywh", "normalized"),

@@ -46,11 +46,14 @@ CURVES = [  # (title, [(metric key, label, style)], ylim, log scale)
                                          ("unanswered_rate", "teacher answers unreadable", "--")], (-0.02, 1.02), False),
     ("seconds per step", [("sec_step", "step", "-"), ("sec_rollout", "rollout", "-"), ("sec_teacher", "teacher", "-"),
                           ("sec_student", "student", "-"), ("sec_sync", "weight sync", "--")], None, False),
+    ("padding (share of the student's scored positions)", [("padding_share", "prompts + responses", "-"),
+                                                           ("response_padding_share", "responses", "--")],
+     (-0.02, 1.02), False),
     ("rollout vs trainer |log-prob difference|", [("rollout_logprob_diff_mean", "mean", "-"),
                                                   ("rollout_logprob_diff_max", "max", "--")], None, False),
 ]
 NOT_CURVES = {"step", "skipped", "tokens", "bad_records", "sec_views", "sec_optim", "eval_seconds", "collapse",
-              "left_out"}
+              "left_out", "positions_scored", "positions_real", "micro_batches"}
 GLANCE = [("loss", "loss"), ("kl", "KL per token"), ("response_len", "response length"),
           ("truncation_rate", "truncation rate"), ("top1_agree", "top-1 agreement"), ("grad_norm", "grad norm")]
 _SPECIAL = re.compile(r"<\|[^|<>]{1,40}\|>")
@@ -184,7 +187,9 @@ def config_brief(cfg: dict) -> str:
          f"temperature {g('rollout', 'temperature')}, top-p {g('rollout', 'top_p')}, max_new_tokens {g('rollout', 'max_new_tokens')}"),
         ("optimiser", f"lr {g('optim', 'lr')} ({g('optim', 'schedule')}, warm-up {g('optim', 'warmup_steps')}), "
          f"weight decay {g('optim', 'weight_decay')}, clip {g('optim', 'grad_clip')}"),
-        ("steps", f"{g('train', 'steps')}, micro-batch {g('train', 'micro_batch_size')}, {g('train', 'distributed')}, "
+        ("steps", f"{g('train', 'steps')}, micro-batch " + (f"of at most {g('train', 'micro_batch_tokens')} positions"
+                                                          if g('train', 'micro_batch_tokens') else
+                                                          f"{g('train', 'micro_batch_size')}") + f", {g('train', 'distributed')}, "
          f"{g('train', 'mixed_precision')}, seed {g('train', 'seed')}"),
     ]
     return table(["", ""], [(esc(k), esc(v)) for k, v in rows], numeric_from=99)

@@ -7,6 +7,8 @@
 Two engines return the same Rollout: `hf.HFEngine` (`rollout.engine=hf`, transformers `generate` on the training
 model) and `vllm_engine.VLLMEngine` (`rollout.engine=vllm`, a vLLM engine in this process holding a copy of the
 weights). Both decode exactly as `decoding.Decoding` says, never as the checkpoint's generation config says.
+`rollout.engine=auto` (the default, `choose_engine`): vLLM where it is installed and runs this model on this
+device, else HF; `make_engine` prints which, and why, once.
 """
 
 from __future__ import annotations
@@ -62,14 +64,48 @@ def preserved_rng():
             torch.cuda.set_rng_state_all(cuda)
 
 
+def choose_engine(cfg, model, device, world: int = 1) -> tuple[str, str]:
+    """(engine, why) for `cfg.rollout.engine`: hf or vllm as named; auto: vllm when it imports and supports this
+    model on this device (`vllm_engine.check_supported`: the model type, vLLM's CPU head sizes), else hf. auto never
+    picks vLLM where it would sample nothing (rollout.source=teacher: the teacher writes every response with HF
+    generate) nor under several processes (that launch is not tested here)."""
+    name = cfg.rollout.engine
+    if name != "auto":
+        return name, "as configured"
+    if cfg.rollout.source == "teacher":
+        return "hf", "rollout.source=teacher: the teacher writes every response with HF generate"
+    if world > 1:
+        return "hf", f"{world} processes: vLLM rollouts under several processes are not tested; rollout.engine=vllm asks for them"
+    from ..models.parts import unwrap
+    from .vllm_engine import EngineError, check_supported, import_vllm
+
+    try:
+        import_vllm(cfg.vllm.cpu_kv_cache_gb)
+    except EngineError:
+        return "hf", "vLLM is not installed (pip install 'vision-opd[vllm]')"
+    plain = unwrap(model)
+    if hasattr(plain, "get_base_model"):
+        plain = plain.get_base_model()
+    device_type = torch.device(device).type
+    try:
+        check_supported(plain.config, device_type)
+    except EngineError as e:
+        return "hf", f"vLLM cannot run this model here ({str(e).removeprefix('rollout.engine=vllm: ')})"
+    return "vllm", f"vLLM is installed and supports {plain.config.model_type} on {device_type}"
+
+
 def make_engine(cfg, model, processor, suppress_ids, *, device, rank: int = 0, world: int = 1, synced_gpus: bool = False):
-    """The engine `cfg.rollout.engine` names, built from the model's current weights.
+    """The engine `cfg.rollout.engine` names (auto: `choose_engine`'s, printed on rank 0), built from the model's
+    current weights.
 
     Building it leaves the process's RNG as it was (vLLM's `LLM(seed=...)` reseeds random, numpy and torch, which
     would undo a resumed run's restored RNG state and replay step 1's sampling noise); the engine's own seed is
     `rank_seed(vllm.seed or train.seed, rank)`."""
     decoding = decoding_of(cfg.rollout, suppress_ids)
-    if cfg.rollout.engine == "vllm":
+    name, why = choose_engine(cfg, model, device, world)
+    if cfg.rollout.engine == "auto" and rank == 0:
+        print(f"[vision-opd] rollout.engine=auto: {name} ({why})")
+    if name == "vllm":
         from .vllm_engine import VLLMEngine
 
         seed = rank_seed(cfg.train.seed if cfg.vllm.seed is None else cfg.vllm.seed, rank)
@@ -79,5 +115,5 @@ def make_engine(cfg, model, processor, suppress_ids, *, device, rank: int = 0, w
     return HFEngine(processor, decoding, synced_gpus=synced_gpus)
 
 
-__all__ = ["Decoding", "HFEngine", "Rollout", "build_rollout", "check_engine_available", "decoding_of", "eos_ids_of", "make_engine",
-           "preserved_rng", "rank_seed", "response_mask", "response_text", "sample"]
+__all__ = ["Decoding", "HFEngine", "Rollout", "build_rollout", "check_engine_available", "choose_engine", "decoding_of",
+           "eos_ids_of", "make_engine", "preserved_rng", "rank_seed", "response_mask", "response_text", "sample"]

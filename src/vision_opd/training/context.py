@@ -42,9 +42,10 @@ class StepContext:
         return unwrap(self.model).config.vision_start_token_id
 
     def rollout_engine(self, rollout_cfg):
-        """The engine that samples the responses (callers that keep none get HF generate on the model itself)."""
+        """The engine that samples the responses (callers that keep none get HF generate on the model itself, under
+        rollout.engine=auto too: the run loop resolves auto with `rollout.make_engine`)."""
         if self.engine is None:
-            assert rollout_cfg.engine == "hf", "rollout.engine=vllm: pass the engine built by make_engine"
+            assert rollout_cfg.engine != "vllm", "rollout.engine=vllm: pass the engine built by make_engine"
             self.engine = HFEngine(self.processor, decoding_of(rollout_cfg, self.suppress_ids), synced_gpus=self.synced_gpus)
         return self.engine
 

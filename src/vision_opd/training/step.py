@@ -34,6 +34,7 @@ from ..rollout.mismatch import (
     truncated_is_weights,
 )
 from ..scoring.forward import score_responses
+from .batching import PLAN_COUNTS, padding_metrics, step_plan
 from .context import StepContext, StepViews
 from .distributed import grad_sync
 from .guards import SKIP_NO_TOKENS, SKIP_NON_FINITE
@@ -78,7 +79,6 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
     def global_sum(x: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
         return accelerator.reduce(x.detach().clone().to(device), reduction=reduction) if world > 1 else x
 
-    G, mb = cfg.rollout.samples_per_prompt, cfg.train.micro_batch_size
     temperature = 1.0 if cfg.loss.kind == "ce" else cfg.rollout.temperature  # ce is an SFT loss: logits as they are
     spec = DivergenceSpec(kind=cfg.loss.kind, alpha=cfg.loss.alpha, temperature=temperature,
                           top_k=cfg.loss.top_k, chunk_size=cfg.loss.chunk_size)
@@ -107,12 +107,15 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
     optimizer.zero_grad(set_to_none=True)
     model.train()
     sums = {"loss": 0.0, "reverse_kl": 0.0, "top1_agree": 0.0}
-    token_values: dict = {name: [] for name in TOKEN_METRICS}
     mismatch, temp = MismatchStats(), cfg.rollout.temperature if cfg.rollout.do_sample else 1.0  # as the engines record
     t_teacher = t_student = 0.0
     B = ro.response_ids_B_T.shape[0]
-    for start in range(0, B, mb):
-        rows = torch.arange(start, min(B, start + mb), device=device)
+    token_values: dict = {name: [None] * B for name in TOKEN_METRICS}
+    # micro-batches of rows: train.micro_batch_size rows, or a budget of positions (train.micro_batch_tokens)
+    plan = step_plan(cfg.train, model, resp.loss_mask_B_T, ro.prompt_index_B, s_inputs["attention_mask"])
+    plan = plan.split_to(int(global_sum(torch.tensor(len(plan.rows)), "max").item()))  # as many on every rank
+    for i, rows in enumerate(plan.rows):
+        rows = rows.to(device)
         mask = resp.loss_mask_B_T[rows]
         T = max(1, int(mask.sum(-1).max().item()))  # trim trailing padding of this micro-batch
         ids, mask, counted = ro.response_ids_B_T[rows, :T], mask[:, :T], loss_mask_B_T[rows, :T]
@@ -123,7 +126,7 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
             t_out = score(t_model, t_inputs, prompts, ids, mask, logits=fsdp, device=t_device).to(device)
         tb = time.perf_counter()
         # 4. student: full view, with grad; 5. divergence at response tokens only
-        last = start + mb >= B
+        last = i == len(plan.rows) - 1
         with grad_sync(model, accelerator, enabled=last or world == 1):
             sel = mask.bool()
             if fsdp:
@@ -152,8 +155,9 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         sums["reverse_kl"] += tok_metrics["reverse_kl"][counted_N].sum().item()
         sums["top1_agree"] += tok_metrics["top1_agree"][counted_N].sum().item()
         lengths = mask.sum(-1).long().tolist()
-        for name in TOKEN_METRICS:
-            token_values[name].extend(v.tolist() for v in torch.split(tok_metrics[name].detach().cpu(), lengths))
+        for name in TOKEN_METRICS:  # back in row order
+            for b, v in zip(rows.tolist(), torch.split(tok_metrics[name].detach().cpu(), lengths), strict=True):
+                token_values[name][b] = v.tolist()
     # 6. clip, step, schedule, EMA, weight sync to the rollout engine
     tc = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -179,6 +183,7 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
                                    float(lengths.numel()), ro.truncated_B[real_B].float().sum().item()], device=device))
     len_max = lengths.max() if lengths.numel() else torch.zeros((), device=device)
     counts = global_sum(torch.tensor([float(resp.counts[k]) for k in COUNTS], device=device))
+    positions = global_sum(torch.tensor([float(plan.counts[k]) for k in PLAN_COUNTS], device=device))
     if world > 1:
         len_max = accelerator.reduce(len_max.clone(), reduction="max")
     metrics = {
@@ -201,6 +206,7 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         "sec_sync": sec_sync,
         "sec_step": time.perf_counter() - t0,
         **response_metrics(dict(zip(COUNTS, counts.tolist(), strict=True))),
+        **padding_metrics(dict(zip(PLAN_COUNTS, positions.tolist(), strict=True))),
         **mismatch.metrics(global_sum, lambda x: global_sum(x, "max"), cfg.rollout.is_correction),
     }
     return StepResult(metrics, ro, token_values, resp)
