@@ -36,6 +36,7 @@ from ..rollout.mismatch import (
 from ..scoring.forward import score_responses
 from .context import StepContext, StepViews
 from .distributed import grad_sync
+from .negatives import MicroBatchTokens, negative_teacher
 from .responses import COUNTS, collect_responses, response_metrics
 
 
@@ -90,9 +91,11 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
     t1 = time.perf_counter()
     # 2. responses: on-policy, the student samples G per prompt on its own (full-image) view; or the teacher on its
     #    view, or a mix per prompt (rollout.source); left-out responses (unanswered, degenerate) get a zero loss mask
+    views = StepViews(records, s_views, s_inputs, t_inputs)
     with autocast(cfg, device):
-        resp = collect_responses(cfg.rollout, ctx, StepViews(records, s_views, s_inputs, t_inputs))
+        resp = collect_responses(cfg.rollout, ctx, views)
     ro = resp.rollout
+    neg = negative_teacher(cfg, ctx, views, resp, score, n_real)  # views.negative: a second teacher view (negatives.py)
     t2 = time.perf_counter()
     real_B = ro.prompt_index_B < (len(records) if n_real is None else n_real)  # padding prompts: no loss, no metrics
     loss_mask_B_T = resp.loss_mask_B_T * real_B[:, None]  # left-out responses and padding prompts: not counted
@@ -119,6 +122,7 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         ta = time.perf_counter()
         with teacher.scoring() as t_model, autocast(cfg, t_device):  # FSDP: logits through the forward
             t_out = score(t_model, t_inputs, prompts, ids, mask, logits=fsdp, device=t_device).to(device)
+            n_out = neg.score(t_model, prompts, ids, mask, t_device).to(device) if neg else None
         tb = time.perf_counter()
         # 4. student: full view, with grad; 5. divergence at response tokens only
         last = start + mb >= B
@@ -141,7 +145,13 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
             is_w = truncated_is_weights(lp_train, lp_roll, cfg.rollout.is_threshold) if cfg.rollout.is_correction else None
             own_N = counted_N & ~resp.from_teacher_B.to(device)[rows][:, None].expand_as(mask)[sel]  # student-written
             mismatch.add(lp_train[own_N], lp_roll[own_N], None if is_w is None else is_w[own_N], cfg.rollout.is_threshold)
-            loss = masked_token_mean(per_tok if is_w is None else per_tok * is_w, counted_N, num_tokens)
+            values = per_tok if is_w is None else per_tok * is_w
+            if neg:  # the negative view's token / sequence weights or margin (training/negatives.py)
+                loss = neg.loss(MicroBatchTokens(values, s_logits[sel] if fsdp else s_hidden[sel], t_out[sel],
+                                                 n_out[sel], ids[sel], rows, mask.sum(-1).long().tolist(), counted_N),
+                                num_tokens)
+            else:
+                loss = masked_token_mean(values, counted_N, num_tokens)
             (loss * world).backward()
         tok_metrics["divergence"] = per_tok
         t_teacher += tb - ta
@@ -194,5 +204,8 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         "sec_step": time.perf_counter() - t0,
         **response_metrics(dict(zip(COUNTS, counts.tolist(), strict=True))),
         **mismatch.metrics(global_sum, lambda x: global_sum(x, "max"), cfg.rollout.is_correction),
+        **(neg.metrics(global_sum) if neg else {}),
     }
+    if neg:
+        token_values.update(neg.token_values)
     return StepResult(metrics, ro, token_values, resp)
