@@ -6,6 +6,7 @@ counted fallback), and the step against an independent recomputation."""
 from __future__ import annotations
 
 import copy
+import json
 import hashlib
 import math
 import os
@@ -294,3 +295,69 @@ def test_step_losses_equal_an_independent_float64_recomputation(tmp_path, synth_
         assert res.metrics["loss"] == pytest.approx(float(want), rel=2e-4, abs=1e-7), weighting
         assert res.metrics["negative_logprob_gap"] == pytest.approx(float(torch.cat([r[3] for r in rows]).mean()), abs=1e-5)
         assert [len(v) for v in res.token_values["negative_logprob"]] == [len(r[1]) for r in rows]
+
+
+# ----------------------------------------------------------------------------- a run: dumps, report, the guard
+
+
+def _train_args(synth_dir, out, *extra):
+    return ["train", f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={out}", "train.steps=1",
+            "train.prompts_per_step=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4",
+            "train.micro_batch_size=4", "train.progress=false", "views.teacher_pixels=12544", *extra]
+
+
+def test_a_run_dumps_the_negative_logprob_and_weight_per_token_and_the_report_colours_by_weight(tmp_path, synth_dir):
+    from vision_opd.cli import main
+
+    out = tmp_path / "run"
+    assert main(_train_args(synth_dir, out, "views.negative=mask", "loss.weighting=opdv", "train.dump_tokens_every=1",
+                            "train.sample_every=1", "train.report=true")) == 0
+    rows = [json.loads(line) for line in (out / "tokens.jsonl").read_text().splitlines()]
+    assert rows and all(len(r["negative_logprob"]) == len(r["weight"]) == len(r["tokens"]) for r in rows)
+    for r in rows:  # OPD-V's weight is max(0, l+ - l-), read at the same temperature as the dump's teacher_logprob
+        assert r["weight"] == pytest.approx([max(0.0, t - n) for t, n in zip(r["teacher_logprob"], r["negative_logprob"],
+                                                                          strict=True)], abs=2e-5)
+    metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"weight_mean", "weight_zero_share", "negative_logprob_gap", "negative_fallbacks"} <= set(metrics)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert all(len(s["weight"]) == len(s["tokens"]) for s in samples)
+    page = (out / "report.html").read_text()
+    assert 'data-colour="weight"' in page and "data-w=" in page and "colour by loss weight" in page
+    plain = tmp_path / "plain"
+    assert main(_train_args(synth_dir, plain, "train.sample_every=1", "train.report=true")) == 0
+    assert 'data-colour="weight"' not in (plain / "report.html").read_text()
+
+
+def test_teacher_signal_guard_names_the_step_when_the_teacher_is_uniform():
+    from vision_opd.training.guards import TeacherSignalGuard, TrainingStopped
+
+    guard = TeacherSignalGuard(384)
+    guard.check({"teacher_entropy": 0.98 * math.log(384), "tokens": 10}, 3)  # informative enough: goes on
+    with pytest.raises(TrainingStopped, match=r"^step 7: .*near uniform.*broken model load or teacher weight push"):
+        guard.check({"teacher_entropy": 0.992 * math.log(384), "tokens": 10}, 7)
+    TeacherSignalGuard(384, enabled=False).check({"teacher_entropy": math.log(384), "tokens": 10}, 7)
+
+
+@pytest.fixture(scope="module")
+def uniform_model_dir(tmp_path_factory):
+    """A tiny model whose output weights were zeroed (a broken load): every token scored alike, saved as a folder."""
+    from vision_opd.config import ModelConfig
+    from vision_opd.models.loading import load_model
+
+    model, proc = load_model(ModelConfig(), seed=0, device=torch.device("cpu"))
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    out = tmp_path_factory.mktemp("uniform")
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+def test_a_run_with_a_uniform_teacher_stops_at_its_first_step_with_one_line(tmp_path, synth_dir, uniform_model_dir, capsys):
+    from vision_opd.cli import main
+
+    rc = main(_train_args(synth_dir, tmp_path / "run", f"model.name_or_path={uniform_model_dir}", "train.report=false"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3 and len(err) == 1 and "step 1: the teacher's per-token distribution is near uniform" in err[0]
+    assert main(_train_args(synth_dir, tmp_path / "off", f"model.name_or_path={uniform_model_dir}", "train.report=false",
+                            "train.guard_uniform_teacher=false")) == 0

@@ -150,8 +150,8 @@ def test_training_run_page_shows_every_rollout_with_its_token_values(report_run)
         assert crop.size == seen.size and np.array_equal(np.asarray(crop), np.asarray(seen)), "the teacher's own view"
         assert record.question in text(item)
     # curves: loss, KL, length, truncation, agreement, grad norm, lr, held-out accuracy, responses, time,
-    # rollout-vs-trainer
-    assert len(tree.all(tag="svg", within=next(e for e in tree.elements if e["attrs"].get("id") == "curves"))) == 11
+    # rollout-vs-trainer, the teacher's mean entropy
+    assert len(tree.all(tag="svg", within=next(e for e in tree.elements if e["attrs"].get("id") == "curves"))) == 12
 
 
 def test_missing_data_file_leaves_the_rest_of_the_page(report_run, tmp_path):

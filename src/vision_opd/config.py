@@ -161,6 +161,7 @@ class TrainConfig:
     collapse_length_ratio: float = 4.0  # ... or mean response length above this times the first steps' mean ...
     collapse_patience: int = 3  # ... for this many consecutive steps
     stop_on_collapse: bool = False
+    guard_uniform_teacher: bool = True  # stop when the teacher's mean entropy is within 1% of log V (guards.py; never for tiny:)
     tensorboard: bool | str = "auto"  # scalars + samples to out_dir/tensorboard: auto (when installed) | true | false
     wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`)
     wandb_project: str | None = None

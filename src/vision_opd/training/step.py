@@ -107,7 +107,7 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         t_weight = teacher.lm_head_weight().to(device)  # once per step (a copy only when the teacher lives elsewhere)
     optimizer.zero_grad(set_to_none=True)
     model.train()
-    sums = {"loss": 0.0, "reverse_kl": 0.0, "top1_agree": 0.0}
+    sums = {"loss": 0.0, "reverse_kl": 0.0, "top1_agree": 0.0, "teacher_entropy": 0.0}
     token_values: dict = {name: [] for name in TOKEN_METRICS}
     mismatch, temp = MismatchStats(), cfg.rollout.temperature if cfg.rollout.do_sample else 1.0  # as the engines record
     t_teacher = t_student = 0.0
@@ -159,6 +159,7 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         sums["loss"] += loss.item()
         sums["reverse_kl"] += tok_metrics["reverse_kl"][counted_N].sum().item()
         sums["top1_agree"] += tok_metrics["top1_agree"][counted_N].sum().item()
+        sums["teacher_entropy"] += tok_metrics["teacher_entropy"][counted_N].sum().item()
         lengths = mask.sum(-1).long().tolist()
         for name in TOKEN_METRICS:
             token_values[name].extend(v.tolist() for v in torch.split(tok_metrics[name].detach().cpu(), lengths))
@@ -179,7 +180,8 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
     n = max(1.0, num_tokens.item())
     lengths = ro.lengths_B.float()[real_B]
     tot = global_sum(torch.tensor([sums["loss"], sums["reverse_kl"], sums["top1_agree"], lengths.sum().item(),
-                                   float(lengths.numel()), ro.truncated_B[real_B].float().sum().item()], device=device))
+                                   float(lengths.numel()), ro.truncated_B[real_B].float().sum().item(),
+                                   sums["teacher_entropy"]], device=device))
     len_max = lengths.max() if lengths.numel() else torch.zeros((), device=device)
     counts = global_sum(torch.tensor([float(resp.counts[k]) for k in COUNTS], device=device))
     if world > 1:
@@ -188,6 +190,7 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         "loss": tot[0].item(),
         "kl": tot[1].item() / n,  # mean per-token KL(student || teacher) on the sampled responses
         "top1_agree": tot[2].item() / n,
+        "teacher_entropy": tot[6].item() / n,  # the positive teacher's mean entropy (nats): guards.TeacherSignalGuard
         "response_len": tot[3].item() / tot[4].item(),
         "response_len_max": len_max.item(),
         "truncation_rate": tot[5].item() / tot[4].item(),
