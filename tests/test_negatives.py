@@ -258,12 +258,13 @@ def _jsd(s, t, a=0.5):
 
 def test_step_losses_equal_an_independent_float64_recomputation(tmp_path, synth_dir, synth_records):
     """Each response scored on its own (no padding, no sharing, no chunking), in float64: OPD-V's weighted token
-    mean; CV-OPD's token mean plus lambda x the gated margin (one micro-batch holds the step); V-Zero's weights."""
+    mean; CV-OPD's token mean plus lambda x the gated margin (one micro-batch holds the step); V-Zero's weights. The
+    loss and the update (SGD, lr 1: minus the gradient, which reaches the student through the margin too)."""
     records = synth_records[:3]
     for weighting in ("opdv", "cvopd", "vzero"):
         cfg = _cfg(tmp_path, synth_dir, "views.negative=mask", f"loss.weighting={weighting}", "train.micro_batch_size=6",
                    "loss.margin_mu=0.05", "loss.vzero_scale=2.0")
-        res, before, _, proc = _step(cfg, records)
+        res, before, after, proc = _step(cfg, records)
         ro, tau = res.rollout, cfg.rollout.temperature
         rows = []
         for b in range(ro.response_ids_B_T.shape[0]):
@@ -271,22 +272,23 @@ def test_step_losses_equal_an_independent_float64_recomputation(tmp_path, synth_
             n = int(ro.response_mask_B_T[b].sum())
             ids = ro.response_ids_B_T[b:b + 1, :n]
             ones = torch.ones_like(ids, dtype=torch.float32)
+            views = (student_view(rec, cfg.views), teacher_view(rec, cfg.views),
+                     negative_view(rec, cfg.views, cfg.train.seed).view)
+            s = torch.log_softmax(response_logits(before, encode_views(proc, [views[0]]), ids, ones)[0].double() / tau, -1)
             with torch.no_grad():
-                views = (student_view(rec, cfg.views), teacher_view(rec, cfg.views),
-                         negative_view(rec, cfg.views, cfg.train.seed).view)
-                s, t, u = (torch.log_softmax(response_logits(before, encode_views(proc, [v]), ids, ones)[0].double() / tau, -1)
-                           for v in views)
+                t, u = (torch.log_softmax(response_logits(before, encode_views(proc, [v]), ids, ones)[0].double() / tau, -1)
+                        for v in views[1:])
             y = ids[0]
             rows.append((int(ro.prompt_index_B[b]), _jsd(s, t), _jsd(s, u), t[range(n), y] - u[range(n), y]))
         n_tok = sum(len(r[1]) for r in rows)
         if weighting == "opdv":
-            want = sum((d * gap.clamp(min=0)).sum() for _, d, _, gap in rows) / n_tok
+            want = sum((d * gap.detach().clamp(min=0)).sum() for _, d, _, gap in rows) / n_tok
         elif weighting == "cvopd":
             d_pos, d_neg = torch.cat([r[1] for r in rows]), torch.cat([r[2] for r in rows])
-            gate = d_pos > d_pos.mean()
+            gate = d_pos.detach() > d_pos.detach().mean()
             want = d_pos.mean() + 0.1 * ((0.05 + d_pos - d_neg).clamp(min=0) * gate).sum() / gate.sum()
         else:
-            scores = [float(gap.mean()) for *_, gap in rows]
+            scores = [float(gap.detach().mean()) for *_, gap in rows]
             groups = [r[0] for r in rows]
             w = _vzero_reference(scores, groups, [True] * len(rows), 2.0, 2.0)
             want = sum(wi * r[1].sum() for wi, r in zip(w, rows, strict=True)) / n_tok
@@ -295,6 +297,13 @@ def test_step_losses_equal_an_independent_float64_recomputation(tmp_path, synth_
         assert res.metrics["loss"] == pytest.approx(float(want), rel=2e-4, abs=1e-7), weighting
         assert res.metrics["negative_logprob_gap"] == pytest.approx(float(torch.cat([r[3] for r in rows]).mean()), abs=1e-5)
         assert [len(v) for v in res.token_values["negative_logprob"]] == [len(r[1]) for r in rows]
+        want.backward()
+        start, moved = dict(before.named_parameters()), dict(after.named_parameters())
+        grads = {n: p.grad for n, p in start.items() if p.requires_grad and p.grad is not None}
+        assert grads
+        for name, g in grads.items():  # SGD, lr 1, no clip: the update is exactly minus the gradient
+            torch.testing.assert_close(start[name].detach() - moved[name].detach(), g.float(), atol=2e-6, rtol=2e-3,
+                                       msg=f"{weighting}: {name}")
 
 
 # ----------------------------------------------------------------------------- a run: dumps, report, the guard
