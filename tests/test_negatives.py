@@ -370,3 +370,19 @@ def test_a_run_with_a_uniform_teacher_stops_at_its_first_step_with_one_line(tmp_
     assert rc == 3 and len(err) == 1 and "step 1: the teacher's per-token distribution is near uniform" in err[0]
     assert main(_train_args(synth_dir, tmp_path / "off", f"model.name_or_path={uniform_model_dir}", "train.report=false",
                             "train.guard_uniform_teacher=false")) == 0
+
+
+def test_demo_negative_view_arms_run_through_the_training_step(tmp_path):
+    """The study's negative-view arms are `vision_opd_step` with views.negative and loss.weighting set: their logs carry
+    the weighting's metrics; the random crops of the demo world all meet the IoU bound (no fallback)."""
+    from vision_opd.demo.arms import ArmConfig, run_arm
+    from vision_opd.demo.run import ASSET_MODEL, prepare_data, world_of
+    from vision_opd.demo.study import STUDY_ARMS
+
+    opd, held = prepare_data(tmp_path, world_of(ASSET_MODEL), 16, 4)
+    for name, key in (("opd-opdv-mask", "weight_zero_share"), ("opd-opdv-crop", "weight_mean"),
+                      ("opd-cvopd", "gated_share"), ("opd-vzero", "weight_mean")):
+        cfg = ArmConfig(**{**STUDY_ARMS[name], "steps": 1, "eval_every": 1, "prompts": 4, "samples": 2})
+        assert cfg.opd_config().views.negative == STUDY_ARMS[name]["negative"]
+        log = run_arm(cfg, ASSET_MODEL, opd, held, progress=False)["log"][0]
+        assert log["skipped"] == 0 and key in log and log["negative_fallbacks"] == 0, name
