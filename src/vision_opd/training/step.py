@@ -95,8 +95,8 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
     with autocast(cfg, device):
         resp = collect_responses(cfg.rollout, ctx, views)
     ro = resp.rollout
-    neg = negative_teacher(cfg, ctx, views, resp, score, n_real)  # views.negative: a second teacher view (negatives.py)
     t2 = time.perf_counter()
+    neg = negative_teacher(cfg, ctx, views, resp, score, n_real)  # views.negative: a second teacher view (negatives.py)
     real_B = ro.prompt_index_B < (len(records) if n_real is None else n_real)  # padding prompts: no loss, no metrics
     loss_mask_B_T = resp.loss_mask_B_T * real_B[:, None]  # left-out responses and padding prompts: not counted
     num_tokens = global_sum(loss_mask_B_T.sum())  # the step's token count (all ranks): every micro-batch divides by it
@@ -145,13 +145,12 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
             is_w = truncated_is_weights(lp_train, lp_roll, cfg.rollout.is_threshold) if cfg.rollout.is_correction else None
             own_N = counted_N & ~resp.from_teacher_B.to(device)[rows][:, None].expand_as(mask)[sel]  # student-written
             mismatch.add(lp_train[own_N], lp_roll[own_N], None if is_w is None else is_w[own_N], cfg.rollout.is_threshold)
-            values = per_tok if is_w is None else per_tok * is_w
             if neg:  # the negative view's token / sequence weights or margin (training/negatives.py)
-                loss = neg.loss(MicroBatchTokens(values, s_logits[sel] if fsdp else s_hidden[sel], t_out[sel],
-                                                 n_out[sel], ids[sel], rows, mask.sum(-1).long().tolist(), counted_N),
-                                num_tokens)
+                loss = neg.loss(MicroBatchTokens(per_tok if is_w is None else per_tok * is_w, s_logits[sel] if fsdp
+                                                 else s_hidden[sel], t_out[sel], n_out[sel], ids[sel], rows,
+                                                 mask.sum(-1).long().tolist(), counted_N), num_tokens)
             else:
-                loss = masked_token_mean(values, counted_N, num_tokens)
+                loss = masked_token_mean(per_tok if is_w is None else per_tok * is_w, counted_N, num_tokens)
             (loss * world).backward()
         tok_metrics["divergence"] = per_tok
         t_teacher += tb - ta
