@@ -10,7 +10,7 @@ import pytest
 from vision_opd.config import load_config, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ("onpolicy", "offpolicy", "seqkd", "textonly")
+PRESETS = ("onpolicy", "offpolicy", "seqkd", "textonly", "opdv", "cvopd", "vzero")
 # what each preset changes against onpolicy.yaml (besides train.out_dir)
 DIFFERS = {
     "onpolicy": {},
@@ -18,6 +18,9 @@ DIFFERS = {
     "seqkd": {"rollout.source": "teacher", "rollout.samples_per_prompt": 1, "rollout.teacher_do_sample": False,
               "rollout.drop_unanswered": True, "loss.kind": "ce"},
     "textonly": {"views.teacher_source": "none"},
+    "opdv": {"views.negative": "mask", "loss.weighting": "opdv"},
+    "cvopd": {"views.negative": "random_crop", "loss.weighting": "cvopd"},
+    "vzero": {"views.negative": "downsample", "loss.weighting": "vzero", "loss.kind": "sampled"},
 }
 
 
@@ -69,5 +72,6 @@ def test_presets_run_one_step_with_a_tiny_model(name, six_k_like, tmp_path):
         tiny.append("rollout.samples_per_prompt=2")
     assert main(["train", "--config", str(ROOT / "configs" / "ablations" / f"{name}.yaml"), *tiny]) == 0
     m = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
-    assert m["skipped"] == 0 and m["student_share"] == (1.0 if name in ("onpolicy", "textonly") else 0.0)
+    assert m["skipped"] == 0 and m["student_share"] == (0.0 if name in ("offpolicy", "seqkd") else 1.0)
+    assert ("negative_logprob_gap" in m) == (name in ("opdv", "cvopd", "vzero"))
     assert (tmp_path / name / "checkpoints" / "step_000001" / "COMPLETE").exists()

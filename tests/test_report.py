@@ -150,9 +150,9 @@ def test_training_run_page_shows_every_rollout_with_its_token_values(report_run)
         assert crop.size == seen.size and np.array_equal(np.asarray(crop), np.asarray(seen)), "the teacher's own view"
         assert record.question in text(item)
     # curves: loss, KL, length, truncation, agreement, grad norm, lr, held-out accuracy, responses, time, padding,
-    # rollout-vs-trainer
+    # rollout-vs-trainer, the teacher's mean entropy
     curves = next(e for e in tree.elements if e["attrs"].get("id") == "curves")
-    assert len(tree.all(tag="svg", within=curves)) == 12
+    assert len(tree.all(tag="svg", within=curves)) == 13
     assert "padding (share of the student's scored positions)" in text(curves)
 
 

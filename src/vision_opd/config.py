@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .data.views import TEACHER_IMAGES, TEACHER_SOURCES, ViewConfig
+from .data.views import FALLBACKS, NEGATIVES, TEACHER_IMAGES, TEACHER_SOURCES, ViewConfig
 
 
 @dataclass
@@ -104,6 +104,13 @@ class LossConfig:
     alpha: float = 0.5  # JSD weight: 0 = forward KL(T||S), 1 = reverse KL(S||T), 0.5 = symmetric JSD
     top_k: int = 100
     chunk_size: int | None = 256  # tokens per chunk for the fused lm_head + divergence; None = plain
+    # weights from a negative teacher view (views.negative; losses/contrastive.py, docs/method.md section 8):
+    # none | opdv (token weights) | cvopd (margin + gate) | vzero (sequence weights)
+    weighting: str = "none"
+    margin_lambda: float = 0.1  # cvopd: weight of the gated margin term
+    margin_mu: float = 0.1  # cvopd: the margin mu of [mu + d+ - d-]_+
+    vzero_scale: float = 0.5  # vzero: w_i = clip(1 + vzero_scale * z_i, 0, vzero_max)
+    vzero_max: float = 2.0
 
 
 @dataclass
@@ -161,6 +168,7 @@ class TrainConfig:
     collapse_length_ratio: float = 4.0  # ... or mean response length above this times the first steps' mean ...
     collapse_patience: int = 3  # ... for this many consecutive steps
     stop_on_collapse: bool = False
+    guard_uniform_teacher: bool = True  # stop when the teacher's mean entropy is within 1% of log V (guards.py; never for tiny:)
     tensorboard: bool | str = "auto"  # scalars + samples to out_dir/tensorboard: auto (when installed) | true | false
     wandb: bool = False  # also log to Weights & Biases (needs `pip install wandb`)
     wandb_project: str | None = None
@@ -243,7 +251,36 @@ class Config:
              "views.blur_radius must be >= 0, views.mask_ratio in [0, 1], views.mask_grid >= 1")
         need(self.teacher.proposer in ("attention", "grounding", "confidence", "rarity"),
              f"teacher.proposer={self.teacher.proposer!r}: choose attention, grounding, confidence or rarity")
+        _validate_negative(self, need)
         return self
+
+
+# ---------------------------------------------------------------------------------------------- the negative view
+
+
+def _validate_negative(cfg: Config, need) -> None:
+    """views.negative and loss.weighting (docs/method.md section 8): one line per mistake, before any model loads."""
+    v, loss = cfg.views, cfg.loss
+    need(v.negative in NEGATIVES, f"views.negative={v.negative!r}: choose {', '.join(NEGATIVES)}")
+    need(v.negative_fallback in FALLBACKS, f"views.negative_fallback={v.negative_fallback!r}: choose {', '.join(FALLBACKS)}")
+    need(v.negative_radius >= 0 and v.negative_boxes >= 1 and 0 < v.negative_area <= 1 and v.negative_patch >= 1
+         and 0 <= v.negative_patch_p <= 1 and 0 <= v.negative_max_iou < 1 and v.negative_tries >= 1
+         and v.negative_factor >= 1,
+         "views.negative_*: radius >= 0, boxes >= 1, area in (0, 1], patch >= 1, patch_p in [0, 1], max_iou in [0, 1), "
+         "tries >= 1, factor >= 1")
+    need(v.negative == "none" or (v.teacher_source in ("auto", "box", "given", "proposer") and not v.teacher_images),
+         f"views.negative={v.negative} degrades the teacher's one crop: it needs views.teacher_source auto, box, given or "
+         f"proposer and no views.teacher_images (got {v.teacher_source!r}, {list(v.teacher_images)})")
+    need(loss.weighting in ("none", "opdv", "cvopd", "vzero"),
+         f"loss.weighting={loss.weighting!r}: choose none, opdv, cvopd or vzero")
+    need(loss.weighting == "none" or v.negative != "none",
+         f"loss.weighting={loss.weighting} compares the teacher on two views: set views.negative (e.g. mask, random_crop)")
+    need(v.negative == "none" or loss.kind != "ce",
+         "views.negative with loss.kind=ce: cross-entropy reads no teacher distribution to weigh; use jsd, topk or sampled")
+    need(loss.margin_lambda >= 0 and loss.margin_mu >= 0 and loss.vzero_scale >= 0 and loss.vzero_max >= 1,
+         "loss.margin_lambda, loss.margin_mu and loss.vzero_scale must be >= 0, loss.vzero_max >= 1")
+    need(loss.weighting != "vzero" or cfg.rollout.samples_per_prompt >= 2,
+         "loss.weighting=vzero compares the G responses of a prompt: set rollout.samples_per_prompt >= 2")
 
 
 class ConfigError(ValueError):

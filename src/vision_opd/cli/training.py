@@ -1,4 +1,4 @@
-"""`vision-opd train | config | data validate | synth | check`: training, its data and its checkpoints."""
+"""`vision-opd train | config | data validate | data screen | synth | check`: training, its data and its checkpoints."""
 
 from __future__ import annotations
 
@@ -101,6 +101,21 @@ def cmd_validate(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_screen(args) -> int:
+    from ..eval.screen import screen_gap, write_screened
+
+    screened = screen_gap(args.gap_dir, label_free=args.label_free)
+    path = write_screened(screened, args.out)
+    rule = ("greedy answers differ between crop and full (no labels read)" if args.label_free
+            else "crop right, full wrong (reads the labels)")
+    print(f"{screened.both} items with a crop and a full answer; kept {screened.kept} ({rule}); wrote "
+          f"{len(screened.records)} records to {path}"
+          + (f"; {screened.missing} kept id(s) not in the data any more" if screened.missing else ""))
+    if screened.outside:
+        print("its image paths lie outside its folder: train on it with data.allow_outside_root=true")
+    return 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -145,8 +160,9 @@ def add_parsers(sub) -> None:
     c.add_argument("overrides", nargs="*", metavar="key=value")
     c.set_defaults(func=cmd_config)
 
-    d = sub.add_parser("data", help="data utilities (validate)", description="Data utilities: `vision-opd data validate "
-                       "FILE` checks every record of a Records JSONL file before training or evaluation.")
+    d = sub.add_parser("data", help="data utilities (validate, screen)", description="Data utilities: `vision-opd data "
+                       "validate FILE` checks every record of a Records JSONL file before training or evaluation; "
+                       "`vision-opd data screen GAP_DIR --out FILE` keeps the items a gap probe found the crop helps on.")
     dsub = d.add_subparsers(dest="data_command", required=True)
     v = dsub.add_parser("validate", help="check every record of Records JSONL files and print a report",
                         description="Check every record (JSON, schema, types, images, boxes, options, duplicates, "
@@ -165,6 +181,18 @@ def add_parsers(sub) -> None:
     v.add_argument("--config", default=None, help="also check that every record can serve this training config's "
                    "views (e.g. views.teacher_source=box needs a box); default: no view check")
     v.set_defaults(func=cmd_validate)
+
+    sc = dsub.add_parser("screen", help="write the items of a gap folder where the crop and full views part ways as a "
+                         "Records file", description="From a `vision-opd gap` folder, write a Records JSONL (usable as "
+                         "data.train_file) of the items where the crop view answered right and the full view wrong. "
+                         "That filter READS THE LABELS (the probe graded each answer against the answer key), so the "
+                         "screened data is not label-free; --label-free keeps instead the items whose greedy answers "
+                         "differ between the crop and the full view, reading no label. Prints the counts.")
+    sc.add_argument("gap_dir", help="the output folder of `vision-opd gap` (samples.jsonl, settings.json)")
+    sc.add_argument("--out", required=True, help="the Records JSONL to write")
+    sc.add_argument("--label-free", action="store_true", help="keep the items whose crop and full answers differ "
+                    "(no labels read) instead of crop right / full wrong (reads labels)")
+    sc.set_defaults(func=cmd_screen)
 
     s = sub.add_parser("synth", help="write a synthetic-world dataset (Records JSONL + PNGs)",
                        description="Write N items of the built-in synthetic world (the demo's): PNG images and a "

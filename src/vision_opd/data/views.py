@@ -31,6 +31,9 @@ MC_INSTRUCTION = "Answer with the option's letter from the given choices directl
 TEACHER_SOURCES = ("auto", "box", "given", "proposer", "full", "none", "blur", "mask")
 # views.teacher_images: the images a multi-view teacher reads, in order ("crop" = the box / given / proposer crop)
 TEACHER_IMAGES = ("crop", "full", "blur", "mask")
+# views.negative: the negative teacher view (data/negatives.py); "none" = plain Vision-OPD
+NEGATIVES = ("none", "noimage", "blur", "random_blur", "mask", "patch_mask", "random_crop", "downsample", "full")
+FALLBACKS = tuple(n for n in NEGATIVES if n not in ("none", "random_crop"))  # what random_crop may fall back to
 _SINGLE = {"auto": ("crop",), "box": ("crop",), "given": ("crop",), "proposer": ("crop",), "full": ("full",), "none": (), "blur": ("blur",),
            "mask": ("mask",)}
 
@@ -56,6 +59,18 @@ class ViewConfig:
     mask_ratio: float = 0.5  # mask: share of the grid's cells filled with the image's mean colour
     mask_grid: int = 8  # mask: the image is cut into mask_grid x mask_grid cells (chosen per record id, fixed)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    # the negative teacher view, scored beside the positive one (data/negatives.py; docs/method.md section 8): none
+    # (plain Vision-OPD) | noimage | blur | random_blur | mask | patch_mask | random_crop | downsample | full
+    negative: str = "none"
+    negative_radius: float = 15.0  # blur, random_blur: Gaussian radius in pixels of the positive crop
+    negative_boxes: int = 3  # random_blur: boxes blurred (each side a share in [1/8, 1/2] of the crop's)
+    negative_area: float = 1 / 3  # mask: one black box of this share of the crop's area (aspect ratio in [0.5, 2])
+    negative_patch: int = 14  # patch_mask: patch side in pixels ...
+    negative_patch_p: float = 0.6  # ... each blacked out with this probability
+    negative_max_iou: float = 0.1  # random_crop: a crop of the positive's size with IoU <= this with it ...
+    negative_tries: int = 100  # ... drawn at most this many times, else the sample falls back (counted) ...
+    negative_fallback: str = "mask"  # ... to this negative
+    negative_factor: float = 2.0  # downsample: the crop shrunk this many times per side, then enlarged back
 
 
 @dataclass

@@ -8,6 +8,7 @@
     ArmConfig("opd", source="teacher", loss="ce", teacher_greedy=True, prompts=32, samples=1)  # (b) sequence KD
     ArmConfig("opd", source="teacher" | "mix", ...)  # off-policy soft targets, GKD's mix (rollout.source)
     ArmConfig("opd", teacher_source="none" | "blur" | "mask", teacher_images=("crop", "full"))  # controls
+    ArmConfig("opd", negative="mask", weighting="opdv" | "cvopd" | "vzero")  # a negative teacher view (method.md 8)
 
 Every label-free arm ("opd", "opd+continue") is one `train.vision_opd_step` per step with the arm's config: where the
 tokens come from (student, teacher, mix), which loss, which teacher view: the same loop `vision-opd train` runs.
@@ -70,6 +71,8 @@ class ArmConfig:
     blur_radius: float = 0.02  # views.blur_radius (share of the shorter side: 3.4 px on the 168 px canvas)
     mask_ratio: float = 0.5  # views.mask_ratio: half of ...
     mask_grid: int = 6  # ... the world's 6 x 6 object cells hidden (each object is either hidden or intact)
+    negative: str = "none"  # views.negative: a second, negative teacher view (none: plain Vision-OPD)
+    weighting: str = "none"  # loss.weighting: opdv | cvopd | vzero (with a negative view)
     world: WorldConfig = field(default_factory=WorldConfig)
 
     def opd_config(self, views: ViewConfig = DEMO_VIEWS) -> Config:
@@ -87,7 +90,8 @@ class ArmConfig:
         source = "proposer" if self.crop_source != "box" else self.teacher_source
         cfg.views = replace(views, teacher_source=source, teacher_images=tuple(self.teacher_images),
                             teacher_text=self.teacher_text, blur_radius=self.blur_radius, mask_ratio=self.mask_ratio,
-                            mask_grid=self.mask_grid)
+                            mask_grid=self.mask_grid, negative=self.negative)
+        cfg.loss.weighting = self.weighting
         cfg.teacher.mode, cfg.teacher.ema_rate = self.teacher, self.ema_rate
         cfg.optim.lr, cfg.optim.warmup_steps = self.lr, self.warmup_steps
         cfg.train.steps, cfg.train.prompts_per_step = self.steps, self.prompts
@@ -101,7 +105,8 @@ class ArmConfig:
                 f", teacher sees {'+'.join(self.teacher_images) or self.teacher_source}"
             tokens = "" if self.source == "student" else \
                 f", {self.source} tokens{' (greedy)' if self.teacher_greedy else ''}"
-            return f"{self.arm} ({self.loss}, {self.teacher} teacher{src}{view}{tokens})"
+            neg = "" if self.negative == "none" else f", {self.weighting} vs a {self.negative} negative"
+            return f"{self.arm} ({self.loss}, {self.teacher} teacher{src}{view}{tokens}{neg})"
         return self.arm
 
 

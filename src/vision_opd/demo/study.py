@@ -18,6 +18,11 @@ Arms (all from the same pre-trained checkpoint, same steps and items per step, d
   opd-text, opd-blur, opd-mask, opd-full    (f) is it the crop? the teacher reads no image, the full image blurred
                                   or half masked, or the full image itself (views.teacher_source)
   opd-multiview                   (g) the teacher reads the crop and the full image in one prompt
+  opd-opdv-mask, opd-opdv-crop    (h) negative teacher views (docs/method.md section 8): OPD-V token weights against
+                                  a masked crop / a same-size crop elsewhere; opd-cvopd: CV-OPD's gated margin against
+  opd-cvopd, opd-vzero            a crop elsewhere; opd-vzero: V-Zero's sequence weights against the crop downsampled
+  opd-vzero-jsd                   2x on the sampled-token loss (V-Zero's pairing; compare opd-sampled), opd-vzero-jsd on
+                                  JSD 0.5 (the others: JSD 0.5 and the frozen teacher of `opd`: only the weighting differs)
   opd-confidence, opd-attention, opd-rarity   no boxes at all: the teacher's crop is the model's own proposal
                                   (proposers/, computed once by the initial model and cached in --out)
 Every label-free arm is `train.vision_opd_step` with the arm's config (demo/arms.py).
@@ -56,6 +61,11 @@ STUDY_ARMS = {
     "opd-mask": dict(arm="opd", teacher_source="mask"),
     "opd-full": dict(arm="opd", teacher_source="full"),
     "opd-multiview": dict(arm="opd", teacher_images=("crop", "full")),
+    "opd-opdv-mask": dict(arm="opd", negative="mask", weighting="opdv"),
+    "opd-opdv-crop": dict(arm="opd", negative="random_crop", weighting="opdv"),
+    "opd-cvopd": dict(arm="opd", negative="random_crop", weighting="cvopd"),
+    "opd-vzero": dict(arm="opd", negative="downsample", weighting="vzero", loss="sampled"),
+    "opd-vzero-jsd": dict(arm="opd", negative="downsample", weighting="vzero"),
     "opd-confidence": dict(arm="opd", crop_source="confidence"),
     "opd-attention": dict(arm="opd", crop_source="attention"),
     "opd-rarity": dict(arm="opd", crop_source="rarity"),

@@ -74,6 +74,7 @@ figcaption { font-size:11.5px; color:var(--muted); max-width:180px; }
 .tokens { font-family:var(--mono); font-size:14px; white-space:pre-wrap; word-break:break-word; line-height:1.75; }
 .tok { border-radius:2px; padding:1px 0; background:var(--kl); box-shadow:inset -1px 0 0 rgba(0,0,0,.10); }
 body.ratio .tok { background:var(--lr); }
+body.weight .tok { background:var(--w); }
 .tip { position:fixed; z-index:10; background:#1d2330; color:#fff; font:12px var(--mono); padding:3px 7px;
   border-radius:4px; pointer-events:none; white-space:pre; }
 .tip[hidden] { display:none; }
@@ -85,6 +86,8 @@ body.ratio .tok { background:var(--lr); }
 .legend .ramp.kl { background:linear-gradient(90deg, #ffffff, #e4572e); }
 .legend .ramp.lr { background:linear-gradient(90deg, #d7301f, #ffffff, #2166ac); }
 body.ratio .legend .kl-only, body:not(.ratio) .legend .lr-only { display:none; }
+.legend .ramp.w { background:linear-gradient(90deg, #ffffff, #1a9850); }
+body.weight .legend .kl-only, body:not(.weight) .legend .w-only { display:none; }
 button { font:inherit; font-size:12.5px; border:1px solid var(--line); background:#fff; border-radius:5px; padding:2px 10px;
   cursor:pointer; }
 button.on { background:var(--accent); border-color:var(--accent); color:#fff; }
@@ -113,6 +116,7 @@ SCRIPT = """
   }
   function colour(mode) {
     document.body.classList.toggle('ratio', mode === 'ratio');
+    document.body.classList.toggle('weight', mode === 'weight');
     document.querySelectorAll('button[data-colour]').forEach(function (b) {
       b.classList.toggle('on', b.getAttribute('data-colour') === mode);
     });
@@ -148,6 +152,7 @@ SCRIPT = """
     if (s !== null) {
       text += '  log p_S ' + num(s, 3) + '  log p_T ' + num(p, 3) + '  log p_T - log p_S ' + num(Number(p) - Number(s), 3);
     }
+    if (t.getAttribute('data-w') !== null) { text += '  weight ' + num(t.getAttribute('data-w'), 3); }
     tip.textContent = text;
     tip.hidden = false;
     var r = t.getBoundingClientRect();

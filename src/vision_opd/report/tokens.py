@@ -10,6 +10,8 @@ LEVELS = 20 linear steps (a class per step, so a long rollout costs about 100 by
 - log-ratio: d = log p_T(y) - log p_S(y) of the sampled token y (samples.jsonl `teacher_logprob - student_logprob`):
   step round(20 * clip(d / ratio_max, -1, 1)), blue where the teacher finds the token more likely than the student
   (training pushes it up), red where less likely (pushed down), ratio_max = the 95th percentile of |d|.
+- weight (runs with a negative teacher view, samples.jsonl `weight`): white -> green with the token's loss weight
+  (`loss.weighting`), step round(20 * min(1, w / weight_max)), weight_max = the 95th percentile of the weights.
 Hovering a token shows its text, KL and both log-probs (the page's script reads the data-* attributes).
 Whitespace and control characters are made visible (newline, tab, control pictures), special tokens such as
 `<|im_end|>` are drawn as small tags.
@@ -29,6 +31,7 @@ from .document import esc
 KL_RGB = (228, 87, 46)  # the colour of a token at the top of the KL scale
 MORE_RGB = (33, 102, 172)  # the teacher finds the token more likely than the student
 LESS_RGB = (215, 48, 31)  # ... less likely
+WEIGHT_RGB = (26, 152, 80)  # a token at the top of the weight scale
 _SPECIAL = re.compile(r"^<\|[^|<>]{1,40}\|>$|^<(/?)(think|tool_call|answer)>$")
 LEVELS = 20  # colour steps from white to full colour (per sign for the log-ratio)
 
@@ -37,17 +40,19 @@ LEVELS = 20  # colour steps from white to full colour (per sign for the log-rati
 class TokenScale:
     kl_max: float  # KL at full colour
     ratio_max: float  # |log p_T - log p_S| at full colour
+    weight_max: float = 1.0  # the loss weight at full colour (negative teacher views)
 
     @staticmethod
     def of(rows: Iterable[dict]) -> "TokenScale":
         """The 95th percentiles over every token of `rows` (samples with token_kl and, optionally, the log-probs)."""
-        kl, ratio = [], []
+        kl, ratio, weight = [], [], []
         for r in rows:
             kl.extend(_finite(r.get("token_kl") or []))
+            weight.extend(_finite(r.get("weight") or []))
             lps, lpt = r.get("student_logprob"), r.get("teacher_logprob")
             if lps is not None and lpt is not None and len(lps) == len(lpt):  # an inconsistent row is shown uncoloured
                 ratio.extend(abs(t - s) for s, t in zip(lps, lpt, strict=True) if math.isfinite(t - s))
-        return TokenScale(kl_max=_p95(kl), ratio_max=_p95(ratio))
+        return TokenScale(kl_max=_p95(kl), ratio_max=_p95(ratio), weight_max=_p95(weight))
 
 
 def _finite(values: Sequence[float]) -> list[float]:
@@ -79,11 +84,20 @@ def ratio_level(student_logprob: float | None, teacher_logprob: float | None, sc
     return round(LEVELS * max(-1.0, min(1.0, d / scale.ratio_max)))
 
 
+def weight_level(weight: float | None, scale: TokenScale) -> int | None:
+    """The weight colour step, 0 (weight 0, white) .. LEVELS (full colour); None when missing or not finite."""
+    if weight is None or not math.isfinite(weight):
+        return None
+    return round(LEVELS * max(0.0, min(1.0, weight / scale.weight_max)))
+
+
 def colour_css() -> str:
-    """The classes of the colour steps: .kN sets --kl, .rN / .r-N set --lr (missing values: .kx / .rx, grey)."""
+    """The classes of the colour steps: .kN sets --kl, .rN / .r-N set --lr, .wN --w (missing values: .kx / .rx / .wx,
+    grey)."""
     rules = [f".k{i}{{--kl:{_mix(KL_RGB, i / LEVELS)}}}" for i in range(LEVELS + 1)]
+    rules += [f".w{i}{{--w:{_mix(WEIGHT_RGB, i / LEVELS)}}}" for i in range(LEVELS + 1)]
     rules += [f".r{i}{{--lr:{_mix(MORE_RGB if i > 0 else LESS_RGB, abs(i) / LEVELS)}}}" for i in range(-LEVELS, LEVELS + 1)]
-    return "".join(rules) + ".kx{--kl:#d0d4da}.rx{--lr:#d0d4da}"
+    return "".join(rules) + ".kx{--kl:#d0d4da}.rx{--lr:#d0d4da}.wx{--w:#d0d4da}"
 
 
 def visible(token: str) -> tuple[str, str]:
@@ -109,33 +123,40 @@ def visible(token: str) -> tuple[str, str]:
 
 
 def coloured_tokens(tokens: Sequence[str], token_kl: Sequence[float], student_logprob: Sequence[float] | None,
-                    teacher_logprob: Sequence[float] | None, scale: TokenScale) -> str:
+                    teacher_logprob: Sequence[float] | None, scale: TokenScale, weight: Sequence[float] | None = None) -> str:
     """One span per token: its colour steps as classes (`colour_css`), its values as data-kl / data-lps / data-lpt
-    (the page's script shows them on hover)."""
+    (and data-w with `weight`, a negative view's loss weights; the page's script shows them on hover)."""
     n = len(tokens)
     lps = list(student_logprob) if student_logprob is not None else [None] * n
     lpt = list(teacher_logprob) if teacher_logprob is not None else [None] * n
     kls = list(token_kl) if token_kl is not None else [None] * n
+    ws = list(weight) if weight is not None and len(weight) == n else [None] * n
     if not (len(kls) == len(lps) == len(lpt) == n):
         return f'<div class="warn">{n} tokens but {len(kls)} KL values: the row is inconsistent, shown uncoloured</div>' \
                f'<div class="text">{esc("".join(tokens))}</div>'
     spans = []
-    for tok, kl, s, t in zip(tokens, kls, lps, lpt, strict=True):
+    for tok, kl, s, t, w in zip(tokens, kls, lps, lpt, ws, strict=True):
         text, cls = visible(tok)
-        k, r = kl_level(kl, scale), ratio_level(s, t, scale)
-        classes = f"tok k{'x' if k is None else k} r{'x' if r is None else r}" + (f" {cls}" if cls else "")
+        k, r, g = kl_level(kl, scale), ratio_level(s, t, scale), weight_level(w, scale)
+        classes = f"tok k{'x' if k is None else k} r{'x' if r is None else r}" + (f" w{g}" if g is not None else "")
+        classes += f" {cls}" if cls else ""
         data = f' data-kl="{kl}"' + (f' data-lps="{s}" data-lpt="{t}"' if s is not None else "")
+        data += f' data-w="{w}"' if w is not None else ""
         spans.append(f'<span class="{classes}"{data}>{esc(text)}</span>')
     return '<div class="tokens">' + "".join(spans) + "</div>"
 
 
-def legend(scale: TokenScale, has_logprobs: bool) -> str:
-    """The colour key and the toggle between the two colourings."""
+def legend(scale: TokenScale, has_logprobs: bool, has_weights: bool = False) -> str:
+    """The colour key and the toggle between the colourings (by weight too, `has_weights`: a negative view's run)."""
     toggle = ('<button data-colour="kl" class="on">colour by KL</button>'
               '<button data-colour="ratio">colour by log p_T − log p_S</button>') if has_logprobs else ""
+    if has_weights:
+        toggle += '<button data-colour="weight">colour by loss weight</button>'
     return (f'<div class="legend">{toggle}'
             f'<span class="kl-only">KL(student ‖ teacher) per token: 0 <span class="ramp kl"></span> '
             f'≥ {scale.kl_max:.3g} (95th percentile on this page)</span>'
             f'<span class="lr-only">teacher less likely ≤ −{scale.ratio_max:.3g} <span class="ramp lr"></span> '
             f'≥ +{scale.ratio_max:.3g} teacher more likely</span>'
+            + (f'<span class="w-only">loss weight per token: 0 <span class="ramp w"></span> ≥ {scale.weight_max:.3g}</span>'
+               if has_weights else "") +
             '<span>· hover a token for its values</span></div>')

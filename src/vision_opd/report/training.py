@@ -266,7 +266,7 @@ def response_block(same: list[int], row: dict, record: Record | None, scale: Tok
     name = f"#{same[0] + 1}" + (f" ×{len(same)} identical" if len(same) > 1 else "")
     return (f'<div class="resp" data-samples="{",".join(map(str, same))}"><div class="toolbar"><b>{name}</b> {answer}'
             f'<span class="meta">{esc(" · ".join(bits))}</span></div>'
-            + coloured_tokens(tokens, kl, lps, lpt, scale) + "</div>")
+            + coloured_tokens(tokens, kl, lps, lpt, scale, row.get("weight")) + "</div>")
 
 
 def rollouts(chosen: dict[int, list[dict]], n_steps: int, found: Found, cfg: dict, limits: Limits) -> str:
@@ -279,7 +279,8 @@ def rollouts(chosen: dict[int, list[dict]], n_steps: int, found: Found, cfg: dic
     max_new = (cfg.get("rollout") or {}).get("max_new_tokens")
     parts = [f'<p class="note">{sum(map(len, kept.values()))} rollouts of {len(kept)} of the {n_steps} steps with samples '
              f'(at most {per_step} per step; `vision-opd report --max-rollouts N --max-steps N` shows more).</p>',
-             legend(scale, has_lp), '<div class="stepnav">steps: '
+             legend(scale, has_lp, any(r.get("weight") for rows in kept.values() for r in rows)),
+             '<div class="stepnav">steps: '
              + "".join(f'<a href="#step-{s}">{s}</a>' for s in kept) + "</div>"]
     if found.note and not found.records:
         parts.append(f'<div class="warn">{esc(found.note)}</div>')

@@ -1,6 +1,8 @@
 """What may stop a training run, and how it stops: signals, non-finite steps, collapse signals.
 
     stop, collapse, skips = StopFlag(), CollapseWatch(cfg.train), SkipGuard(cfg.train.max_consecutive_skips)
+    signal = TeacherSignalGuard(vocab_size, enabled=cfg.train.guard_uniform_teacher)
+    signal.check(m, step)                   # raises TrainingStopped when the teacher scores every token alike
     m["collapse"] = collapse.update(m)      # "" or the signals seen this step
     skips.update(m["skipped"], step, m["skip_reason"])  # raises TrainingStopped after too many skipped steps in a row
     state = {"collapse": collapse.state_dict(), "skips": skips.state_dict()}   # saved in every checkpoint
@@ -11,6 +13,7 @@ The loop in train.py calls these once per step; every stop saves a checkpoint fi
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -133,6 +136,29 @@ class CollapseWatch:
         """Raise TrainingStopped when the signals persisted `collapse_patience` steps and stop_on_collapse is set."""
         if flags and self.t.stop_on_collapse and self.stop:
             raise TrainingStopped(f"collapse signal at step {step}: {flags} (train.stop_on_collapse)")
+
+
+class TeacherSignalGuard:
+    """A teacher that scores every token alike teaches nothing: when the positive teacher's mean per-token entropy
+    (`teacher_entropy`, nats) on a step is within `tolerance` (1%) of log V, its maximum, the run stops at that step.
+    The usual causes are a broken load (random or zeroed output weights) or a broken weight push (an EMA or LoRA swap
+    that wrote garbage). The `tiny:` test models have random weights, near uniform by design: not checked there (nor
+    with `train.guard_uniform_teacher=false`, e.g. for another random-weight test model saved as a folder)."""
+
+    def __init__(self, vocab_size: int, enabled: bool = True, tolerance: float = 0.01):
+        self.log_v = math.log(max(2, int(vocab_size)))
+        self.enabled, self.tolerance = enabled, tolerance
+
+    def check(self, m: dict, step: int) -> None:
+        entropy = m.get("teacher_entropy")
+        if not self.enabled or entropy is None or m.get("tokens", 1) == 0:
+            return
+        if entropy >= (1.0 - self.tolerance) * self.log_v:
+            raise TrainingStopped(
+                f"step {step}: the teacher's per-token distribution is near uniform (mean entropy {entropy:.4g} nats, "
+                f"log V = {self.log_v:.4g}): it scores every token alike; likely a broken model load or teacher weight "
+                "push (random or zeroed output weights, a corrupt EMA / LoRA swap): check model.name_or_path and the "
+                "checkpoint the run resumed from")
 
 
 def wait_for_signal_test_hook(step: int, stop: StopFlag) -> None:

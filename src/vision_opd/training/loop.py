@@ -37,7 +37,8 @@ from .distributed import (
     make_accelerator,
     shard_fsdp,
 )
-from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingInterrupted, TrainingStopped, wait_for_signal_test_hook
+from .guards import (CollapseWatch, SkipGuard, StopFlag, TeacherSignalGuard, TrainingInterrupted, TrainingStopped,
+                     wait_for_signal_test_hook)
 from .run_folder import check_run_folder, compare_data, fingerprint_text, start_run_folder, write_run_config
 from .run_log import MetricsLogger, sample_rows
 from .step import vision_opd_step
@@ -160,6 +161,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, accept_
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     stream = PromptStream(len(records), cfg.train.seed, cfg.data.shuffle)
     stop, watch, skips = StopFlag(), CollapseWatch(cfg.train), SkipGuard(cfg.train.max_consecutive_skips)
+    signal = TeacherSignalGuard(unwrap(model).get_output_embeddings().weight.shape[0],
+                                enabled=cfg.train.guard_uniform_teacher and not cfg.model.name_or_path.startswith("tiny:"))
     start_step = 0
     seed_everything(rank_seed(cfg.train.seed, rank))  # the weights are alike on every rank; the sampling noise is not
     if last is not None:
@@ -250,6 +253,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, accept_
                                                                                 result.responses.from_teacher_B))
             skips.update(m["skipped"], step + 1, m["skip_reason"])
             watch.check(m["collapse"], step + 1)
+            signal.check(m, step + 1)
             wait_for_signal_test_hook(step + 1, stop)
             if stop.requested(accelerator):
                 raise TrainingInterrupted(stop.signal, save(step + 1))  # the command exits 130 / 143

@@ -184,7 +184,8 @@ def sample_rows(processor, records, rollout, token_values: dict[str, list], k: i
 
     `token_values` holds per-sample lists of per-token values by metric name: `reverse_kl` (written as
     `token_kl`, KL(S||T) over the vocabulary), `student_logprob` and `teacher_logprob` (the sampled token's
-    log-prob under each view, at the rollout temperature). A response left out of the loss (rollout.drop_unanswered,
+    log-prob under each view, at the rollout temperature), and with a negative teacher view `negative_logprob` and
+    `weight` (the token's loss weight, training/negatives.py). A response left out of the loss (rollout.drop_unanswered,
     rollout.drop_degenerate) was not scored: its values are null and `left_out` is true.
     """
     rows = []
@@ -194,7 +195,8 @@ def sample_rows(processor, records, rollout, token_values: dict[str, list], k: i
         left_out = len(token_values["reverse_kl"][b]) != n
         values = {out: None if left_out else [round(x, 5) for x in token_values[name][b]]
                   for out, name in (("token_kl", "reverse_kl"), ("student_logprob", "student_logprob"),
-                                    ("teacher_logprob", "teacher_logprob"))}
+                                    ("teacher_logprob", "teacher_logprob"), ("negative_logprob", "negative_logprob"),
+                                    ("weight", "weight")) if name in token_values}
         rows.append({
             "id": records[int(rollout.prompt_index_B[b])].id,
             "response": processor.tokenizer.decode(ids, skip_special_tokens=False),

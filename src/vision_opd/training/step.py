@@ -38,6 +38,7 @@ from .batching import PLAN_COUNTS, padding_metrics, step_plan
 from .context import StepContext, StepViews
 from .distributed import grad_sync
 from .guards import SKIP_NO_TOKENS, SKIP_NON_FINITE
+from .negatives import MicroBatchTokens, negative_teacher
 from .responses import COUNTS, collect_responses, response_metrics
 
 
@@ -92,10 +93,12 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
     t1 = time.perf_counter()
     # 2. responses: on-policy, the student samples G per prompt on its own (full-image) view; or the teacher on its
     #    view, or a mix per prompt (rollout.source); left-out responses (unanswered, degenerate) get a zero loss mask
+    views = StepViews(records, s_views, s_inputs, t_inputs)
     with autocast(cfg, device):
-        resp = collect_responses(cfg.rollout, ctx, StepViews(records, s_views, s_inputs, t_inputs))
+        resp = collect_responses(cfg.rollout, ctx, views)
     ro = resp.rollout
     t2 = time.perf_counter()
+    neg = negative_teacher(cfg, ctx, views, resp, score, n_real)  # views.negative: a second teacher view (negatives.py)
     real_B = ro.prompt_index_B < (len(records) if n_real is None else n_real)  # padding prompts: no loss, no metrics
     loss_mask_B_T = resp.loss_mask_B_T * real_B[:, None]  # left-out responses and padding prompts: not counted
     num_tokens = global_sum(loss_mask_B_T.sum())  # the step's token count (all ranks): every micro-batch divides by it
@@ -106,7 +109,7 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         t_weight = teacher.lm_head_weight().to(device)  # once per step (a copy only when the teacher lives elsewhere)
     optimizer.zero_grad(set_to_none=True)
     model.train()
-    sums = {"loss": 0.0, "reverse_kl": 0.0, "top1_agree": 0.0}
+    sums = {"loss": 0.0, "reverse_kl": 0.0, "top1_agree": 0.0, "teacher_entropy": 0.0}
     mismatch, temp = MismatchStats(), cfg.rollout.temperature if cfg.rollout.do_sample else 1.0  # as the engines record
     t_teacher = t_student = 0.0
     B = ro.response_ids_B_T.shape[0]
@@ -124,6 +127,7 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         ta = time.perf_counter()
         with teacher.scoring() as t_model, autocast(cfg, t_device):  # FSDP: logits through the forward
             t_out = score(t_model, t_inputs, prompts, ids, mask, logits=fsdp, device=t_device).to(device)
+            n_out = neg.score(t_model, prompts, ids, mask, t_device).to(device) if neg else None
         tb = time.perf_counter()
         # 4. student: full view, with grad; 5. divergence at response tokens only
         last = i == len(plan.rows) - 1
@@ -146,7 +150,12 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
             is_w = truncated_is_weights(lp_train, lp_roll, cfg.rollout.is_threshold) if cfg.rollout.is_correction else None
             own_N = counted_N & ~resp.from_teacher_B.to(device)[rows][:, None].expand_as(mask)[sel]  # student-written
             mismatch.add(lp_train[own_N], lp_roll[own_N], None if is_w is None else is_w[own_N], cfg.rollout.is_threshold)
-            loss = masked_token_mean(per_tok if is_w is None else per_tok * is_w, counted_N, num_tokens)
+            if neg:  # the negative view's token / sequence weights or margin (training/negatives.py)
+                loss = neg.loss(MicroBatchTokens(per_tok if is_w is None else per_tok * is_w, s_logits[sel] if fsdp
+                                                 else s_hidden[sel], t_out[sel], n_out[sel], ids[sel], rows,
+                                                 mask.sum(-1).long().tolist(), counted_N), num_tokens)
+            else:
+                loss = masked_token_mean(per_tok if is_w is None else per_tok * is_w, counted_N, num_tokens)
             (loss * world).backward()
         tok_metrics["divergence"] = per_tok
         t_teacher += tb - ta
@@ -154,6 +163,7 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         sums["loss"] += loss.item()
         sums["reverse_kl"] += tok_metrics["reverse_kl"][counted_N].sum().item()
         sums["top1_agree"] += tok_metrics["top1_agree"][counted_N].sum().item()
+        sums["teacher_entropy"] += tok_metrics["teacher_entropy"][counted_N].sum().item()
         lengths = mask.sum(-1).long().tolist()
         for name in TOKEN_METRICS:  # back in row order
             for b, v in zip(rows.tolist(), torch.split(tok_metrics[name].detach().cpu(), lengths), strict=True):
@@ -180,7 +190,8 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
     n = max(1.0, num_tokens.item())
     lengths = ro.lengths_B.float()[real_B]
     tot = global_sum(torch.tensor([sums["loss"], sums["reverse_kl"], sums["top1_agree"], lengths.sum().item(),
-                                   float(lengths.numel()), ro.truncated_B[real_B].float().sum().item()], device=device))
+                                   float(lengths.numel()), ro.truncated_B[real_B].float().sum().item(),
+                                   sums["teacher_entropy"]], device=device))
     len_max = lengths.max() if lengths.numel() else torch.zeros((), device=device)
     counts = global_sum(torch.tensor([float(resp.counts[k]) for k in COUNTS], device=device))
     positions = global_sum(torch.tensor([float(plan.counts[k]) for k in PLAN_COUNTS], device=device))
@@ -190,6 +201,7 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         "loss": tot[0].item(),
         "kl": tot[1].item() / n,  # mean per-token KL(student || teacher) on the sampled responses
         "top1_agree": tot[2].item() / n,
+        "teacher_entropy": tot[6].item() / n,  # the positive teacher's mean entropy (nats): guards.TeacherSignalGuard
         "response_len": tot[3].item() / tot[4].item(),
         "response_len_max": len_max.item(),
         "truncation_rate": tot[5].item() / tot[4].item(),
@@ -208,5 +220,8 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         **response_metrics(dict(zip(COUNTS, counts.tolist(), strict=True))),
         **padding_metrics(dict(zip(PLAN_COUNTS, positions.tolist(), strict=True))),
         **mismatch.metrics(global_sum, lambda x: global_sum(x, "max"), cfg.rollout.is_correction),
+        **(neg.metrics(global_sum) if neg else {}),
     }
+    if neg:
+        token_values.update(neg.rows_in_order(B))
     return StepResult(metrics, ro, token_values, resp)

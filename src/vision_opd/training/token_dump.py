@@ -14,6 +14,9 @@ equal length:
      "student_entropy": [...], "teacher_entropy": [...],    # -sum p log p of each view's next-token distribution (nats)
      "in_answer": [false, true, false]}                     # inside the final answer's span (`answer_span`)
 
+With a negative teacher view (`views.negative`) each row also has "negative_logprob" (l-_t, the token's log-prob under
+the same teacher on the negative view) and "weight" (the token's weight under `loss.weighting`; 1 with none).
+
 The final answer is read as evaluation reads it (`eval.choice.extract_choice` for multiple choice,
 `extract_open` otherwise); its span is the last place in the response that names it (the option's text or its
 letter); a token is in the answer when its characters overlap that span. Responses with no readable answer
@@ -29,6 +32,7 @@ from pathlib import Path
 from ..data.writes import writing
 
 VALUES = ("student_logprob", "teacher_logprob", "divergence", "reverse_kl", "student_entropy", "teacher_entropy")
+OPTIONAL = ("negative_logprob", "weight")  # only with a negative teacher view (training/negatives.py)
 
 
 def answer_span(text: str, options: list[str] | None) -> tuple[int, int] | None:
@@ -66,7 +70,7 @@ def token_rows(processor, records, rollout, token_values: dict[str, list], from_
     tok = processor.tokenizer
     rows = []
     for b in range(rollout.response_ids_B_T.shape[0]):
-        values = {name: token_values[name][b] for name in VALUES}
+        values = {name: token_values[name][b] for name in VALUES + OPTIONAL if name in token_values}
         n = len(values["divergence"])
         if n == 0:  # left out of the loss (unanswered or degenerate): nothing was scored
             continue
