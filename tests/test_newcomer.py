@@ -41,7 +41,8 @@ def test_a_failed_start_leaves_nothing_and_the_next_run_says_no_overwrite(tmp_pa
     bad.write_text("".join(json.dumps(dict(r, box=[r["box"][0], r["box"][1], 27, 27])) + "\n" for r in rows))
     assert main(_train_args(bad, run)) == 2
     capsys.readouterr()
-    assert not (run / "config.yaml").exists()
+    assert not run.exists() or not any(run.iterdir()), "a start refused before step 1 leaves nothing behind"
+    run.mkdir(exist_ok=True)
     (run / "config.yaml").write_text("train: {}\n")  # what an earlier version left after such a start
     assert main(_train_args(synth_dir / "train.jsonl", run, "model.lora_r=4")) == 0
     out = capsys.readouterr().out
