@@ -310,7 +310,7 @@ def launch(args: list[str], procs: str, check_dir: Path) -> tuple[int, str]:
 def _weights(ckpt: Path) -> dict:
     from safetensors.torch import load_file
 
-    return {f"{p.name}:{k}": v for p in sorted(ckpt.glob("*.safetensors")) for k, v in load_file(str(p)).items()}
+    return {f"{p.relative_to(ckpt)}:{k}": v for p in sorted(ckpt.rglob("*.safetensors")) for k, v in load_file(str(p)).items()}
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -334,7 +334,7 @@ def run_row(preset: str, row: dict, tmp: Path, data: Path, twin_dirs: dict) -> d
         return {"refused": out}
     assert rc == 0, out[-4000:]
     ckpt3, kept = run / "checkpoints" / "step_000003", checks / "uninterrupted"
-    got = {"uninterrupted": _metrics(kept), "weights3": _weights(kept / "step_000003"), "run": run,
+    got = {"uninterrupted": _metrics(kept), "weights3": _weights(kept / "step_000003"), "run": run, "kept": kept,
            "resumed": _metrics(run), "resumed_weights3": _weights(ckpt3), "output": out,
            "syncs": [json.loads(x) for p in sorted(checks.glob("sync*.jsonl")) for x in p.read_text().splitlines()]}
     lora = (ckpt3 / "adapter_model.safetensors").exists()
@@ -348,7 +348,20 @@ def run_row(preset: str, row: dict, tmp: Path, data: Path, twin_dirs: dict) -> d
         rows = [json.loads(x) for x in (tmp / f"eval_{name}" / "samples.jsonl").read_text().splitlines()]
         answers[name] = [(r.get("id"), r.get("view"), r.get("response")) for r in rows]
     got["answers"] = answers
+    got["export_logit_diff"] = _logit_diff(export, ckpt3, data)
     return got
+
+
+def _logit_diff(a: Path, b: Path, data: Path) -> float:
+    """The largest difference of two models' logits on two student prompts (each loaded as `eval` loads it)."""
+    from vision_opd.data.validate import read_records
+    from vision_opd.data.views import encode_views, student_view
+    from vision_opd.models.loading import load_model_and_processor
+
+    (ma, proc), (mb, _) = load_model_and_processor(str(a)), load_model_and_processor(str(b))
+    inputs = encode_views(proc, [student_view(r) for r in read_records(data)[:2]])
+    with torch.no_grad():
+        return float((ma(**inputs).logits - mb(**inputs).logits).abs().max())
 
 
 def check_row(got: dict) -> None:
@@ -373,9 +386,12 @@ def check_row(got: dict) -> None:
     for key in ("loss", "kl", "grad_norm", "lr", "tokens", "response_len", "skipped"):
         a, b = before[2].get(key), after[2].get(key)
         assert (a is None and b is None) or b == pytest.approx(a, rel=1e-5, abs=1e-8), (key, a, b)
-    assert got["weights3"].keys() == got["resumed_weights3"].keys()
+    assert got["weights3"].keys() == got["resumed_weights3"].keys()  # the student's and the teacher's
     for k, v in got["weights3"].items():
-        torch.testing.assert_close(got["resumed_weights3"][k], v, atol=1e-6, rtol=1e-6, msg=k)
+        torch.testing.assert_close(got["resumed_weights3"][k], v, atol=1e-8, rtol=1e-6, msg=k)
+    a, b = (load_trainer_state(c) for c in (got["kept"] / "step_000003", run / "checkpoints" / "step_000003"))
+    assert (a["step"], a["cursor"], a["scheduler"]) == (b["step"], b["cursor"], b["scheduler"])  # where step 4 would go on
+    assert [g["lr"] for g in a["optimizer"]["param_groups"]] == [g["lr"] for g in b["optimizer"]["param_groups"]]
     # the logged lr is the optimizer's: the schedule of the config, and the step-2 checkpoint's optimizer holds
     # the lr that step 3 logged
     cfg = load_config(run / "config.yaml", [])
@@ -384,8 +400,9 @@ def check_row(got: dict) -> None:
         assert m["lr"] == pytest.approx(cfg.optim.lr * f(m["step"] - 1), rel=1e-9), m["step"]
     opt = load_trainer_state(run / "checkpoints" / "step_000002")["optimizer"]
     assert opt["param_groups"][0]["lr"] == pytest.approx(after[2]["lr"], rel=1e-9)
-    # the export evaluates like the checkpoint
+    # the export evaluates like the checkpoint: the same answers, the same logits (LoRA merged: to rounding)
     assert got["answers"]["export"] == got["answers"]["checkpoint"] and got["answers"]["export"]
+    assert got["export_logit_diff"] < 1e-5, got["export_logit_diff"]
 
 
 if __name__ == "__main__":  # under torchrun: python tests/matrix_runner.py CHECK_DIR train ARGS...
