@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP, DATA, DIST = "tests/test_step.py", "tests/test_data.py", "tests/test_distributed.py"
+DECODING, SYNC, ENGINE = "tests/test_decoding.py", "tests/test_weight_sync.py", "tests/test_vllm_engine_logic.py"
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,68 @@ MUTANTS = (
            "    finite = global_sum(torch.tensor(0.0 if finite else 1.0, device=device)).item() == 0",
            "    pass",
            (f"{DIST}::test_ranks_run_alike_sample_their_own_noise_and_skip_a_nonfinite_step_together",)),
+    # every decoding setting of the HF engine, and what a weight sync pushes (each caught without vLLM)
+    Mutant("M23", "the HF engine ignores rollout.top_p (no nucleus)", "src/vision_opd/rollout/hf.py",
+           "warpers += [TopPLogitsWarper(top_p)] if do_sample and top_p < 1.0 else []", "warpers += []",
+           (f"{DECODING}::test_sampled_tokens_lie_in_the_nucleus_and_record_its_renormalised_logprobs",)),
+    Mutant("M24", "the HF engine samples at temperature 1 whatever rollout.temperature", "src/vision_opd/rollout/hf.py",
+           "warpers = [TemperatureLogitsWarper(temperature)] if do_sample and temperature != 1.0 else []",
+           "warpers = []",
+           (f"{DECODING}::test_first_token_frequencies_follow_the_temperature_and_nucleus_distribution",)),
+    Mutant("M25", "the HF engine can sample vision tokens (suppression dropped)", "src/vision_opd/rollout/hf.py",
+           "suppress_tokens=list(suppress_ids) if suppress_ids else None,", "suppress_tokens=None,",
+           (f"{DECODING}::test_suppressed_vision_tokens_are_never_drawn_and_left_out_of_the_renormalisation",)),
+    Mutant("M26", "the weight sync pushes the frozen tensors instead of the trained ones", "src/vision_opd/rollout/weights.py",
+           "        if p.requires_grad:\n", "        if not p.requires_grad:\n",
+           (f"{SYNC}::test_full_fine_tuning_pushes_every_tensor_in_its_trained_value",
+            f"{SYNC}::test_a_frozen_vision_tower_is_left_out_of_each_sync_but_in_the_engines_first_weights")),
+    Mutant("M27", "the LoRA scaling (alpha / r) dropped from the weights merged for the engine", "src/vision_opd/models/lora.py",
+           ".to(w.dtype) * module.scaling[adapter]", ".to(w.dtype)",
+           (f"{SYNC}::test_merged_lora_weights_equal_peffts_own_merge_at_every_name",)),
+    Mutant("M28", "a tied model's sync never pushes lm_head.weight", "src/vision_opd/rollout/weights.py",
+           "m.named_parameters(remove_duplicate=False)", "m.named_parameters()",
+           (f"{SYNC}::test_a_tied_model_pushes_the_output_head_under_its_own_name_with_the_trained_embedding",)),
+    # one in each module added since M1-M22 were written
+    Mutant("M29", "shared-prompt scoring reads the responses one position late", "src/vision_opd/scoring/shared.py",
+           "[:, None] + steps_B_n).expand(3, -1, -1)", "[:, None] + steps_B_n + 1).expand(3, -1, -1)",
+           ("tests/test_scoring_shared.py::test_shared_prompts_equal_per_row_scoring[qwen2_5_vl-groups]",)),
+    Mutant("M30", "each response row continues another prompt's cached keys and values", "src/vision_opd/scoring/prefix_cache.py",
+           "rows = prompt_of_row_B.to(layer.keys.device)", "rows = prompt_of_row_B.flip(0).to(layer.keys.device)",
+           ("tests/test_scoring_shared.py::test_shared_prompts_equal_per_row_scoring[qwen2_5_vl-groups]",)),
+    Mutant("M31", "rollout.source=mix never rounds P f up (the student's share below f)", "src/vision_opd/training/responses.py",
+           "k = base + int(torch.rand(()).item() < P * fraction - base)", "k = base",
+           ("tests/test_responses.py::test_mix_fraction_in_expectation",)),
+    Mutant("M32", "a response of exactly rollout.runaway_tokens is not runaway", "src/vision_opd/rollout/degenerate.py",
+           "runaway |= lengths >= runaway_tokens", "runaway |= lengths > runaway_tokens",
+           ("tests/test_controls.py::test_degenerate_flags_on_constructed_responses",)),
+    Mutant("M33", "the token dump marks the first mention of the answer, not the final one", "src/vision_opd/training/token_dump.py",
+           "return max(hits) if hits else None", "return min(hits) if hits else None",
+           ("tests/test_token_dump.py::test_answer_span_on_constructed_responses",)),
+    Mutant("M34", "the importance weight not truncated at rollout.is_threshold", "src/vision_opd/rollout/mismatch.py",
+           "return ratio.clamp(max=threshold)", "return ratio",
+           ("tests/test_rollout.py::test_truncated_is_weights_by_hand",)),
+    Mutant("M35", "the judge's letter beyond the item's options counted as an answer", "src/vision_opd/eval/judge.py",
+           "if letter in LETTERS[:n_options] else", "if letter in LETTERS else",
+           ("tests/test_eval_server.py::test_parse_verdict",)),
+    Mutant("M36", "a run folder that holds a run is silently reused", "src/vision_opd/training/run_folder.py",
+           "if trained and not overwrite:", "if False:",
+           ("tests/test_cli_errors.py::test_run_folders_never_mix",)),
+    Mutant("M40", "the mask control leaves each masked cell's last row and column", "src/vision_opd/data/degrade.py",
+           "draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=fill)", "draw.rectangle([x1, y1, x2 - 2, y2 - 2], fill=fill)",
+           ("tests/test_controls.py::test_mask_view_fills_exactly_the_chosen_cells_with_the_mean_colour",)),
+    Mutant("M41", "inspect's share of the divergence divided by the token count", "src/vision_opd/training/token_analysis.py",
+           '"value_share": sum(v) / total_v if total_v else 0.0', '"value_share": sum(v) / total_n if total_v else 0.0',
+           ("tests/test_token_dump.py::test_inspect_prints_tables_and_writes_a_plot",)),
+    # the vLLM engine's logic that runs without vLLM (reached before only by tests/test_vllm.py)
+    Mutant("M37", "the step never syncs the rollout engine", "src/vision_opd/training/step.py",
+           "sec_sync = engine.sync(model) if finite else 0.0", "sec_sync = 0.0",
+           (f"{ENGINE}::test_the_step_syncs_the_engine_once_after_the_update_with_the_updated_weights",)),
+    Mutant("M38", "vLLM's first listed log-prob recorded, not the sampled token's", "src/vision_opd/rollout/vllm_engine.py",
+           "next(iter(step.values())).logprob if len(step) == 1 else", "next(iter(step.values())).logprob if step else",
+           (f"{ENGINE}::test_sampled_outputs_become_a_prompt_major_rollout_with_the_sampled_tokens_logprobs",)),
+    Mutant("M39", "a head_dim vLLM's CPU attention lacks is not refused", "src/vision_opd/rollout/vllm_engine.py",
+           'if device_type == "cpu" and head_dim not in CPU_HEAD_DIMS:', "if False:",
+           (f"{ENGINE}::test_models_vllm_cannot_run_are_refused_before_an_engine_is_built",)),
 )
 
 

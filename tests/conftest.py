@@ -26,9 +26,11 @@ def synth_records(synth_dir):
     return read_records(synth_dir / "train.jsonl")
 
 
-def _forward_logprobs(model, inputs, ro, temperature: float, banned):
-    """log softmax(logits / T) of an HF forward at a Rollout's sampled tokens, the `banned` ids excluded: the
-    reference that the engines' recorded log-probs are checked against (written out here, not the trainer's code)."""
+def _forward_logprobs(model, inputs, ro, temperature: float, banned, top_p: float = 1.0, *, whole: bool = False):
+    """log softmax(logits / T) of an HF forward at a Rollout's sampled tokens, the `banned` ids excluded and, with
+    top_p < 1, only the nucleus kept (the most likely tokens, most likely first, while the mass before a token is
+    below top_p) and renormalised: -inf for a token outside it. The reference that the engines' recorded log-probs
+    are checked against (written out here, not the engines' code). whole=True: the [B, T, V] log-probs."""
     import torch
 
     from vision_opd.scoring.forward import response_logits, select_prompts
@@ -37,12 +39,18 @@ def _forward_logprobs(model, inputs, ro, temperature: float, banned):
         z = response_logits(model, select_prompts(inputs, ro.prompt_index_B, model.config.vision_start_token_id),
                             ro.response_ids_B_T, ro.response_mask_B_T).float() / temperature
     z[..., list(banned)] = float("-inf")
-    return torch.log_softmax(z, -1).gather(-1, ro.response_ids_B_T[..., None]).squeeze(-1)
+    if top_p < 1.0:
+        p, order = torch.softmax(z, -1).sort(-1, descending=True)
+        outside = p.cumsum(-1) - p >= top_p  # the mass of the more likely tokens already reaches top_p
+        z = z.scatter(-1, order, z.gather(-1, order).masked_fill(outside, float("-inf")))
+    lp = torch.log_softmax(z, -1)
+    return lp if whole else lp.gather(-1, ro.response_ids_B_T[..., None]).squeeze(-1)
 
 
 @pytest.fixture(scope="session")
 def forward_logprobs():
-    """`_forward_logprobs(model, inputs, ro, temperature, banned)`: an HF forward's log-probs of the sampled tokens."""
+    """`_forward_logprobs(model, inputs, ro, temperature, banned, top_p=1.0)`: an HF forward's log-probs of the
+    sampled tokens under the distribution they should have been drawn from."""
     return _forward_logprobs
 
 

@@ -77,6 +77,28 @@ def _metrics(run):
 
 
 def _compare(one, two):
+    _compare_metrics(one, two)
+    last = "checkpoints/step_000003"
+    wa, wb = _weights(one / last), _weights(two / last)
+    assert wa.keys() == wb.keys()
+    # Adam moves a weight whose gradient is near zero by lr * m / (sqrt(v) + eps), so the summation order of the
+    # all-reduce shows there: measured up to 1.3e-5 (1.3% of one step at lr=1e-3) on 2 of the lm_head's 24,576 weights
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=3e-5, rtol=1e-4, msg=k)
+    _compare_files(one / last / "teacher/model.safetensors", two / last / "teacher/model.safetensors")
+
+
+def _compare_files(a, b):
+    """Two safetensors files hold the same tensors (within the distributed runs' tolerance)."""
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(a)), load_file(str(b))
+    assert ta.keys() == tb.keys() and ta
+    for k in ta:
+        torch.testing.assert_close(tb[k], ta[k], atol=3e-5, rtol=1e-4, msg=k)
+
+
+def _compare_metrics(one, two):
     m1, m2 = _metrics(one), _metrics(two)
     assert len(m1) == len(m2) == 3  # written once, by rank 0
     for a, b in zip(m1, m2, strict=True):
@@ -87,18 +109,6 @@ def _compare(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)  # a sum of near-zero terms: summation order shows
     # held-out accuracy, every rank evaluating a share: the same numbers as one process evaluating everything
     assert (m2[-1]["eval_full_acc"], m2[-1]["eval_crop_acc"]) == (m1[-1]["eval_full_acc"], m1[-1]["eval_crop_acc"])
-    last = "checkpoints/step_000003"
-    wa, wb = _weights(one / last), _weights(two / last)
-    assert wa.keys() == wb.keys()
-    # Adam moves a weight whose gradient is near zero by lr * m / (sqrt(v) + eps), so the summation order of the
-    # all-reduce shows there: measured up to 1.3e-5 (1.3% of one step at lr=1e-3) on 2 of the lm_head's 24,576 weights
-    for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], atol=3e-5, rtol=1e-4, msg=k)
-    from safetensors.torch import load_file
-
-    ta, tb = load_file(str(one / last / "teacher/model.safetensors")), load_file(str(two / last / "teacher/model.safetensors"))
-    for k in ta:
-        torch.testing.assert_close(tb[k], ta[k], atol=3e-5, rtol=1e-4, msg=k)
 
 
 def test_ddp_two_processes_equal_one_with_prompts_not_divisible_by_ranks(tmp_path, synth_dir, single):
@@ -118,6 +128,55 @@ def test_fsdp_two_processes_equal_one_with_prompts_not_divisible_by_ranks_and_re
     res = _torchrun(_args(synth_dir, run, "train.distributed=fsdp"), "--resume")
     assert "resumed from" in res.stdout
     _compare(single, run)
+
+
+@pytest.fixture(scope="module")
+def tied_dir(tmp_path_factory):
+    """A tiny Qwen2.5-VL saved with tie_word_embeddings=True (as Qwen2.5-VL-3B and Qwen3-VL-4B are)."""
+    from transformers import AutoModelForImageTextToText
+
+    from vision_opd.models.tiny import build_processor, tiny_config
+
+    proc = build_processor("qwen2_5_vl")
+    config = tiny_config("qwen2_5_vl", proc.tokenizer)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    out = tmp_path_factory.mktemp("tied")
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+def test_fsdp_on_a_tied_model_equals_one_process(tmp_path, synth_dir, tied_dir):
+    """FSDP2 refused the tied embedding and lm_head (one parameter) wrapped as two units, at the first forward."""
+    from vision_opd.config import load_config
+    from vision_opd.training.loop import train
+
+    tied = f"model.name_or_path={tied_dir}"
+    one = train(load_config(None, _args(synth_dir, tmp_path / "one", tied, "train.share_prompts=false")))
+    _torchrun(_args(synth_dir, tmp_path / "fsdp", tied, "train.distributed=fsdp"))
+    _compare(one, tmp_path / "fsdp")
+    w = _weights(tmp_path / "fsdp" / "checkpoints" / "step_000003")
+    assert torch.equal(w["lm_head.weight"], w["model.language_model.embed_tokens.weight"])  # still tied
+
+
+@pytest.mark.slow
+def test_fsdp_with_lora_and_an_ema_teacher_equals_one_process(tmp_path, synth_dir):
+    """The EMA adapter, copied before sharding, met the sharded adapter (a DTensor) at the first teacher forward."""
+    from vision_opd.config import load_config
+    from vision_opd.training.loop import train
+
+    lora = ["model.lora_r=4", "model.lora_alpha=8"]  # teacher.mode=ema, as _args has it
+    one = train(load_config(None, _args(synth_dir, tmp_path / "one", *lora, "train.share_prompts=false")))
+    _torchrun(_args(synth_dir, tmp_path / "fsdp", *lora, "train.distributed=fsdp"))
+    _compare_metrics(one, tmp_path / "fsdp")
+    last = "checkpoints/step_000003"
+    for f in ("adapter_model.safetensors", "teacher/model.safetensors"):  # the adapter and the EMA adapter
+        _compare_files(one / last / f, tmp_path / "fsdp" / last / f)
 
 
 SHARE_SCRIPT = textwrap.dedent('''

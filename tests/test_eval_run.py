@@ -162,6 +162,28 @@ def test_resume_refuses_other_settings(tmp_path, data6, tiny):
         evaluate(HFGenerator(model, processor, max_new_tokens=3, name="tiny"), "synthetic", data6, out, EvalOptions(limit=2, batch_size=2, progress=False))
 
 
+def test_resume_keys_on_the_weights_not_the_path(tmp_path, data6, capsys):
+    """A checkpoint retrained at the same path, evaluated into the same --out, used to reuse every old sample."""
+    import shutil
+
+    from vision_opd.models.tiny import save_tiny
+
+    ckpt, out = save_tiny(tmp_path / "ckpt", seed=0), tmp_path / "eval"
+    args = ["--benchmark", "synthetic", "--data", str(data6), "--out", str(out), "--limit", "3", "--batch-size", "3",
+            "--max-new-tokens", "2", "--no-progress"]
+    assert main(["eval", "--model", str(ckpt), *args]) == 0
+    first = _lines(out / "samples.jsonl")
+    moved = shutil.copytree(ckpt, tmp_path / "moved")
+    save_tiny(ckpt, seed=1)  # retrained in place: same path, same file names and sizes, other weights
+    capsys.readouterr()
+    assert main(["eval", "--model", str(ckpt), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different settings (weights) (other weights than those" in err
+    assert _lines(out / "samples.jsonl") == first  # nothing reused, nothing appended
+    # the first weights at another path: the same fingerprint, so the samples are theirs and are reused
+    assert main(["eval", "--model", str(moved), *args]) == 0 and _lines(out / "samples.jsonl") == first
+
+
 def test_read_samples_rejects_a_broken_middle_line(tmp_path):
     p = tmp_path / "samples.jsonl"
     p.write_text('{"id": "a", "view": "full"}\n{"id": \n{"id": "b", "view": "full"}\n', encoding="utf-8")

@@ -287,6 +287,22 @@ def test_provenance_and_settings_in_results(tmp_path, stubs):
     assert s["run"]["client"]["package"] == "openai"
 
 
+def test_the_request_spells_out_greedy_decoding_and_results_record_it(tmp_path, stubs):
+    """A default `vllm serve` fills every sampling setting a request leaves out from the checkpoint's
+    generation_config (repetition_penalty 1.05, top_k, top_p): only temperature 0 used to be sent."""
+    data = _records(tmp_path, ["Which animal?"], ["B"])
+    server = stubs(lambda b: (200, {"content": "B"}, "stop"))
+    out = tmp_path / "greedy"
+    assert _eval(server, data, out) == 0
+    body = server.bodies[0]  # the request as the server received it (extra_body merged into it)
+    sent = {k: body.get(k) for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                                     "presence_penalty", "frequency_penalty")}
+    assert sent == {"temperature": 0, "top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0,
+                    "presence_penalty": 0.0, "frequency_penalty": 0.0}
+    recorded = json.loads((out / "results.json").read_text())["settings"]["model"]["decoding"]
+    assert {k: recorded[k] for k in sent} == sent and recorded["greedy"] is True
+
+
 def test_one_line_errors_before_any_item(tmp_path, stubs, capsys, monkeypatch):
     data = _records(tmp_path, ["Which animal?"], ["B"])
     rc = main(["eval", "--backend", "openai", "--api-base", "http://127.0.0.1:9/v1", "--model", "m", "--benchmark",

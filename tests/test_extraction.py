@@ -197,6 +197,32 @@ CHOICE_CASES = [
 ]
 
 
+# A hedge is not an answer: a statement naming two letters gives None (the first letter used to be scored).
+HEDGE_CASES = [
+    ("The answer is A or B", ABCD, None),
+    ("Answer: B, C", ABCD, None),
+    ("The answer is B/C.", ABCD, None),
+    ("Answer: (A) or (B)", ABCD, None),
+    ("The answer is option A or option B.", ABCD, None),
+    ("The answer is A, B, or C", ABCD, None),
+    ("So A or B.", ABCD, None),
+    ("A or B is correct.", ABCD, None),
+    ("答案是A或B", ZH, None),
+    ("答案是B、C", ZH, None),
+    # not hedges: a later statement answers, a rejection, a pronoun or an article after the comma
+    ("The answer is A or B. Final answer: B", ABCD, "B"),
+    ("The answer is B. A or C is wrong.", ABCD, "B"),
+    ("Answer: A, I think.", ABCD, "A"),
+    ("Answer: B, a blue one.", ABCD, "B"),
+    ("The answer is B, because C is green.", ABCD, "B"),
+]
+
+
+@pytest.mark.parametrize("response,options,expected", HEDGE_CASES)
+def test_a_hedge_is_not_an_answer(response, options, expected):
+    assert extract_choice(response, options) == expected
+
+
 @pytest.mark.parametrize("response,options,expected", CHOICE_CASES)
 def test_extract_choice(response, options, expected):
     assert extract_choice(response, options) == expected
@@ -204,7 +230,7 @@ def test_extract_choice(response, options, expected):
 
 def test_enough_cases():
     assert len(CHOICE_CASES) + len(YES_NO_CASES) >= 2 * 90  # the v1 table had 73 + 17 cases
-    assert EXTRACTION_RULE == "vision_opd.final-answer-v2"
+    assert EXTRACTION_RULE == "vision_opd.final-answer-v3"
 
 
 YES_NO_CASES = [

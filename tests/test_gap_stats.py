@@ -120,6 +120,20 @@ def test_size_bins_and_their_paired_differences_on_known_boxes(tmp_path):
         parse_edges("0.05,0.01")
 
 
+def test_a_box_covering_the_whole_image_counts_in_the_last_bin(tmp_path):
+    """share 1 (the whole image) and above (a box reaching past the image's edge) used to fall out of every bin."""
+    Image.new("RGB", (10, 10)).save(tmp_path / "im.png")
+    boxes = {"whole": (0, 0, 10, 10), "past": (-1, 0, 10, 11), "half": (0, 0, 10, 5), "tiny": (0, 0, 1, 1)}
+    recs = [Record(id=i, image=str(tmp_path / "im.png"), question="q", options=["a", "b"], box=b) for i, b in boxes.items()]
+    shares = {r.id: evidence_share(r) for r in recs}
+    assert (shares["whole"], shares["half"]) == (1.0, 0.5) and shares["past"] > 1.0
+    by_view = {"full": [_s(i, False) | {"id": i} for i in boxes], "crop": [_s(i, True, "crop") | {"id": i} for i in boxes]}
+    table = gap_by_size(by_view, shares, recs, edges=(0.05, 0.5))
+    assert [(b["label"], b["n"]) for b in table["bins"]] == [("<5%", 1), ("5-50%", 0), (">=50%", 3)]
+    assert sum(b["n"] for b in table["bins"]) + table["unknown"] == len(recs)  # every item in one bin or unknown
+    assert table["bins"][-1]["differences"]["crop-full"]["n"] == 3
+
+
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("demo12"), 12, seed=3)

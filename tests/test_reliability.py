@@ -197,9 +197,10 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, synth_dir):
 
 def test_non_finite_loss_is_skipped_counted_and_training_goes_on(tmp_path, synth_dir, monkeypatch):
     from vision_opd.training import loop as T
+    from vision_opd.training import step as S  # the step looks the divergence up in its own module
 
     calls = {"n": 0}
-    real = T.token_divergence_from_hidden
+    real = S.token_divergence_from_hidden
 
     def poisoned(*a, **kw):
         calls["n"] += 1
@@ -208,7 +209,7 @@ def test_non_finite_loss_is_skipped_counted_and_training_goes_on(tmp_path, synth
             per_tok = per_tok * float("nan")
         return per_tok, m
 
-    monkeypatch.setattr(T, "token_divergence_from_hidden", poisoned)
+    monkeypatch.setattr(S, "token_divergence_from_hidden", poisoned)
     cfg = load_config(None, _cli(tmp_path / "run", synth_dir, "train.steps=3")[4:])
     T.train(cfg)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -218,9 +219,10 @@ def test_non_finite_loss_is_skipped_counted_and_training_goes_on(tmp_path, synth
 
 def test_consecutive_non_finite_steps_stop_the_run_with_a_checkpoint(tmp_path, synth_dir, monkeypatch):
     from vision_opd.training import loop as T
+    from vision_opd.training import step as S  # the step looks the divergence up in its own module
 
-    real = T.token_divergence_from_hidden
-    monkeypatch.setattr(T, "token_divergence_from_hidden", lambda *a, **kw: (lambda r: (r[0] * float("inf"), r[1]))(real(*a, **kw)))
+    real = S.token_divergence_from_hidden
+    monkeypatch.setattr(S, "token_divergence_from_hidden", lambda *a, **kw: (lambda r: (r[0] * float("inf"), r[1]))(real(*a, **kw)))
     cfg = load_config(None, _cli(tmp_path / "run", synth_dir, "train.steps=10", "train.max_consecutive_skips=2")[4:])
     with pytest.raises(TrainingStopped, match="2 consecutive non-finite"):
         T.train(cfg)
@@ -261,9 +263,10 @@ def test_collapse_watch_survives_resume(tmp_path, synth_dir):
 
 def test_consecutive_skip_counter_survives_resume(tmp_path, synth_dir, monkeypatch):
     from vision_opd.training import loop as T
+    from vision_opd.training import step as S  # the step looks the divergence up in its own module
 
-    real = T.token_divergence_from_hidden
-    monkeypatch.setattr(T, "token_divergence_from_hidden", lambda *a, **kw: (lambda r: (r[0] * float("nan"), r[1]))(real(*a, **kw)))
+    real = S.token_divergence_from_hidden
+    monkeypatch.setattr(S, "token_divergence_from_hidden", lambda *a, **kw: (lambda r: (r[0] * float("nan"), r[1]))(real(*a, **kw)))
     base = _cli(tmp_path / "run", synth_dir, "train.max_consecutive_skips=3")[4:]
     T.train(load_config(None, base + ["train.steps=2"]))  # two non-finite steps in a row, then the final checkpoint
     with pytest.raises(TrainingStopped, match="3 consecutive non-finite") as e:
@@ -290,3 +293,56 @@ def test_guards_state_round_trips():
     s2 = SkipGuard(5)
     s2.load_state_dict(s.state_dict())
     assert s2.streak == 2
+
+
+def test_building_the_rollout_engine_leaves_a_resumed_runs_rng_alone(tmp_path, synth_dir, monkeypatch):
+    """vLLM's `LLM(seed=...)` reseeds random, numpy and torch: built after the checkpoint's RNG was restored, it made
+    a resumed run replay step 1's sampling noise. A stand-in engine that reseeds as vLLM does (sampling with HF
+    generate, so no vLLM is needed): the resumed run's step 3 samples what the uninterrupted run's step 3 sampled."""
+    import random
+    import shutil
+
+    import numpy as np
+
+    import vision_opd.rollout.vllm_engine as V
+    from vision_opd.rollout import HFEngine
+    from vision_opd.training import loop as T
+    from vision_opd.training.checkpoint import latest_checkpoint
+
+    seeds = []
+
+    class ReseedingEngine(HFEngine):
+        def __init__(self, model, processor, decoding, vcfg, *, seed, **kw):
+            seeds.append(seed)
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            super().__init__(processor, decoding)
+
+    monkeypatch.setattr(V, "VLLMEngine", ReseedingEngine)
+    monkeypatch.setattr(T, "check_engine_available", lambda cfg: None)
+
+    def run(out, resume=False):
+        cfg = load_config(None, _cli(out, synth_dir, "train.steps=3", "train.save_every=2", "rollout.engine=vllm",
+                                     "rollout.do_sample=true", "rollout.temperature=1.0", "train.sample_every=1",
+                                     "train.threads=1", "train.report=false")[4:])
+        T.train(cfg, resume=resume)
+        rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+        return {s: [r["response"] for r in rows if r["step"] == s] for s in (1, 2, 3)}
+
+    ref = run(tmp_path / "ref")
+    shutil.copytree(tmp_path / "ref", tmp_path / "run")
+    shutil.rmtree(latest_checkpoint(tmp_path / "run"))  # back to step 2
+    again = run(tmp_path / "run", resume=True)
+    assert seeds == [0, 0]  # rank 0 keeps the seed
+    assert again == ref and ref[3] != ref[1]  # step 3 sampled anew, not step 1's noise again
+
+
+def test_rank_seeds_never_collide_over_seeds_and_ranks():
+    """`seed + rank` gave rank 1 of seed 0 the stream of rank 0 of seed 1."""
+    from vision_opd.rollout import rank_seed
+
+    grid = [(s, r) for s in [*range(1000), 2**20, 999_999] for r in range(256)]
+    got = {rank_seed(s, r) for s, r in grid}
+    assert len(got) == len(grid)
+    assert all(rank_seed(s, 0) == s for s in range(10)) and max(got) < 2**32

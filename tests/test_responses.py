@@ -174,6 +174,39 @@ def test_degenerate_responses_are_counted_and_left_out(tmp_path, synth_dir):
     assert "inconsistent" not in html and html.count("<span") == len(rows[0]["tokens"])
 
 
+def test_a_step_with_no_loss_token_is_skipped_weights_optimizer_schedule_and_ema_unchanged(tmp_path, synth_dir):
+    """Every response left out (drop_degenerate, all runaway): the step used to take an AdamW step with the moments of
+    the step before, advance the schedule and the EMA teacher, and log skipped 0."""
+    from vision_opd.training.guards import SKIP_NO_TOKENS, SkipGuard, TrainingStopped
+
+    cfg = _cfg(tmp_path, synth_dir, "teacher.mode=ema", "teacher.ema_rate=0.5", "optim.weight_decay=0.1")
+    setup = _setup(cfg)
+    model, _, records, teacher, opt, sched, _ = setup
+    assert _step(cfg, setup, records[:3]).metrics["skipped"] == 0  # a real step first: AdamW has moments now
+
+    def state():
+        return ({k: v.clone() for k, v in model.state_dict().items()},
+                {k: v.clone() for k, v in teacher.model.state_dict().items()},
+                {i: {k: v.clone() for k, v in s.items()} for i, s in opt.state_dict()["state"].items()},
+                sched.last_epoch, opt.param_groups[0]["lr"])
+
+    before = state()
+    drop_all = _cfg(tmp_path, synth_dir, "teacher.mode=ema", "teacher.ema_rate=0.5", "optim.weight_decay=0.1",
+                    "rollout.runaway_tokens=1", "rollout.drop_degenerate=true")
+    m = _step(drop_all, setup, records[3:6]).metrics
+    assert m["tokens"] == 0 and m["left_out"] == 6
+    assert m["skipped"] == 1 and m["skip_reason"] == SKIP_NO_TOKENS
+    after = state()
+    for a, b in zip(before[:2], after[:2], strict=True):  # the student's and the EMA teacher's weights
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(before[2][i][k], after[2][i][k]) for i in before[2] for k in before[2][i])  # moments, step
+    assert before[3:] == after[3:]  # the schedule did not advance
+    guard = SkipGuard(2)  # counted in the skipped-step streak, with its own advice
+    guard.update(True, 1, SKIP_NO_TOKENS)
+    with pytest.raises(TrainingStopped, match="2 consecutive skipped steps, the last with no loss token"):
+        guard.update(True, 2, SKIP_NO_TOKENS)
+
+
 @pytest.mark.parametrize("overrides", [
     ["rollout.source=teacher", "loss.kind=ce"],
     ["rollout.source=mix", "views.teacher_source=none"],

@@ -91,3 +91,29 @@ def test_inspect_without_a_dump_is_one_clear_line(tmp_path):
         main(["inspect", str(tmp_path)])
     with pytest.raises(SystemExit, match="--steps 'x': expected FROM:TO"):
         main(["inspect", str(tmp_path), "--steps", "x"])
+
+
+def test_overwrite_removes_and_resume_cuts_back_tokens_jsonl(tmp_path, synth_dir, capsys):
+    """A 4-step run overwritten by a 2-step one used to keep the old dumps (`inspect` said "steps 1-4"), and a
+    resumed run appended its steps after the ones it redid."""
+    import shutil
+
+    from vision_opd.training.checkpoint import complete_checkpoints
+
+    run = tmp_path / "run"
+    args = ["train", f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={run}", "train.prompts_per_step=1",
+            "rollout.samples_per_prompt=1", "rollout.max_new_tokens=2", "train.progress=false", "train.dump_tokens_every=1",
+            "teacher.mode=frozen", "views.teacher_pixels=12544", "train.sample_every=0", "train.report=false"]
+
+    def dumped_steps():
+        return [json.loads(x)["step"] for x in (run / "tokens.jsonl").read_text().splitlines()]
+
+    assert main([*args, "train.steps=4"]) == 0 and dumped_steps() == [1, 2, 3, 4]
+    assert main([*args, "train.steps=2", "--overwrite"]) == 0
+    assert dumped_steps() == [1, 2]
+    capsys.readouterr()
+    assert main(["inspect", str(run)]) == 0 and "steps 1-2 (2 dumps)" in capsys.readouterr().out
+    assert main([*args, "train.steps=3", "train.save_every=2", "--overwrite"]) == 0
+    shutil.rmtree(complete_checkpoints(run)[-1])  # as if the run died after step 3's dump, before its save
+    assert main([*args, "train.steps=3", "train.save_every=2", "--resume"]) == 0  # from step 2: redoes step 3
+    assert dumped_steps() == [1, 2, 3]

@@ -263,6 +263,49 @@ def test_tied_embeddings_ema_teacher_saves_and_resumes(teacher_device, tmp_path,
         torch.testing.assert_close(v, teacher_ref[k], atol=1e-6, rtol=1e-6)
 
 
+def test_resume_with_train_steps_not_above_the_checkpoint_is_one_line_before_any_model_loads(tmp_path, synth_dir,
+                                                                                             capsys, monkeypatch):
+    """train.steps=3 on a run with a step-4 checkpoint used to write a step_000003 folder holding step-4 weights."""
+    from vision_opd.cli import main
+    from vision_opd.training import loop as T
+    from vision_opd.training.checkpoint import complete_checkpoints
+
+    args = ["train", f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={tmp_path / 'run'}",
+            "train.prompts_per_step=1", "rollout.samples_per_prompt=1", "rollout.max_new_tokens=2", "train.progress=false",
+            "views.teacher_pixels=12544", "train.report=false"]
+    assert main([*args, "train.steps=4"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(T, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    for steps, state in ((3, "is past train.steps=3"), (4, "is finished")):
+        assert main([*args, f"train.steps={steps}", "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"already has step 4 (step_000004) and {state}" in err
+        assert "set train.steps above 4" in err
+    assert [c.name for c in complete_checkpoints(tmp_path / "run")] == ["step_000004"]
+
+
+def test_resume_with_a_new_lr_betas_and_weight_decay_trains_with_them(tmp_path, synth_dir, capsys):
+    """`--resume optim.lr=...` printed the change and wrote it into config.yaml, then kept the checkpoint's lr."""
+    from vision_opd.training.checkpoint import latest_checkpoint, load_trainer_state
+    from vision_opd.training.loop import lr_lambda, train
+
+    base = ["train.save_every=2", "optim.schedule=cosine", "optim.warmup_steps=1", "train.steps=4"]
+    run = train(_cfg(tmp_path, synth_dir, *base))
+    import shutil
+
+    shutil.rmtree(latest_checkpoint(run))  # resume from step 2
+    capsys.readouterr()
+    new = _cfg(tmp_path, synth_dir, *base, "optim.lr=1e-5", "optim.betas=[0.5,0.9]", "optim.weight_decay=0.3")
+    train(new, resume=True)
+    assert "optim.lr: 0.001 -> 1e-05" in capsys.readouterr().out
+    logged = {m["step"]: m["lr"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    schedule = lr_lambda(new)
+    assert logged[3] == pytest.approx(1e-5 * schedule(2)) and logged[4] == pytest.approx(1e-5 * schedule(3))
+    assert logged[2] == pytest.approx(1e-3 * schedule(1))  # before the resume: the old lr
+    groups = load_trainer_state(latest_checkpoint(run))["optimizer"]["param_groups"]
+    assert {(g["initial_lr"], tuple(g["betas"]), g["weight_decay"]) for g in groups} == {(1e-5, (0.5, 0.9), 0.3)}
+
+
 @pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_takes_own_data(path):

@@ -40,8 +40,22 @@ def long_records(synth_records):
     return [dataclasses.replace(r, question=r.question + FILLER) for r in synth_records]
 
 
-def _tiny(family, seed=0):
-    return build_tiny(family, seed=seed, image_size=SIDE)
+def _tiny(family, seed=0, tied=False):
+    if not tied:
+        return build_tiny(family, seed=seed, image_size=SIDE)
+    from transformers import AutoModelForImageTextToText
+
+    from vision_opd.models.tiny import build_processor, tiny_config
+
+    proc = build_processor(family, image_size=SIDE)
+    config = tiny_config(family, proc.tokenizer)
+    config.tie_word_embeddings = True  # as Qwen2.5-VL-3B: lm_head.weight is the embedding
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    return model.eval(), proc
 
 
 def _decoding(proc, model, **kw):
@@ -116,6 +130,37 @@ def test_sampled_token_logprobs_equal_an_hf_forward(family, long_records, forwar
     assert torch.equal(ro.response_ids_B_T, again.response_ids_B_T)  # request seeds come from torch's RNG
 
 
+@pytest.mark.parametrize(("temperature", "top_p"), [(0.7, 0.6), (1.0, 1.0)])
+def test_sampled_tokens_lie_in_the_nucleus_and_record_its_renormalised_logprobs(temperature, top_p, long_records,
+                                                                                forward_logprobs):
+    """The distribution vLLM samples from is the HF engine's: every token in the nucleus of an HF forward, its
+    log-prob renormalised over that nucleus at the temperature, the vision tokens never drawn and left out."""
+    model, proc = _tiny("qwen2_5_vl")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8)  # a peaked next-token distribution: the nucleus is a small part of the vocabulary
+    views = [student_view(r) for r in long_records[:3]]
+    inputs = encode_views(proc, views)
+    d = _decoding(proc, model, samples_per_prompt=3, do_sample=True, temperature=temperature, top_p=top_p,
+                  max_new_tokens=10)
+    banned = list(d.suppressed_ids)
+    engine = VLLMEngine(model, proc, d, VLLMConfig(), seed=0)
+    try:
+        torch.manual_seed(0)
+        ro = engine.sample(model, inputs, views)
+    finally:
+        engine.close()
+    mask = ro.response_mask_B_T.bool()
+    assert mask.sum() > 20 and not torch.isin(ro.response_ids_B_T, torch.tensor(banned)).any()
+    expected = forward_logprobs(model, inputs, ro, temperature, banned, top_p)
+    assert torch.isfinite(expected[mask]).all(), "a sampled token outside the nucleus"
+    assert (ro.logprobs_B_T[mask] - expected[mask]).abs().max() < 1e-5
+    with_vision = forward_logprobs(model, inputs, ro, temperature, [], top_p)  # vision tokens left in
+    assert ((ro.logprobs_B_T - with_vision)[mask] > 1e-4).all()
+    if top_p < 1.0:
+        plain = forward_logprobs(model, inputs, ro, temperature, banned)
+        assert ((expected - plain)[mask] > 1e-3).all()
+
+
 def _step_cfg(tmp_path, synth_dir, *extra):
     return load_config(None, [f"data.train_file={synth_dir / 'train.jsonl'}", f"train.out_dir={tmp_path / 'run'}",
                               f"model.tiny_image_size={SIDE}", "train.prompts_per_step=2", "rollout.samples_per_prompt=2",
@@ -124,14 +169,15 @@ def _step_cfg(tmp_path, synth_dir, *extra):
                               "rollout.do_sample=false", *extra])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_after_a_training_step_and_a_sync_greedy_equals_hf_with_the_new_weights(family, tmp_path, synth_dir,
+@pytest.mark.parametrize(("family", "tied"), [(f, False) for f in FAMILIES] + [("qwen2_5_vl", True)])
+def test_after_a_training_step_and_a_sync_greedy_equals_hf_with_the_new_weights(family, tied, tmp_path, synth_dir,
                                                                                long_records, forward_logprobs):
+    """Also for a tied model (as Qwen2.5-VL-3B): the sync must reach the output head, not only the embedding."""
     from vision_opd.rollout import make_engine
     from vision_opd.training import loop as T
 
     cfg = _step_cfg(tmp_path, synth_dir, f"model.name_or_path=tiny:{family}", "rollout.engine=vllm")
-    model, proc = _tiny(family)
+    model, proc = _tiny(family, tied=tied)
     suppress = vision_token_ids(model, proc)
     views = [student_view(r) for r in long_records[:4]]
     inputs = encode_views(proc, views)

@@ -147,7 +147,7 @@ class TrainConfig:
                                 # a share of the proposals or of the evaluation) before the job aborts
     mixed_precision: str = "fp32"  # fp32 (no autocast) | bf16: bf16 autocast over the model's (fp32 master) weights
     keep_last: int = 3  # checkpoints kept
-    max_consecutive_skips: int = 5  # stop after this many consecutive non-finite steps
+    max_consecutive_skips: int = 5  # stop after this many consecutive skipped steps (non-finite, or no loss token)
     # collapse signals (docs/method.md): logged as `collapse` in metrics.jsonl; stop_on_collapse ends the run
     collapse_truncation_rate: float = 0.5  # truncation rate above this ...
     collapse_kl: float = 10.0  # ... or mean KL above this ...

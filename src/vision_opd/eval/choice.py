@@ -11,7 +11,8 @@ The reference code reads a multiple-choice answer as "the first capital letter" 
    explicit one. A letter that a sentence rejects ("A and C are wrong", "B is not correct", "can be excluded",
    "not A", "rule out A", 排除A, A不对, 不选C) is never an answer; a stated answer that is rejected after it
    ("The answer is B. Wait, B is wrong.") gives None. A letter out of range (E with 4 options) gives None,
-   with no fallback to an earlier statement.
+   with no fallback to an earlier statement. A hedge is not an answer: a statement naming two or more letters
+   ("The answer is A or B", "Answer: B, C", "A or B is correct") gives None unless a later statement answers.
 3. Otherwise lines that are a letter ("B", "(C)", "b") or start with one ("B. red", "(B) red"): the last line
    if it is a bare letter, else the letter if all such lines agree (a listing of options -> None).
 4. Otherwise the whole response equal to exactly one option's text (case-insensitive) -> its letter.
@@ -84,6 +85,11 @@ _REJECT = [
     ),
     re.compile(rf"({_LIST_ZH})\s*(?:选项|项)?\s*(?:是|都|也|均)?\s*(?:错误|错的|不正确|不对|不是正确|可以排除|被排除)"),
 ]
+# A second letter right after a stated one ("A or B", "B, C", "B/C", "B and C"): a hedge, not an answer.
+_HEDGE_AFTER = re.compile(
+    r"\s*(?:,|/|&|\bor\b|\band\b|\band/or\b|或|或者|和|、)\s*(?:(?i:option|choice)\s+|选项)?[(\[]?([A-Z])[)\]]?(?![A-Za-z0-9'-])"
+)
+_HEDGE_BEFORE = re.compile(r"(?<![A-Za-z])[(\[]?[A-Z][)\]]?\s*(?:\bor\b|/)\s*(?:(?i:option|choice)\s+)?$")
 _LETTER_IN_LIST = re.compile(r"(?<![A-Za-z])[(\[]?([A-Z])[)\]]?(?![A-Za-z0-9'-])")
 
 _TOKEN = re.compile(r"\s*[(\[]?\s*([A-Za-z])\s*[)\]]?(?![A-Za-z0-9])(?!\.[A-Za-z])(?!-[A-Za-z])(?!'[a-z])")
@@ -112,6 +118,7 @@ class _Found(NamedTuple):
     letter: str
     strong: bool
     by_text: bool
+    others: tuple[int, ...] = ()  # where other letters named alongside it start (a hedge)
 
 
 def _is_article(letter: str, rest: str) -> bool:
@@ -142,16 +149,26 @@ def _match_option_text(span: str, options: Sequence[str], *, prefix: bool) -> st
     return None
 
 
-def _read_after(text: str, pos: int, options: Sequence[str]) -> tuple[int, str, bool] | None:
-    """What an answer statement ending at `pos` names: (where, letter, by option text), or None."""
+def _hedged_with(text: str, end: int) -> tuple[int, ...]:
+    """Where the letters listed right after a letter ending at `end` start ("A or B, C" -> B's and C's)."""
+    others = []
+    while (h := _HEDGE_AFTER.match(text, end)) and not _is_article(h.group(1), text[h.end() :]):
+        others.append(h.start(1))
+        end = h.end()
+    return tuple(others)
+
+
+def _read_after(text: str, pos: int, options: Sequence[str]) -> tuple[int, str, bool, tuple[int, ...]] | None:
+    """What an answer statement ending at `pos` names: (where, letter, by option text, where the letters listed
+    with it start), or None."""
     rest = text[pos:]
     m = _TOKEN.match(rest)
     if m and not _is_article(m.group(1), rest[m.end() :]):
-        return pos + m.start(1), m.group(1).upper(), False
+        return pos + m.start(1), m.group(1).upper(), False, _hedged_with(text, pos + m.end())
     window = max(len(o) for o in options) + 40  # bounded, so a long response stays linear
     line = rest[:window].split("\n", 1)[0]
     letter = _match_option_text(line, options, prefix=True)
-    return (pos, letter, True) if letter else None
+    return (pos, letter, True, ()) if letter else None
 
 
 def _rejections(text: str) -> list[tuple[int, int, str]]:
@@ -171,10 +188,11 @@ def _statements(text: str, options: Sequence[str]) -> list[_Found]:
             for m in pattern.finditer(text):
                 got = _read_after(text, m.end(), options)
                 if got:
-                    found.append(_Found(got[0], got[1], strong, got[2]))
+                    found.append(_Found(*got[:2], strong, *got[2:]))
     for pattern in _LETTER_FIRST:
         for m in pattern.finditer(text):
-            found.append(_Found(m.start(1), m.group(1), True, False))
+            before = _HEDGE_BEFORE.search(text, max(0, m.start() - 40), m.start())  # "A or B is correct"
+            found.append(_Found(m.start(1), m.group(1), True, False, (before.start(),) if before else ()))
     return found
 
 
@@ -188,6 +206,8 @@ def _explicit_answer(text: str, options: Sequence[str]) -> Choice | None:
     strong = [f for f in found if f.strong]
     final = max(strong or found, key=lambda f: f.at)
     if any(letter == final.letter and start > final.at for start, _, letter in rejected):
+        return Choice(None, "none")
+    if any(at not in at_rejection for at in final.others):  # "A or B": a hedge names no answer
         return Choice(None, "none")
     return Choice(final.letter, "option_text" if final.by_text else "rule")
 

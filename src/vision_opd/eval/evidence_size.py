@@ -7,7 +7,9 @@ the image area, with paired bootstrap intervals, and the plot of the gap against
 
 The share is the (unexpanded) evidence box's area over the image's area, in pixels of the EXIF-rotated image.
 Items with no box (a teacher image only) have no share and are counted under `unknown`. Bins are half-open
-[lo, hi): the default edges 0.5%, 1%, 2%, 5% give < 0.5%, 0.5-1%, 1-2%, 2-5%, >= 5%.
+[lo, hi) except the last, which is closed: [last edge, 1] and above, so a box covering the whole image (share 1, or
+more when the box reaches past the image's edge) counts there. The default edges 0.5%, 1%, 2%, 5% give < 0.5%,
+0.5-1%, 1-2%, 2-5%, >= 5%.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def gap_by_size(by_view: dict[str, list[dict[str, Any]]], shares: dict[str, floa
     for k, label in enumerate(labels):
         lo = 0.0 if k == 0 else edges[k - 1]
         hi = 1.0 if k == len(edges) else edges[k]
-        ids = {i for i, s in shares.items() if s is not None and lo <= s < hi}
+        last = k == len(edges)  # closed: a box covering the whole image (share >= 1) belongs here
+        ids = {i for i, s in shares.items() if s is not None and lo <= s and (last or s < hi)}
         in_bin = {v: [s for s in samples if s["id"] in ids] for v, samples in by_view.items()}
         row: dict[str, Any] = {"label": label, "lo": lo, "hi": hi, "n": len(ids),
                                "median_share": float(np.median([shares[i] for i in ids])) if ids else None,

@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-EXTRACTION_RULE = "vision_opd.final-answer-v2"  # v2: explicit statements outrank weak markers, rejected letters,
-# one option's text inside a sentence, Chinese yes/no openers
+EXTRACTION_RULE = "vision_opd.final-answer-v3"  # v3: a hedge ("A or B") is no answer; v2: explicit statements
+# outrank weak markers, rejected letters, one option's text inside a sentence, Chinese yes/no openers
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 STRIP_CHARS = " \t\n.!。\"'“”‘’:;,"
 

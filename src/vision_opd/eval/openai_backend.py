@@ -5,11 +5,14 @@
         --model Qwen/Qwen2.5-VL-72B-Instruct --benchmark vstar --data /data/vstar --out runs/eval/72b
 
 Each prompt is one chat completion: a user message with every image as a base64 PNG data URL followed by the text,
-`temperature` 0, `max_tokens` = the response budget. The pixel budget goes as vLLM's `mm_processor_kwargs` and
-thinking mode as `chat_template_kwargs` (servers that do not know them ignore them). A batch's prompts are sent
-concurrently; the server batches them. The client (`client`) has a timeout and retries with exponential backoff
-(connection errors, timeouts, 408/409/429 and 5xx); a request that still fails is recorded as `request_failed`
-with its error, and a rerun asks only those again. A rejected key (401/403) or an unknown model (404) stops the run
+`max_tokens` = the response budget, and the whole greedy decoding spelled out (`GREEDY`: temperature 0, top_p 1, no
+penalties, and top_k -1, min_p 0, repetition_penalty 1 as vLLM's extra sampling parameters): a server fills any
+setting a request leaves out from the checkpoint's generation_config (`vllm serve` does: an instruct checkpoint's
+repetition_penalty 1.05, top_k, top_p), so a request with only `temperature` 0 is not plain greedy decoding. The
+pixel budget goes as vLLM's `mm_processor_kwargs` and thinking mode as `chat_template_kwargs` (servers that do not
+know them ignore them). A batch's prompts are sent concurrently; the server batches them. The client (`client`) has
+a timeout and retries with exponential backoff (connection errors, timeouts, 408/409/429 and 5xx); a request that
+still fails is recorded as `request_failed` with its error, and a rerun asks only those again. A rejected key (401/403) or an unknown model (404) stops the run
 with one line, before any item when the server can be asked first (`check_server`). The API key is read from the
 environment variable named by `api_key_env` (default OPENAI_API_KEY) and never written to any output.
 """
@@ -30,6 +33,10 @@ from .thinking import as_thought
 from .views import EvalError
 
 NO_KEY = "EMPTY"  # sent when the environment has no key (local vLLM servers accept any)
+# plain greedy decoding, every setting sent: the OpenAI parameters, then vLLM's extra sampling parameters (sent in the
+# request body; vLLM's defaults for them otherwise come from the checkpoint's generation_config)
+GREEDY = {"temperature": 0, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+GREEDY_EXTRA = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0}
 
 
 def _openai():
@@ -112,14 +119,14 @@ class OpenAIGenerator:
         """The chat-completion arguments for one view."""
         content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": data_url(im)}} for im in view.images]
         content.append({"type": "text", "text": view.text})
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(GREEDY_EXTRA)
         mm = {k: v for k, v in (("min_pixels", self.min_pixels), ("max_pixels", self.max_pixels)) if v}
         if mm:
             extra["mm_processor_kwargs"] = mm
         if self.enable_thinking is not None:
             extra["chat_template_kwargs"] = {"enable_thinking": self.enable_thinking}
-        return {"model": self.model, "messages": [{"role": "user", "content": content}], "temperature": 0,
-                "max_tokens": self.max_new_tokens, "n": 1, **({"extra_body": extra} if extra else {})}
+        return {"model": self.model, "messages": [{"role": "user", "content": content}], **GREEDY,
+                "max_tokens": self.max_new_tokens, "n": 1, "extra_body": extra}
 
     def _one(self, view: View) -> Generation:
         openai = _openai()
@@ -161,7 +168,8 @@ class OpenAIGenerator:
             "api_base": self.api_base,
             "pixel_budget": {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels,
                              "note": "sent as mm_processor_kwargs; None = the server's default"},
-            "decoding": {"greedy": True, "temperature": 0, "max_new_tokens": self.max_new_tokens},
+            "decoding": {"greedy": True, **GREEDY, **GREEDY_EXTRA, "max_new_tokens": self.max_new_tokens,
+                         "sent": "every setting above, so the server's generation_config defaults do not apply"},
             "enable_thinking": self.enable_thinking,
             "image_encoding": "PNG data URL",
         }

@@ -11,6 +11,12 @@ weights). Both decode exactly as `decoding.Decoding` says, never as the checkpoi
 
 from __future__ import annotations
 
+import contextlib
+import random
+
+import numpy as np
+import torch
+
 from .decoding import Decoding
 from .hf import HFEngine, sample
 from .samples import Rollout, build_rollout, eos_ids_of, response_mask, response_text
@@ -31,17 +37,47 @@ def check_engine_available(cfg) -> None:
         import_vllm(cfg.vllm.cpu_kv_cache_gb)
 
 
+RANK_STRIDE = 1_000_003  # a prime above any seed in use: rank_seed is one-to-one for seeds below it
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The sampling seed of `rank`: ranks draw independent noise (rank 0 keeps `seed`). One-to-one over seeds in
+    [0, RANK_STRIDE) and ranks below 4294 (so it stays under 2**32, as numpy needs): rank r of seed s never shares
+    rank 0's stream of seed s + 1, as `seed + rank` did."""
+    return seed + RANK_STRIDE * rank
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """The process's RNG states (random, numpy, torch, CUDA) as they were before the block, whatever it seeds."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def make_engine(cfg, model, processor, suppress_ids, *, device, rank: int = 0, world: int = 1, synced_gpus: bool = False):
-    """The engine `cfg.rollout.engine` names, built from the model's current weights."""
+    """The engine `cfg.rollout.engine` names, built from the model's current weights.
+
+    Building it leaves the process's RNG as it was (vLLM's `LLM(seed=...)` reseeds random, numpy and torch, which
+    would undo a resumed run's restored RNG state and replay step 1's sampling noise); the engine's own seed is
+    `rank_seed(vllm.seed or train.seed, rank)`."""
     decoding = decoding_of(cfg.rollout, suppress_ids)
     if cfg.rollout.engine == "vllm":
         from .vllm_engine import VLLMEngine
 
-        seed = cfg.train.seed if cfg.vllm.seed is None else cfg.vllm.seed
-        return VLLMEngine(model, processor, decoding, cfg.vllm, seed=seed + rank, device=device, distributed=world > 1,
-                          mixed_bf16=cfg.train.mixed_precision == "bf16")
+        seed = rank_seed(cfg.train.seed if cfg.vllm.seed is None else cfg.vllm.seed, rank)
+        with preserved_rng():
+            return VLLMEngine(model, processor, decoding, cfg.vllm, seed=seed, device=device, distributed=world > 1,
+                              mixed_bf16=cfg.train.mixed_precision == "bf16")
     return HFEngine(processor, decoding, synced_gpus=synced_gpus)
 
 
 __all__ = ["Decoding", "HFEngine", "Rollout", "build_rollout", "check_engine_available", "decoding_of", "eos_ids_of", "make_engine",
-           "response_mask", "response_text", "sample"]
+           "preserved_rng", "rank_seed", "response_mask", "response_text", "sample"]

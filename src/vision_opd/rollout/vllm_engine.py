@@ -99,13 +99,17 @@ def write_engine_folder(model, processor, out: str | Path) -> Path:
     out = Path(out)
     config = copy.deepcopy(plain.config)
     config.architectures = [type(plain).__name__]  # what vLLM picks its model class by (absent from a config built in code)
+    # built untied: for a tied model vLLM skips every `lm_head.*` weight (on load and on reload) and its tied output
+    # head does not follow an embedding pushed later; untied, the head is a tensor of its own that each sync pushes
+    # under its own name (`engine_weights` sends a tied tensor under every name)
+    for c in (config, config.get_text_config()):
+        c.tie_word_embeddings = False
     config.save_pretrained(out)
     tensors, seen = {}, set()
     for name, t in engine_weights(model):
-        if t.data_ptr() in seen and getattr(config, "tie_word_embeddings", False):
-            continue  # the tied lm_head: vLLM ties it to the embedding itself
+        t = t.detach().to("cpu").contiguous()
+        tensors[name] = t.clone() if t.data_ptr() in seen else t  # safetensors writes no shared memory
         seen.add(t.data_ptr())
-        tensors[name] = t.detach().to("cpu").contiguous()
     save_file(tensors, str(out / "model.safetensors"))
     stock_processor(processor).save_pretrained(out)
     return out

@@ -40,12 +40,6 @@ def make_accelerator(cpu: bool, timeout_s: int = 1800):
                        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))])
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """The sampling seed of `rank`: ranks draw independent noise (rank 0 keeps `seed`; a large stride keeps runs
-    with neighbouring seeds from sharing a rank's stream)."""
-    return seed + 1_000_003 * rank
-
-
 @dataclass(frozen=True)
 class Ranks:
     """This process's place among the ranks, with the two things sharded work needs: an even share, a gather."""
@@ -89,9 +83,14 @@ def shard_fsdp(model, mixed_precision: bool = False):
     if getattr(inner, "visual", None) is not None:
         fully_shard(inner.visual, **kw)  # generate calls the vision tower outside the root forward
     # embeddings, final norm and lm_head as units of their own: parameters left to the root unit stay gathered
-    # after its forward and then miss the optimizer's updates (seen with torch 2.13 + transformers 5.23)
-    for sub in (lm.embed_tokens, lm.norm, unwrap(model).get_output_embeddings()):
+    # after its forward and then miss the optimizer's updates (seen with torch 2.13 + transformers 5.23). Tied
+    # embeddings (tie_word_embeddings: one parameter in both modules) are one unit of the two modules, since FSDP2
+    # refuses a parameter shared by two units at the first forward.
+    head = unwrap(model).get_output_embeddings()
+    tied = head.weight is lm.embed_tokens.weight
+    for sub in ([lm.embed_tokens, head],) if tied else (lm.embed_tokens, head):
         fully_shard(sub, **kw)
+    fully_shard(lm.norm, **kw)
     fully_shard(model, **kw)
     return model
 

@@ -2,7 +2,7 @@
 
     stop, collapse, skips = StopFlag(), CollapseWatch(cfg.train), SkipGuard(cfg.train.max_consecutive_skips)
     m["collapse"] = collapse.update(m)      # "" or the signals seen this step
-    skips.update(m["skipped"], step)        # raises TrainingStopped after too many non-finite steps in a row
+    skips.update(m["skipped"], step, m["skip_reason"])  # raises TrainingStopped after too many skipped steps in a row
     state = {"collapse": collapse.state_dict(), "skips": skips.state_dict()}   # saved in every checkpoint
     if stop.requested(accelerator): ...     # a SIGINT/SIGTERM arrived on any rank: save, then exit
 
@@ -17,6 +17,10 @@ import threading
 import time
 
 import torch
+
+
+SKIP_NON_FINITE = "non-finite loss or gradient"  # why a step was skipped (metrics["skip_reason"])
+SKIP_NO_TOKENS = "no loss token (every response left out)"
 
 
 class TrainingStopped(RuntimeError):
@@ -51,8 +55,10 @@ class StopFlag:
 
 
 class SkipGuard:
-    """The non-finite policy: a step whose loss or gradient is not finite was skipped (no optimizer, schedule
-    or EMA update, see `train.vision_opd_step`); after `max_consecutive` such steps in a row the run stops."""
+    """The skipped-step policy: a step whose loss or gradient is not finite, or that has no loss token (every response
+    left out: rollout.drop_unanswered / drop_degenerate), was skipped (no optimizer, schedule or EMA update, see
+    `step.vision_opd_step`); both kinds count in one streak, and after `max_consecutive` skipped steps in a row the
+    run stops (a run that cannot take a step for either reason is not training)."""
 
     def __init__(self, max_consecutive: int):
         self.max_consecutive = max_consecutive
@@ -65,14 +71,20 @@ class SkipGuard:
     def load_state_dict(self, state: dict) -> None:
         self.streak = int(state["streak"])
 
-    def update(self, skipped: bool, step: int) -> None:
+    def update(self, skipped: bool, step: int, reason: str = SKIP_NON_FINITE) -> None:
         self.streak = self.streak + 1 if skipped else 0
         if not skipped:
             return
-        print(f"[vision-opd] step {step}: non-finite loss or gradient, step skipped ({self.streak} in a row)")
-        if self.streak >= self.max_consecutive:
-            raise TrainingStopped(f"{self.streak} consecutive non-finite steps (train.max_consecutive_skips): "
-                                  "lower optim.lr, check the data, or use float32")
+        print(f"[vision-opd] step {step}: {reason}, step skipped ({self.streak} in a row)")
+        if self.streak < self.max_consecutive:
+            return
+        if reason == SKIP_NO_TOKENS:
+            raise TrainingStopped(f"{self.streak} consecutive skipped steps, the last with no loss token "
+                                  "(train.max_consecutive_skips): every response was left out; raise "
+                                  "rollout.max_new_tokens, loosen rollout.repeat_count / runaway_tokens, or set "
+                                  "rollout.drop_degenerate / drop_unanswered to false")
+        raise TrainingStopped(f"{self.streak} consecutive non-finite steps (train.max_consecutive_skips): "
+                              "lower optim.lr (a --resume applies it), check the data, or use float32")
 
 
 class CollapseWatch:

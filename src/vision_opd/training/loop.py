@@ -25,7 +25,7 @@ from ..data.views import encode_views, student_view
 from ..models.loading import load_model, set_trainable, vision_token_ids
 from ..models.parts import strip_wrappers, unwrap
 from ..report import report_after_run
-from ..rollout import check_engine_available, make_engine
+from ..rollout import check_engine_available, make_engine, rank_seed
 from . import checkpoint as ckpt
 from .context import StepContext
 from .distributed import (
@@ -34,7 +34,6 @@ from .distributed import (
     full_optimizer_state,
     load_full_optimizer_state,
     make_accelerator,
-    rank_seed,
     shard_fsdp,
 )
 from .guards import CollapseWatch, SkipGuard, StopFlag, TrainingStopped, wait_for_signal_test_hook
@@ -71,6 +70,17 @@ def lr_lambda(cfg: Config):
         return 1.0
 
     return f
+
+
+def apply_optim_config(optimizer, scheduler, cfg: Config) -> None:
+    """The config's optimizer settings over a resumed optimizer's and schedule's: a checkpoint's state holds the lr,
+    betas and weight decay it was built with, and `--resume optim.lr=...` (allowed, and printed) must then train
+    with the new value. The next step's lr is recomputed from the new lr and schedule at the resumed position."""
+    factor = lr_lambda(cfg)(scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group.update(initial_lr=cfg.optim.lr, lr=cfg.optim.lr * factor, betas=tuple(cfg.optim.betas),
+                     weight_decay=cfg.optim.weight_decay)
+    scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
 
 
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path:
@@ -138,6 +148,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
         else:
             optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        apply_optim_config(optimizer, scheduler, cfg)  # a changed optim.lr / betas / weight_decay takes effect
         teacher.load_state_dict(ckpt.load_teacher_state(last))
         stream.cursor = int(state["cursor"])
         start_step = int(state["step"])
@@ -147,7 +158,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
         skips.load_state_dict(state["guards"]["skips"])
         if is_main:
             print(f"[vision-opd] resumed from {last} at step {start_step}")
-    # the rollout engine, from the student's current weights (initial or resumed); rank r samples its shard
+    # the rollout engine, from the student's current weights (initial or resumed); rank r samples its shard; building
+    # it leaves the RNG restored above as it is
     engine = make_engine(cfg, model, processor, suppress_ids, device=device, rank=rank, world=world,
                          synced_gpus=fsdp and world > 1)
     ctx = StepContext(model, teacher, processor, optimizer, scheduler, suppress_ids, device, engine, accelerator)
@@ -204,7 +216,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
                 write_token_rows(run_dir / "tokens.jsonl", step + 1, token_rows(processor, batch, result.rollout,
                                                                                 result.token_values,
                                                                                 result.responses.from_teacher_B))
-            skips.update(m["skipped"], step + 1)
+            skips.update(m["skipped"], step + 1, m["skip_reason"])
             watch.check(m["collapse"], step + 1)
             wait_for_signal_test_hook(step + 1, stop)
             if stop.requested(accelerator):

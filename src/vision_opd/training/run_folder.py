@@ -6,11 +6,12 @@
 - A folder that holds a run (metrics.jsonl, samples.jsonl, checkpoints/, ...) is refused unless `resume`
   (continue it) or `overwrite` (delete that run's files first; nothing else in the folder is touched). A
   config.yaml alone (a run stopped by bad data before its first step) is simply replaced.
-- `resume` with no complete checkpoint stops with a message (it never starts from scratch silently).
+- `resume` with no complete checkpoint stops with a message (it never starts from scratch silently), and so does
+  `resume` with train.steps not above the checkpoint's step (the run is finished, or would go backwards).
 - Resuming compares the checkpoint's config with the new one and names every changed key: changes that make
   the saved state mean something else (the model, the data, the views, the teacher's kind, the seed) are
   refused; the others (steps, logging, evaluation, guards, learning rate, ...) are allowed and printed.
-- metrics.jsonl and samples.jsonl are cut back to the resumed step, so no step appears twice.
+- metrics.jsonl, samples.jsonl and tokens.jsonl are cut back to the resumed step, so no step appears twice.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import yaml
 
 from ..config import Config, ConfigError, save_config, to_dict
 from .checkpoint import checkpoint_step, complete_checkpoints, latest_checkpoint
-from .run_log import METRICS, SAMPLES, cut_logs
+from .run_log import METRICS, SAMPLES, TOKENS, cut_logs
 
-RUN_FILES = ("config.yaml", METRICS, SAMPLES, "report.html")
+RUN_FILES = ("config.yaml", METRICS, SAMPLES, TOKENS, "report.html")
 RUN_DIRS = ("checkpoints", "tensorboard", "wandb")
 RUN_GLOBS = ("proposals_*.jsonl",)  # caches computed by the run's initial model
 
@@ -111,6 +112,11 @@ def check_run_folder(run_dir: str | Path, cfg: Config, *, resume: bool, overwrit
         raise ConfigError(f"--resume: {last} was trained with another config; these keys may not change on resume: "
                           f"{_show(bad)}. Restore them (the run's config: {saved_path}), or start a new run in another "
                           "train.out_dir" + (f" (changes that resume allows: {_show(ok)})" if ok else ""))
+    done = checkpoint_step(last)
+    if cfg.train.steps <= done:
+        state = "is finished" if cfg.train.steps == done else f"is past train.steps={cfg.train.steps}"
+        raise ConfigError(f"--resume: {where} already has step {done} ({last.name}) and {state}; set train.steps above "
+                          f"{done} to train on, or start a new run in another train.out_dir")
     return RunPlan(run_dir, resume_from=last, changed=changes)
 
 
@@ -127,5 +133,5 @@ def start_run_folder(plan: RunPlan, cfg: Config) -> None:
         if plan.changed:
             print(f"[vision-opd] resuming with changed config keys: {_show(plan.changed)}")
         if dropped:
-            print(f"[vision-opd] dropped {dropped} log line(s) after step {step} (metrics.jsonl, samples.jsonl)")
+            print(f"[vision-opd] dropped {dropped} log line(s) after step {step} (metrics.jsonl, samples.jsonl, tokens.jsonl)")
     save_config(cfg, plan.run_dir / "config.yaml")

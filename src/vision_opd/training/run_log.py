@@ -25,6 +25,7 @@ from typing import Any
 
 METRICS = "metrics.jsonl"
 SAMPLES = "samples.jsonl"
+TOKENS = "tokens.jsonl"  # written by token_dump.py (train.dump_tokens_every)
 
 
 class MetricsLogger:
@@ -110,10 +111,11 @@ class MetricsLogger:
 
 
 def cut_logs(run_dir: str | Path, step: int) -> int:
-    """Keep only the lines of metrics.jsonl and samples.jsonl up to `step` (a resumed run appends after them, so no
-    step appears twice); an unreadable line (a write cut short by a kill) is dropped too. Returns the lines dropped."""
+    """Keep only the lines of metrics.jsonl, samples.jsonl and tokens.jsonl up to `step` (a resumed run appends after
+    them, so no step appears twice); an unreadable line (a write cut short by a kill) is dropped too. Returns the
+    lines dropped."""
     dropped = 0
-    for name in (METRICS, SAMPLES):
+    for name in (METRICS, SAMPLES, TOKENS):
         path = Path(run_dir) / name
         if not path.is_file():
             continue

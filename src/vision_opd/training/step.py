@@ -36,6 +36,7 @@ from ..rollout.mismatch import (
 from ..scoring.forward import score_responses
 from .context import StepContext, StepViews
 from .distributed import grad_sync
+from .guards import SKIP_NO_TOKENS, SKIP_NON_FINITE
 from .responses import COUNTS, collect_responses, response_metrics
 
 
@@ -66,7 +67,8 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
     gradient as one process over all prompts; gradients sync once, on the last micro-batch. Only the first
     `n_real` records (default: all) count: the rest pad this rank's share to the others' size (`Ranks.shard`), so
     every rank runs the same forwards, and their tokens are left out of the loss, the token count and the metrics.
-    Whether the step is skipped (a non-finite loss or gradient) is decided from all ranks' values together.
+    Whether the step is skipped (a non-finite loss or gradient, or no loss token at all) is decided from all ranks'
+    values together; `metrics["skip_reason"]` says which.
     `ctx.engine` samples the rollouts and receives the new weights after the optimizer step (default: the HF engine).
     """
     model, teacher, processor, device, accelerator = ctx.model, ctx.teacher, ctx.processor, ctx.device, ctx.accelerator
@@ -158,14 +160,19 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
     finite = bool(torch.isfinite(grad_norm)) and math.isfinite(sums["loss"])
     finite = global_sum(torch.tensor(0.0 if finite else 1.0, device=device)).item() == 0  # every rank decides alike
+    # a step is skipped (no optimizer, schedule or EMA update, no sync) when its loss or gradient is not finite on any
+    # rank, or when no response token reached the loss (every response left out: AdamW would still move the weights
+    # with its old moments and the weight decay)
+    skip_reason = "" if finite else SKIP_NON_FINITE
+    skip_reason = SKIP_NO_TOKENS if num_tokens.item() == 0 else skip_reason
     lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (the schedule then moves on to the next)
-    if finite:  # a non-finite loss or gradient on any rank skips the whole step (no optimizer, schedule or EMA update)
+    if not skip_reason:
         optimizer.step()
         scheduler.step()
         teacher.update()
     optimizer.zero_grad(set_to_none=True)
     t3 = time.perf_counter()
-    sec_sync = engine.sync(model) if finite else 0.0
+    sec_sync = 0.0 if skip_reason else engine.sync(model)
     n = max(1.0, num_tokens.item())
     lengths = ro.lengths_B.float()[real_B]
     tot = global_sum(torch.tensor([sums["loss"], sums["reverse_kl"], sums["top1_agree"], lengths.sum().item(),
@@ -184,7 +191,8 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         "tokens": int(num_tokens.item()),  # tokens the loss read (left-out responses excluded)
         "grad_norm": grad_norm.item(),
         "lr": lr,
-        "skipped": 0 if finite else 1,
+        "skipped": 1 if skip_reason else 0,
+        "skip_reason": skip_reason,  # "", SKIP_NON_FINITE or SKIP_NO_TOKENS
         "sec_views": t1 - t0,
         "sec_rollout": t2 - t1,
         "sec_teacher": t_teacher,

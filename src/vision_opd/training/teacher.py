@@ -7,7 +7,9 @@ live:   the student's current weights, used under no_grad (no copy).
 
 Full fine-tuning keeps a copy of the model for frozen/ema. With LoRA (peft) there is no second copy of the
 base weights: a frozen teacher is the base with the adapter disabled, and an EMA teacher is an EMA over
-the adapter weights only, swapped into the adapter for the teacher's forward passes.
+the adapter weights only, swapped into the adapter for the teacher's forward passes. The EMA adapter is kept whole
+(plain tensors, the same on every rank, as checkpoints hold it): under FSDP2 the update gathers the trained adapter's
+shards, and the swap writes each rank its own shard of the EMA weights.
 Always score the teacher inside `with teacher.scoring() as model:` (it sets no_grad and eval mode, and gives a
 shared student its train mode back afterwards).
 """
@@ -44,6 +46,16 @@ def adapter_params(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in strip_wrappers(model).named_parameters() if "lora_" in n}
 
 
+def write_whole(p: torch.Tensor, whole: torch.Tensor) -> None:
+    """`whole` (a plain tensor of p's full shape) written into parameter `p`: under FSDP2, into this rank's shard
+    (cut locally, no communication: every rank holds the same `whole`)."""
+    if hasattr(p, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        whole = distribute_tensor(whole.to(p.dtype), p.device_mesh, p.placements, src_data_rank=None)
+    p.copy_(whole)
+
+
 class Teacher:
     def __init__(self, student, mode: str, ema_rate: float = 0.05, device: str | torch.device | None = None):
         if mode not in ("frozen", "ema", "live"):
@@ -56,7 +68,7 @@ class Teacher:
         self.ema_adapter: dict[str, torch.Tensor] | None = None  # LoRA + ema
         if self.lora:
             if mode == "ema":
-                self.ema_adapter = {n: p.detach().clone() for n, p in adapter_params(student).items()}
+                self.ema_adapter = {n: full_tensor(p.detach()).clone() for n, p in adapter_params(student).items()}
         elif mode in ("frozen", "ema"):
             self.model = copy.deepcopy(unwrap(student)).eval()
             for p in self.model.parameters():
@@ -96,7 +108,7 @@ class Teacher:
                 params = adapter_params(self._student)
                 saved = {n: p.detach().clone() for n, p in params.items()}
                 for n, p in params.items():
-                    p.copy_(self.ema_adapter[n])
+                    write_whole(p, self.ema_adapter[n])
                 try:
                     with eval_mode(self._student) as model:
                         yield model
@@ -110,8 +122,8 @@ class Teacher:
         if self.mode != "ema":
             return
         if self.lora:
-            for n, p in adapter_params(self._student).items():
-                self.ema_adapter[n].lerp_(p.detach().to(self.ema_adapter[n].dtype), self.rate)
+            for n, p in adapter_params(self._student).items():  # FSDP: gather the shards (every rank alike)
+                self.ema_adapter[n].lerp_(full_tensor(p.detach()).to(self.ema_adapter[n].dtype), self.rate)
             return
         student = unwrap(self._student)
         for (name_t, p_t), (name_s, p_s) in zip(self.model.named_parameters(), student.named_parameters(), strict=True):
