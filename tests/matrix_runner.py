@@ -1,16 +1,14 @@
-"""The combination matrix (tests/test_matrix.py, tests/test_matrix_vllm.py): its rows, and one row run end to end.
+"""The combination matrix's run and checks: one row end to end (tests/matrix_rows.py holds the rows).
 
-Factors: processes {1, DDP x2, FSDP x2} x rollouts {HF, vLLM} x weights {full, LoRA} x teacher {frozen, EMA, live}
-x train.share_prompts {on, off} x embeddings {tied, untied}. `pairwise` picks a covering set (every pair of values
-in at least one row). Each row runs a shipped preset on the twin of its checkpoint (tied: Qwen2.5-VL-3B / Qwen3.5-4B;
-untied: Qwen2.5-VL-7B / Qwen3-VL-8B), sizes overridden, the row's factors set: 3 steps with a checkpoint at step 2
-(the uninterrupted run), then the step-3 checkpoint removed and `--resume` for the last step, export (merged for
-LoRA) and an evaluation of the export beside one of the checkpoint.
+Each row runs its preset on the twin: 3 steps with a checkpoint at step 2 (the uninterrupted run), then the step-3
+checkpoint removed and `--resume` for the last step, export (merged for LoRA) and an evaluation of the export beside
+one of the checkpoint.
 
 Checked in every row (`check_row`): after each weight sync the engine's greedy tokens equal HF generate's on the
 trainer's weights and its log-probs an independent forward's (1e-5, fp32), recorded by `SyncCheck`; every step's
-sampled-token log-probs equal the trainer's (rollout_logprob_diff_max); the resumed step's metrics and weights equal
-the uninterrupted run's; the export answers as the checkpoint; the logged lr is the optimizer's.
+sampled-token log-probs equal the trainer's (rollout_logprob_diff_max); the resumed step's metrics, weights and
+trainer state equal the uninterrupted run's; the export answers as the checkpoint and has its logits; the logged lr
+is the optimizer's.
 
 Run as a script (under torchrun for the two-process rows): `python tests/matrix_runner.py CHECK_DIR train ARGS...`
 installs the sync check, then runs `vision-opd train ARGS...` and its resumed last step in the same processes.
@@ -18,7 +16,6 @@ installs the sync check, then runs `vision-opd train ARGS...` and its resumed la
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
@@ -27,144 +24,9 @@ from pathlib import Path
 
 import torch
 
-# (the order of the values breaks ties in `pairwise`: this one gives 9 rows, the fewest possible, 4 of them with HF
-# rollouts, so the two-process runs mostly fall to `make test-vllm`)
-FACTORS = {"procs": ("fsdp", "ddp", "1"), "engine": ("vllm", "hf"), "weights": ("full", "lora"),
-           "teacher": ("frozen", "ema", "live"), "share": ("on", "off"), "tied": ("tied", "untied")}
-ROOT = Path(__file__).resolve().parents[1]
-# every shipped preset, with the twin of its checkpoint (tiny_cpu runs its own tiny model)
-PRESETS = {"configs/qwen2_5_vl_3b_full.yaml": "qwen2_5_vl_3b", "configs/qwen3_5_4b_reference.yaml": "qwen3_5_4b",
-           "configs/qwen2_5_vl_7b_lora.yaml": "qwen2_5_vl_7b", "configs/qwen3_vl_8b_lora.yaml": "qwen3_vl_8b",
-           "configs/ablations/onpolicy.yaml": "qwen2_5_vl_7b", "configs/ablations/offpolicy.yaml": "qwen2_5_vl_7b",
-           "configs/ablations/seqkd.yaml": "qwen2_5_vl_7b", "configs/ablations/textonly.yaml": "qwen2_5_vl_7b",
-           "configs/tiny_cpu.yaml": "tiny:qwen2_5_vl"}
-TIED = {"qwen2_5_vl_3b", "qwen3_5_4b"}
-# combinations the matrix holds beyond pairs: full fine-tuning of a tied model synced to vLLM (the output head is the
-# embedding); with HF rollouts (so in `make test`), LoRA under FSDP with the EMA teacher (the default teacher) and FSDP
-# over a tied model
-REQUIRED = ({"engine": "vllm", "weights": "full", "tied": "tied"},
-            {"procs": "fsdp", "weights": "lora", "teacher": "ema", "engine": "hf"},
-            {"procs": "fsdp", "tied": "tied", "engine": "hf"})
-VLLM_TWINS = {"qwen2_5_vl_3b", "qwen2_5_vl_7b"}  # the families vLLM's CPU backend runs (tests/test_vllm.py)
-SIDE = 168  # the synthetic images' size: the processors' pixel budget, so no engine resizes an image
+from matrix_rows import PRESETS, ROOT, row_overrides
+
 TOL = 1e-5
-
-
-def pairs_of(row: dict) -> set:
-    items = sorted(row.items())
-    return {(a, b) for a, b in itertools.combinations(items, 2)}
-
-
-def pairwise(factors: dict, required: tuple[dict, ...] = ()) -> list[dict]:
-    """A small set of rows covering every pair of values of two factors (greedy: each new row the one covering most
-    uncovered pairs, first in enumeration order on ties). Each `required` partial row is completed first, the same
-    way, so that the set also holds those combinations."""
-    names = list(factors)
-    every = [dict(zip(names, values, strict=True)) for values in itertools.product(*factors.values())]
-    todo = set().union(*(pairs_of(r) for r in every))
-    rows = []
-    for part in required:
-        best = max((r for r in every if part.items() <= r.items()), key=lambda r: len(pairs_of(r) & todo))
-        rows.append(best)
-        todo -= pairs_of(best)
-    while todo:
-        best = max(every, key=lambda r: len(pairs_of(r) & todo))
-        rows.append(best)
-        todo -= pairs_of(best)
-    return rows
-
-
-def assign_presets(rows: list[dict]) -> list[tuple[str, dict]]:
-    """(preset, row) for every row: a preset whose twin has the row's embeddings (and that vLLM runs, for vLLM rows),
-    the least used first; then one more row per preset no row got, with the preset's own settings (1 process, HF,
-    its weights and teacher, prompts shared)."""
-    used = dict.fromkeys(PRESETS, 0)
-    out = []
-    for row in rows:
-        fits = [p for p, twin in PRESETS.items() if (twin in TIED) == (row["tied"] == "tied") and twin != "tiny:qwen2_5_vl"
-                and (row["engine"] == "hf" or twin in VLLM_TWINS)]
-        preset = min(fits, key=lambda p: used[p])
-        used[preset] += 1
-        out.append((preset, row))
-    for preset in (p for p, n in used.items() if n == 0):
-        import yaml
-
-        shipped = yaml.safe_load((ROOT / preset).read_text())
-        out.append((preset, {"procs": "1", "engine": "hf",
-                             "weights": "lora" if shipped["model"].get("lora_r", 0) > 0 else "full",
-                             "teacher": shipped["teacher"]["mode"], "share": "on",
-                             "tied": "tied" if PRESETS[preset] in TIED else "untied"}))
-    return out
-
-
-def known_defects(row: dict) -> list[str]:
-    """The defects of the twins issue a row runs into until their fixes land (the rows are xfail(strict) for them)."""
-    found = []
-    if row["engine"] == "vllm" and row["weights"] == "full" and row["tied"] == "tied":
-        found.append("defect 1 of the twins issue: the vLLM weight sync never pushes a tied lm_head")
-    if row["procs"] == "fsdp" and row["tied"] == "tied":
-        found.append("defect 2 of the twins issue: FSDP refuses the tied embedding and output head in two groups")
-    if row["procs"] == "fsdp" and row["weights"] == "lora" and row["teacher"] == "ema":
-        found.append("defect 3 of the twins issue: LoRA + FSDP + EMA teacher mixes Tensor and DTensor")
-    if row["engine"] == "vllm" and row["procs"] != "1":
-        found.append("found by this matrix (not in the issue's list): over several processes, closing the vLLM engine "
-                     "takes the process group down before the final checkpoint is gathered")
-    if row["engine"] == "vllm":
-        found.append("defect 5 of the twins issue: building the vLLM engine reseeds after the RNG was restored, so a "
-                     "resumed run samples other tokens")
-    return found
-
-
-def write_matrix_data(d: Path) -> Path:
-    """Synthetic records, each with its own teacher_image (the evidence crop, as in the 6K data)."""
-    from vision_opd.data.crops import crop_image
-    from vision_opd.data.images import open_image
-    from vision_opd.demo.world import write_synthetic
-
-    src = write_synthetic(d, 6, seed=0, name="base.jsonl")
-    lines = []
-    for row in map(json.loads, src.read_text().splitlines()):
-        crop = f"images/{row['id']}_crop.png"
-        crop_image(open_image(str(d / row["image"])), tuple(row["box"])).save(d / crop)
-        lines.append(json.dumps({**row, "teacher_image": crop}))
-    (d / "train.jsonl").write_text("\n".join(lines) + "\n")
-    return d / "train.jsonl"
-
-
-def save_twins(root: Path) -> dict:
-    """The twins of the presets' checkpoints, at the synthetic images' pixel budget."""
-    from vision_opd.models.twins import save_twin
-
-    return {t: save_twin(root / t, t, image_size=SIDE) for t in set(PRESETS.values()) if not t.startswith("tiny:")}
-
-
-def matrix_param(preset: str, row: dict):
-    """A pytest param of a row, xfail(strict) while a known defect stands in its way."""
-    import pytest
-
-    defects = known_defects(row)
-    marks = [pytest.mark.xfail(strict=True, reason="; ".join(defects))] if defects else []
-    return pytest.param(preset, row, id=row_id(preset, row), marks=marks)
-
-
-def row_id(preset: str, row: dict) -> str:
-    return "-".join([Path(preset).stem, *row.values()])
-
-
-def row_overrides(row: dict, twin_dir: str, data: Path, out: Path) -> list[str]:
-    """The sizes (model -> its twin, float32 and fp32 compute for the 1e-5 checks, tiny data, 3 steps, a checkpoint
-    at step 2, LoRA rank 8) and the row's factors."""
-    o = [f"model.name_or_path={twin_dir}", "model.dtype=float32", "model.max_pixels=null", "train.mixed_precision=fp32",
-         f"model.tiny_image_size={SIDE}", f"data.train_file={data}", "data.format=records", f"train.out_dir={out}",
-         "train.steps=3", "train.save_every=2", "train.prompts_per_step=2", "rollout.max_new_tokens=4",
-         "train.micro_batch_size=4", "train.eval_every=0", "train.progress=false", "train.tensorboard=false",
-         "train.threads=1", "train.device=cpu", "views.teacher_pixels=12544", f"rollout.engine={row['engine']}"]
-    if row["procs"] != "1":
-        o.append(f"train.distributed={row['procs']}")
-    o += ["model.lora_r=8", "model.lora_alpha=16"] if row["weights"] == "lora" else ["model.lora_r=0"]
-    o += [f"teacher.mode={row['teacher']}", f"train.share_prompts={'true' if row['share'] == 'on' else 'false'}"]
-    return o
-
 
 # ----------------------------------------------------------------------------- after each sync: engine vs trainer
 
@@ -335,6 +197,7 @@ def run_row(preset: str, row: dict, tmp: Path, data: Path, twin_dirs: dict) -> d
     assert rc == 0, out[-4000:]
     ckpt3, kept = run / "checkpoints" / "step_000003", checks / "uninterrupted"
     got = {"uninterrupted": _metrics(kept), "weights3": _weights(kept / "step_000003"), "run": run, "kept": kept,
+           "ranks": 1 if row["procs"] == "1" else 2,
            "resumed": _metrics(run), "resumed_weights3": _weights(ckpt3), "output": out,
            "syncs": [json.loads(x) for p in sorted(checks.glob("sync*.jsonl")) for x in p.read_text().splitlines()]}
     lora = (ckpt3 / "adapter_model.safetensors").exists()
@@ -375,9 +238,12 @@ def check_row(got: dict) -> None:
     from vision_opd.training.loop import lr_lambda
 
     run, before, after = got["run"], got["uninterrupted"], got["resumed"]
-    # after each sync (3 in each of the two runs, on every rank): greedy tokens and log-probs as the trainer's
-    assert got["syncs"] and all(s["tokens_equal"] for s in got["syncs"]), got["syncs"]
-    assert max(s["logprob_diff_max"] for s in got["syncs"]) < TOL, got["syncs"]
+    # one sync after every step that updated the weights (a skipped step syncs nothing), on every rank; after each,
+    # greedy tokens and log-probs as the trainer's
+    updated = sum(not m["skipped"] for m in before) + (not after[2]["skipped"])
+    assert len(got["syncs"]) == got["ranks"] * updated, (len(got["syncs"]), updated)
+    assert all(s["tokens_equal"] for s in got["syncs"]), got["syncs"]
+    assert max((s["logprob_diff_max"] for s in got["syncs"]), default=0.0) < TOL, got["syncs"]
     for m in before + after:  # the sampled tokens' log-probs, every step
         d = m.get("rollout_logprob_diff_max")
         assert d is None or (isinstance(d, float) and math.isnan(d)) or d < TOL, (m["step"], d)
@@ -392,12 +258,13 @@ def check_row(got: dict) -> None:
     a, b = (load_trainer_state(c) for c in (got["kept"] / "step_000003", run / "checkpoints" / "step_000003"))
     assert (a["step"], a["cursor"], a["scheduler"]) == (b["step"], b["cursor"], b["scheduler"])  # where step 4 would go on
     assert [g["lr"] for g in a["optimizer"]["param_groups"]] == [g["lr"] for g in b["optimizer"]["param_groups"]]
-    # the logged lr is the optimizer's: the schedule of the config, and the step-2 checkpoint's optimizer holds
-    # the lr that step 3 logged
-    cfg = load_config(run / "config.yaml", [])
+    # the logged lr is the optimizer's: the config's schedule at the number of updates so far (a skipped step does
+    # not move it), and the step-2 checkpoint's optimizer holds the lr that step 3 logged
+    cfg, updates = load_config(run / "config.yaml", []), 0
     f = lr_lambda(cfg)
     for m in after:
-        assert m["lr"] == pytest.approx(cfg.optim.lr * f(m["step"] - 1), rel=1e-9), m["step"]
+        assert m["lr"] == pytest.approx(cfg.optim.lr * f(updates), rel=1e-9), m["step"]
+        updates += not m["skipped"]
     opt = load_trainer_state(run / "checkpoints" / "step_000002")["optimizer"]
     assert opt["param_groups"][0]["lr"] == pytest.approx(after[2]["lr"], rel=1e-9)
     # the export evaluates like the checkpoint: the same answers, the same logits (LoRA merged: to rounding)

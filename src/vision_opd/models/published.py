@@ -5,8 +5,8 @@ embeddings, grouped-query ratio, rope / mrope sections and interleaving, the vis
 layers, hybrid layer types), the special tokens' names and the instruct checkpoint's sampling defaults
 (generation_config.json). Each entry says where its values were read; the hub itself is not reachable from the
 machines that built this, so the sources are public copies of the checkpoints' config.json files (test fixtures and
-converters of other projects that paste them whole). What no public copy confirmed is listed in `UNCONFIRMED` and
-in docs/testing.md ("Tiny twins").
+converters of other projects that paste them whole). What no public copy confirmed is listed in docs/testing.md
+("Tiny twins").
 
 The rope values are written the way transformers 5 reads them (`rope_parameters`); the published files of the
 Qwen2.5-VL and Qwen3-VL checkpoints carry the same numbers as `rope_theta` + `rope_scaling` (older transformers).
@@ -94,15 +94,4 @@ PUBLISHED = {
                   "every 4th layer, 16/32 linear heads of 128); generation defaults: the Qwen3.5 model card's thinking "
                   "mode sampling (not confirmed from generation_config.json)",
     },
-}
-
-# values no public copy confirmed (docs/testing.md, "Tiny twins")
-UNCONFIRMED = {
-    "Qwen/Qwen2.5-VL-3B-Instruct": ["generation_config.json itself (the defaults are from a deploy script; some "
-                                    "revisions are reported with temperature 1e-6)"],
-    "Qwen/Qwen2.5-VL-7B-Instruct": ["generation_config.json itself (taken as the 3B's)"],
-    "Qwen/Qwen3-VL-4B-Instruct": ["generation_config.json itself (the model card's recommended sampling)"],
-    "Qwen/Qwen3-VL-8B-Instruct": ["generation_config.json itself (the model card's recommended sampling)"],
-    "Qwen/Qwen3.5-4B": ["generation_config.json (the model card's thinking-mode sampling)",
-                        "the chat template's thinking switch (opens `<think>` unless enable_thinking=false)"],
 }
