@@ -87,6 +87,10 @@ def known_defects(row: dict) -> list[str]:
     the twins issue stopped the rows holding a tied model under vLLM or FSDP, LoRA + FSDP + EMA, and every vLLM
     resume; their fixes are in."""
     found = []
+    if row["engine"] == "vllm" and row["procs"] == "fsdp":
+        found.append("found by this matrix (not in the twins issue's list): under FSDP the vLLM engine is built from the "
+                     "sharded model, whose class FSDP2 renamed (FSDPQwen2_5_VLForConditionalGeneration): vLLM knows no "
+                     "such architecture")
     if row["engine"] == "vllm" and row["procs"] != "1":
         found.append("found by this matrix (not in the twins issue's list): over several processes, closing the vLLM "
                      "engine takes the process group down before the final checkpoint is gathered")
