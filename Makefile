@@ -39,7 +39,7 @@ setup-vllm: $(VBIN)/.vllm-ready
 	$(VBIN)/python -m pip install -q -e ".[test]"
 
 test-vllm: setup-vllm
-	OMP_NUM_THREADS=1 VISION_OPD_REQUIRE_VLLM=1 $(VBIN)/python -m pytest -m vllm tests/test_vllm.py --durations=5 -W ignore::FutureWarning
+	OMP_NUM_THREADS=1 VISION_OPD_REQUIRE_VLLM=1 $(VBIN)/python -m pytest -m vllm tests/test_vllm.py tests/test_matrix_vllm.py --durations=5 -W ignore::FutureWarning
 
 clean:
 	rm -rf runs data/synth .pytest_cache

@@ -61,8 +61,10 @@ The object is red. The target is a circle. I think the answer is B because the b
 """
 
 
-def build_tokenizer(vocab_size: int = 384):
-    """A byte-level BPE tokenizer with the Qwen special tokens, trained offline on a built-in corpus."""
+def build_tokenizer(vocab_size: int = 384, *, special_tokens: list[str] = SPECIAL_TOKENS, chat_template: str = CHAT_TEMPLATE):
+    """A byte-level BPE tokenizer with the Qwen special tokens, trained offline on a built-in corpus.
+
+    `special_tokens` start with <|endoftext|> (pad), <|im_start|>, <|im_end|> (eos), in this order."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -71,7 +73,7 @@ def build_tokenizer(vocab_size: int = 384):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -80,8 +82,8 @@ def build_tokenizer(vocab_size: int = 384):
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[3:],
-        chat_template=CHAT_TEMPLATE,
+        additional_special_tokens=special_tokens[3:],
+        chat_template=chat_template,
         padding_side="left",
     )
     return fast
@@ -108,7 +110,7 @@ def build_processor(family: str = "qwen2_5_vl", *, image_size: int = 112, tokeni
         size={"shortest_edge": pixels, "longest_edge": pixels},
     )
     cls = processor_class_for(family)
-    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template or CHAT_TEMPLATE)
 
 
 def _check_family(family: str) -> None:

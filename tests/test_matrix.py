@@ -1,0 +1,54 @@
+"""The combination matrix on the tiny twins, HF rollouts (tests/matrix_runner.py holds the rows and the checks;
+the vLLM rows are tests/test_matrix_vllm.py, run by `make test-vllm`)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+from matrix_rows import (FACTORS, PRESETS, REQUIRED, assign_presets, matrix_param, pairs_of, pairwise, row_id,
+                         save_twins,
+                         write_matrix_data)
+from matrix_runner import check_row, run_row
+
+ROWS = assign_presets(pairwise(FACTORS, REQUIRED))
+HF_ROWS = [(p, r) for p, r in ROWS if r["engine"] == "hf"]
+
+
+def test_pairwise_covers_every_pair_with_few_rows():
+    rows = pairwise(FACTORS, REQUIRED)
+    for (f1, v1s), (f2, v2s) in itertools.combinations(FACTORS.items(), 2):
+        for v1, v2 in itertools.product(v1s, v2s):
+            assert any(r[f1] == v1 and r[f2] == v2 for r in rows), (f1, v1, f2, v2)
+    assert len(rows) <= 12  # the pairwise minimum here is 9 (3 processes x 3 teachers)
+    for part in REQUIRED:
+        assert any(part.items() <= r.items() for r in rows), part
+    assert pairwise({"a": (1, 2), "b": (1, 2), "c": (1, 2)}) == [{"a": 1, "b": 1, "c": 1}, {"a": 1, "b": 2, "c": 2},
+                                                                {"a": 2, "b": 1, "c": 2}, {"a": 2, "b": 2, "c": 1}]
+    assert len(pairs_of({"a": 1, "b": 2, "c": 3})) == 3
+
+
+def test_every_shipped_preset_runs_in_some_row():
+    assert {p for p, _ in ROWS} == set(PRESETS)
+
+
+@pytest.fixture(scope="session")
+def matrix_data(tmp_path_factory):
+    return write_matrix_data(tmp_path_factory.mktemp("matrix_data"))
+
+
+@pytest.fixture(scope="session")
+def twin_dirs(tmp_path_factory):
+    return save_twins(tmp_path_factory.mktemp("matrix_twins"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset,row", [matrix_param(p, r) for p, r in HF_ROWS])
+def test_matrix_row(preset, row, tmp_path, matrix_data, twin_dirs):
+    t = time.time()
+    got = run_row(preset, row, tmp_path, matrix_data, twin_dirs)
+    assert "refused" not in got, got.get("refused")
+    check_row(got)
+    print(f"\n[matrix] {row_id(preset, row)}: passed in {time.time() - t:.0f} s")
