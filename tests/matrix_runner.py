@@ -113,27 +113,29 @@ def install_sync_check(check_dir: Path, rank: int = 0):
 # ----------------------------------------------------------------------------- one row, end to end
 
 
-def train_twice(args: list[str], check_dir: Path, rank: int) -> int:
-    """`vision-opd train ARGS` (3 steps, a checkpoint at step 2), then, in the same processes, the step-3 checkpoint
-    moved to CHECK_DIR/uninterrupted (with metrics.jsonl) and `--resume` for the last step."""
+def train_twice(args: list[str], check_dir: Path, rank: int, phases: tuple[str, ...] = ("first", "resume")) -> int:
+    """`vision-opd train ARGS` (3 steps, a checkpoint at step 2), then the step-3 checkpoint moved to
+    CHECK_DIR/uninterrupted (with metrics.jsonl) and `--resume` for the last step. One process runs both phases;
+    several processes run each phase as a launch of its own, as a user resumes (`phases`)."""
     import shutil
 
     from vision_opd.cli import main
 
     undo = install_sync_check(check_dir, rank)
     try:
-        rc = main(args)
-        if rc != 0:
-            return rc
-        run = Path(next(a.split("=", 1)[1] for a in args if a.startswith("train.out_dir=")))
-        if rank == 0:
-            keep = check_dir / "uninterrupted"
-            shutil.copytree(run / "checkpoints" / "step_000003", keep / "step_000003")
-            shutil.copy(run / "metrics.jsonl", keep / "metrics.jsonl")
-            shutil.rmtree(run / "checkpoints" / "step_000003")  # as if the run had stopped after its step-2 checkpoint
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
-        return main([*args, "--resume"])
+        if "first" in phases:
+            rc = main(args)
+            if rc != 0:
+                return rc
+            run = Path(next(a.split("=", 1)[1] for a in args if a.startswith("train.out_dir=")))
+            if rank == 0:
+                keep = check_dir / "uninterrupted"
+                shutil.copytree(run / "checkpoints" / "step_000003", keep / "step_000003")
+                shutil.copy(run / "metrics.jsonl", keep / "metrics.jsonl")
+                shutil.rmtree(run / "checkpoints" / "step_000003")  # as if the run had stopped after its step-2 checkpoint
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.barrier()
+        return main([*args, "--resume"]) if "resume" in phases else 0
     finally:
         undo()
 
@@ -153,20 +155,25 @@ def launch(args: list[str], procs: str, check_dir: Path) -> tuple[int, str]:
             rc = train_twice(args, check_dir, 0)
         return rc, buf.getvalue()
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), __file__,
-           str(check_dir), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
-        out, _ = proc.communicate(timeout=500)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return 124, out + "\n(no end in 500 s: a hang)"
-    return proc.returncode, out
+    outs = []
+    for phase in ("first", "resume"):  # the resume is a launch of its own, as a user resumes a multi-process run
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), __file__,
+               str(check_dir), phase, *args]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        try:
+            out, _ = proc.communicate(timeout=500)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            return 124, "".join(outs) + out + "\n(no end in 500 s: a hang)"
+        outs.append(out)
+        if proc.returncode != 0:
+            return proc.returncode, "".join(outs)
+    return 0, "".join(outs)
 
 
 def _weights(ckpt: Path) -> dict:
@@ -272,5 +279,5 @@ def check_row(got: dict) -> None:
     assert got["export_logit_diff"] < 1e-5, got["export_logit_diff"]
 
 
-if __name__ == "__main__":  # under torchrun: python tests/matrix_runner.py CHECK_DIR train ARGS...
-    sys.exit(train_twice(sys.argv[2:], Path(sys.argv[1]), int(os.environ.get("RANK", "0"))))
+if __name__ == "__main__":  # under torchrun: python tests/matrix_runner.py CHECK_DIR first|resume train ARGS...
+    sys.exit(train_twice(sys.argv[3:], Path(sys.argv[1]), int(os.environ.get("RANK", "0")), (sys.argv[2],)))

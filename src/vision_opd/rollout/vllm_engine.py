@@ -98,7 +98,9 @@ def write_engine_folder(model, processor, out: str | Path) -> Path:
     plain = unwrap(model)
     out = Path(out)
     config = copy.deepcopy(plain.config)
-    config.architectures = [type(plain).__name__]  # what vLLM picks its model class by (absent from a config built in code)
+    # what vLLM picks its model class by (absent from a config built in code); FSDP2 swaps a sharded module's class for
+    # a subclass named FSDP<name>, so the architecture is the first class of the MRO that FSDP did not make
+    config.architectures = [next(c.__name__ for c in type(plain).__mro__ if not c.__name__.startswith("FSDP"))]
     # built untied: for a tied model vLLM skips every `lm_head.*` weight (on load and on reload) and its tied output
     # head does not follow an embedding pushed later; untied, the head is a tensor of its own that each sync pushes
     # under its own name (`engine_weights` sends a tied tensor under every name)

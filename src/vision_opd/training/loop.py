@@ -259,6 +259,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, accept_
                 raise TrainingInterrupted(stop.signal, save(step + 1))  # the command exits 130 / 143
             if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0 and step + 1 < cfg.train.steps:
                 save(step + 1)
+        # the final checkpoint before the engine closes: over several processes closing a vLLM engine can take the
+        # process group down, and the FSDP gather of the final state needs it
+        final = save(cfg.train.steps)
     except TrainingStopped as e:
         path = save(step + 1)
         print(f"[vision-opd] stopped: {e}; state saved in {path}")
@@ -267,7 +270,6 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, accept_
         log.close()
         stop.restore()
         engine.close()
-    final = save(cfg.train.steps)
     if is_main:
         print(f"[vision-opd] done: {cfg.train.steps} steps; checkpoint {final}" + (f"; {n_bad} bad record(s) skipped" if n_bad else ""))
         if cfg.train.report:
