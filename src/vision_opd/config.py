@@ -323,7 +323,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=10")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)}); quote a text value: "
+                              f"{key}='\"...\"'") from None
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -340,9 +344,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p}: not valid YAML ({_yaml_problem(e)}); fix the file (`vision-opd "
+                              "config` prints a valid one with every key)") from None
     data = apply_overrides(data, overrides or [])
     return _build(Config, data, "").validate()
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """YAML's complaint in one line, with the line and column it names."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or type(e).__name__}{where}"
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

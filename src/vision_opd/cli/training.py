@@ -8,20 +8,25 @@ them all with their defaults; each section's meaning is documented in src/vision
 
 
 def cmd_train(args) -> int:
-    from ..config import load_config
-    from ..training.loop import train
+    """The config, the run folder and every record are checked before torch is even imported: a mistake there is
+    one line at once."""
+    import os
 
-    cfg = load_config(args.config, args.overrides + (["data.skip_bad=true"] if args.skip_bad else []))
+    from ..config import load_config
+    from ..data.sources import load_train_records
     from ..training.run_folder import check_run_folder
 
+    cfg = load_config(args.config, args.overrides + (["data.skip_bad=true"] if args.skip_bad else []))
     check_run_folder(cfg.train.out_dir, cfg, resume=args.resume, overwrite=args.overwrite)  # before any data is made
+    rank = int(os.environ.get("RANK", "0"))
     if cfg.data.synth_if_missing and _synth_applies(args.overrides):  # the tiny config's synthetic data (train() never
-        import os  # generates data)
+        from ..demo.world import synthesize_if_missing  # generates data)
 
-        from ..demo.world import synthesize_if_missing
+        synthesize_if_missing(cfg.data, rank=rank)
+    data = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and rank == 0)
+    from ..training.loop import train  # torch, transformers: only now
 
-        synthesize_if_missing(cfg.data, rank=int(os.environ.get("RANK", "0")))
-    train(cfg, resume=args.resume, overwrite=args.overwrite)
+    train(cfg, resume=args.resume, overwrite=args.overwrite, data=data)
     return 0
 
 

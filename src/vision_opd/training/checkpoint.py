@@ -9,6 +9,8 @@ Layout of one checkpoint, `RUN/checkpoints/step_000020/`:
                                           (tensors only: loaded with torch.load(weights_only=True))
     config.yaml                           the resolved config
     COMPLETE                              written last; a folder without it is ignored
+
+Where the complete checkpoints of a run are (and the latest) is the run folder's business: run_folder.py, torch-free.
 """
 
 from __future__ import annotations
@@ -21,29 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .run_folder import DONE_FILE, complete_checkpoints, step_dir
+
 STATE_FILE = "trainer_state.pt"
-DONE_FILE = "COMPLETE"
-
-
-def step_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
-
-
-def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / DONE_FILE).is_file() and not p.name.endswith(".tmp"))
-
-
-def checkpoint_step(ckpt: Path) -> int:
-    """The step a complete checkpoint was written at (its COMPLETE file)."""
-    return int((Path(ckpt) / DONE_FILE).read_text().strip())
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    done = complete_checkpoints(run_dir)
-    return done[-1] if done else None
 
 
 def rng_state() -> dict:

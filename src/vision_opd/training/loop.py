@@ -73,11 +73,14 @@ def lr_lambda(cfg: Config):
     return f
 
 
-def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path:
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
+          data: tuple[list, int] | None = None) -> Path:
     """Run Vision-OPD as configured; returns the run directory.
 
     The run folder holds one run: `resume` continues it from its latest complete checkpoint, `overwrite` deletes it
-    first; anything else there is refused (run_folder.py). Data and every record are checked before the model loads.
+    first; anything else there is refused (run_folder.py). Data and every record are checked before the model loads;
+    `data` = (records, number skipped) of `load_train_records` when the caller checked them already (`vision-opd
+    train` does, before torch is imported).
     """
     accelerator = make_accelerator(cpu=cfg.train.device == "cpu", timeout_s=cfg.train.dist_timeout_s)  # None: 1 process
     ranks = Ranks.of(accelerator)
@@ -99,7 +102,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False) -> Path
     device = accelerator.device if accelerator else resolve_device(cfg.train.device)
 
     # load: data first (every record checked, views included: nothing expensive has happened yet), then the model
-    records, n_bad = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)
+    records, n_bad = data or load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)
     eval_records = read_records(cfg.data.eval_file) if cfg.data.eval_file and cfg.train.eval_every else None
     model, processor = load_model(cfg.model, seed=cfg.train.seed, device=device)
     suppress_ids = vision_token_ids(unwrap(model), processor)
