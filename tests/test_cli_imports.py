@@ -56,7 +56,7 @@ CASES = {  # name: (argv from (synth_dir, files folder), the exit code, a piece 
     "data validate, missing file": (lambda s, d: ["data", "validate", str(d / "missing.jsonl")], 2, "data file not found"),
     "missing config": (lambda s, d: ["train", "--config", str(d / "missing.yaml")], 2, "config file not found"),
     "malformed config": (lambda s, d: ["train", "--config", str(d / "malformed.yaml")], 2,
-                         "malformed.yaml: not valid YAML (expected ',' or ']', but got '<stream end>' at line 2"),
+                         "malformed.yaml, line 2, column 1: not valid YAML ("),
     "malformed override": (lambda s, d: ["config", "train.steps=["], 2, "override 'train.steps=[': the value is not valid"),
     "unknown key": (lambda s, d: ["train", "train.stepz=1"], 2, "unknown config key 'train.stepz'"),
     "missing data file": (lambda s, d: _train(s, d, f"data.train_file={d / 'missing.jsonl'}"), 2, "data file not found"),

@@ -113,7 +113,7 @@ def test_lora_checkpoint_exports_merged_and_evaluates_like_the_adapter(tmp_path,
 
     from vision_opd.cli import main
     from vision_opd.models.loading import load_model_and_processor
-    from vision_opd.training.run_folder import latest_checkpoint
+    from vision_opd.training.checkpoint import latest_checkpoint
     from vision_opd.training.loop import train
 
     run = train(_cfg(tmp_path, synth_dir, "train.steps=2", "teacher.mode=frozen", "optim.lr=5e-2"))

@@ -141,7 +141,7 @@ def _wait_for(cond, proc, timeout=120):
 
 @pytest.mark.slow  # a training process killed mid-checkpoint (the resume equality itself: tests/test_train.py)
 def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path, synth_dir):
-    from vision_opd.training.run_folder import complete_checkpoints, latest_checkpoint
+    from vision_opd.training.checkpoint import complete_checkpoints, latest_checkpoint
     from vision_opd.training.loop import train
 
     run = tmp_path / "run"
@@ -163,8 +163,7 @@ def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_pa
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, synth_dir):
     from safetensors.torch import load_file
 
-    from vision_opd.training.checkpoint import load_trainer_state
-    from vision_opd.training.run_folder import latest_checkpoint
+    from vision_opd.training.checkpoint import latest_checkpoint, load_trainer_state
 
     steps = 5
     # every run in a fresh process with one thread, so that float summation orders match bit for bit
@@ -243,7 +242,7 @@ def test_collapse_signal_logged_and_can_stop(tmp_path, synth_dir):
 
 
 def test_checkpoint_state_loads_with_weights_only(tmp_path, synth_dir):
-    from vision_opd.training.run_folder import latest_checkpoint
+    from vision_opd.training.checkpoint import latest_checkpoint
 
     T = __import__("vision_opd.training.loop", fromlist=["train"])
     run = T.train(load_config(None, _cli(tmp_path / "run", synth_dir, "train.steps=1")[4:]))

@@ -317,6 +317,13 @@ def to_dict(cfg) -> dict:
     return conv(cfg)
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """YAML's complaint in one line, with the line and column it names."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or type(e).__name__}{where}"
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b=value` strings (value parsed as YAML) to a nested dict."""
     for item in overrides:
@@ -346,18 +353,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file not found: {p}")
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p}: not valid YAML ({_yaml_problem(e)}); fix the file (`vision-opd "
-                              "config` prints a valid one with every key)") from None
+        except yaml.YAMLError as e:  # name the file, line and column (yaml says "<unicode string>")
+            mark = getattr(e, "problem_mark", None)
+            where = f"{p}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(p)
+            what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+            raise ConfigError(f"{where}: not valid YAML ({what})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a config is a YAML mapping of sections (train:, model:, ...), got "
+                              f"{type(data).__name__}")
     data = apply_overrides(data, overrides or [])
     return _build(Config, data, "").validate()
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """YAML's complaint in one line, with the line and column it names."""
-    mark = getattr(e, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{getattr(e, 'problem', None) or type(e).__name__}{where}"
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -119,16 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.command_line = ["vision-opd", *(sys.argv[1:] if argv is None else argv)]  # recorded by eval / gap
-    from ..training.guards import TrainingStopped
-
     try:
         return args.func(args)
     except user_errors() as e:
         print(f"vision-opd: error: {e}", file=sys.stderr)
         return 2
-    except TrainingStopped as e:
-        print(f"vision-opd: training stopped: {e}", file=sys.stderr)
-        return 3
+    except Exception as e:  # the run's own stop; no import of the training stack (torch) for the other commands
+        from ..training.guards import TrainingStopped
+
+        if isinstance(e, TrainingStopped):
+            print(f"vision-opd: training stopped: {e}", file=sys.stderr)
+            return 3
+        raise
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ Layout of one checkpoint, `RUN/checkpoints/step_000020/`:
     config.yaml                           the resolved config
     COMPLETE                              written last; a folder without it is ignored
 
-Where the complete checkpoints of a run are (and the latest) is the run folder's business: run_folder.py, torch-free.
+torch and numpy are imported inside the functions that use them: finding a run's checkpoints (what `vision-opd train`
+checks before anything loads, run_folder.py) imports neither.
 """
 
 from __future__ import annotations
@@ -20,15 +21,35 @@ import random
 import shutil
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from .run_folder import DONE_FILE, complete_checkpoints, step_dir
-
 STATE_FILE = "trainer_state.pt"
+DONE_FILE = "COMPLETE"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / DONE_FILE).is_file() and not p.name.endswith(".tmp"))
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    """The step a complete checkpoint was written at (its COMPLETE file)."""
+    return int((Path(ckpt) / DONE_FILE).read_text().strip())
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
 
 
 def rng_state() -> dict:
+    import numpy as np
+    import torch
+
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -38,6 +59,9 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -47,6 +71,9 @@ def set_rng_state(state: dict) -> None:
 
 def _rng_to_tensors(state: dict) -> dict:
     """Python/numpy RNG states as plain lists/tensors so that torch.load(weights_only=True) reads them."""
+    import numpy as np
+    import torch
+
     py = state["python"]
     npst = state["numpy"]
     return {
@@ -58,6 +85,8 @@ def _rng_to_tensors(state: dict) -> dict:
 
 
 def _rng_from_tensors(state: dict) -> dict:
+    import numpy as np
+
     py = state["python"]
     npst = state["numpy"]
     return {
@@ -75,6 +104,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer
 
     `state_dict` overrides the model's own (FSDP: the gathered full state); `rng_states` are every rank's
     `rng_state()` in rank order (None: this process's only)."""
+    import torch
     from safetensors.torch import save_file
 
     final = step_dir(Path(run_dir), step)
@@ -115,6 +145,8 @@ def _test_pause(step: int) -> None:
 
 
 def load_trainer_state(ckpt: Path) -> dict:
+    import torch
+
     state = torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
     rng = state["rng"]
     state["rng"] = [_rng_from_tensors(r) for r in (rng if isinstance(rng, list) else [rng])]  # one per rank

@@ -16,6 +16,8 @@ import signal
 import threading
 import time
 
+import torch
+
 
 class TrainingStopped(RuntimeError):
     """The run stopped on purpose (non-finite steps, collapse); a checkpoint was saved first."""
@@ -38,8 +40,6 @@ class StopFlag:
 
     def requested(self, accelerator=None) -> bool:
         """Whether any rank got a signal (a collective: every rank stops after the same step)."""
-        import torch  # here, not at the top: the CLI catches TrainingStopped without importing torch
-
         flag = torch.tensor([1.0 if self.signal is not None else 0.0])
         if accelerator is not None:
             flag = accelerator.reduce(flag.to(accelerator.device), reduction="sum").cpu()

@@ -11,9 +11,6 @@
   the saved state mean something else (the model, the data, the views, the teacher's kind, the seed) are
   refused; the others (steps, logging, evaluation, guards, learning rate, ...) are allowed and printed.
 - metrics.jsonl and samples.jsonl are cut back to the resumed step, so no step appears twice.
-
-Where a run's complete checkpoints are (`complete_checkpoints`, `latest_checkpoint`) is read here too; checkpoint.py
-writes and loads them. No torch here: `vision-opd train` refuses a folder before torch is imported.
 """
 
 from __future__ import annotations
@@ -25,9 +22,8 @@ from pathlib import Path
 import yaml
 
 from ..config import Config, ConfigError, save_config, to_dict
+from .checkpoint import checkpoint_step, complete_checkpoints, latest_checkpoint
 from .run_log import METRICS, SAMPLES, cut_logs
-
-DONE_FILE = "COMPLETE"  # written last into a checkpoint folder (checkpoint.py); a folder without it is ignored
 
 RUN_FILES = ("config.yaml", METRICS, SAMPLES, "report.html")
 RUN_DIRS = ("checkpoints", "tensorboard", "wandb")
@@ -48,27 +44,6 @@ class RunPlan:
     resume_from: Path | None = None  # the checkpoint to continue from
     overwrite: list[Path] = field(default_factory=list)  # the previous run's files to delete first
     changed: dict[str, tuple] = field(default_factory=dict)  # key -> (saved, new), allowed changes only
-
-
-def step_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
-
-
-def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / DONE_FILE).is_file() and not p.name.endswith(".tmp"))
-
-
-def checkpoint_step(ckpt: Path) -> int:
-    """The step a complete checkpoint was written at (its COMPLETE file)."""
-    return int((Path(ckpt) / DONE_FILE).read_text().strip())
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    done = complete_checkpoints(run_dir)
-    return done[-1] if done else None
 
 
 def run_files(run_dir: Path) -> list[Path]:
