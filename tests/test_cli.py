@@ -71,8 +71,9 @@ def test_the_entry_points_run_the_commands_that_load_no_model(tmp_path):
     assert run("--version", module=True).startswith("vision-opd 0.")
     assert "wrote 2 records" in run("synth", "--out", "d", "--n", "2")
     assert "2 good record(s), 0 bad" in run("data", "validate", "d/records.jsonl")
-    (tmp_path / "bad.jsonl").write_text("{not json\n")
-    assert "bad.jsonl:1: invalid JSON" in run("data", "validate", "bad.jsonl", rc=1)
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "a", "image": "nope.png", "question": "What colour?",
+                                                    "options": ["red", "blue"]}) + "\n")
+    assert "bad.jsonl:1 (id 'a'):" in run("data", "validate", "bad.jsonl", rc=1)
     assert yaml.safe_load(run("config", "train.steps=3"))["train"]["steps"] == 3
     assert "vision-opd: error: unknown config key 'train.stepz'" in run("config", "train.stepz=3", rc=2)
     assert "vision-opd: error:" in run("report", "d", rc=2)

@@ -35,7 +35,8 @@ def files(tmp_path_factory, synth_dir):
     (d / "malformed.yaml").write_text("train: [steps\n")
     rows = [json.loads(x) for x in (synth_dir / "train.jsonl").read_text().splitlines()]
     (d / "no_box.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "box"}) + "\n" for r in rows))
-    (d / "not_json.jsonl").write_text("{not json\n")
+    (d / "no_image.jsonl").write_text(json.dumps({"id": "a", "image": "nope.png", "question": "What colour?",
+                                                  "options": ["red", "blue"], "box": [1, 1, 5, 5]}) + "\n")
     (d / "run").mkdir()
     (d / "run" / "metrics.jsonl").write_text('{"step": 1}\n')  # a folder that holds a run
     return d
@@ -60,7 +61,7 @@ CASES = {  # name: (argv from (synth_dir, files folder), the exit code, a piece 
     "malformed override": (lambda s, d: ["config", "train.steps=["], 2, "override 'train.steps=[': the value is not valid"),
     "unknown key": (lambda s, d: ["train", "train.stepz=1"], 2, "unknown config key 'train.stepz'"),
     "missing data file": (lambda s, d: _train(s, d, f"data.train_file={d / 'missing.jsonl'}"), 2, "data file not found"),
-    "bad record": (lambda s, d: _train(s, d, f"data.train_file={d / 'not_json.jsonl'}"), 2, "invalid JSON"),
+    "bad record": (lambda s, d: _train(s, d, f"data.train_file={d / 'no_image.jsonl'}"), 2, "image file not found"),
     "records without the view": (lambda s, d: _train(s, d, f"data.train_file={d / 'no_box.jsonl'}",
                                                      "views.teacher_source=box"), 2, "this record has no 'box'"),
     "refused run folder": (lambda s, d: _train(s, d, f"train.out_dir={d / 'run'}"), 2, "already holds a run"),
