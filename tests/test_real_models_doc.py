@@ -3,8 +3,9 @@ fresh folder, with the hub model replaced by a tiny model of the same family and
 
 The substitutions are the only differences from the page (so a renamed flag, path or checkpoint breaks this test):
 `vision-opd` -> `vision_opd.cli.main` in this process (the `cli` fixture: exit code 0, no traceback); train commands
-get TINY_TRAIN appended; eval/gap commands get a short response limit; the page's checkpoint of a 390-step run,
-step_000390, is the shrunk run's step_000002.
+get TINY_TRAIN appended (a `--resume` one step more: train.steps=3, as a resumed run must go past its checkpoint);
+eval/gap commands get a short response limit; the page's checkpoint of a 390-step run, step_000390, is the shrunk
+run's step_000002.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def tiny(command: str) -> list[str]:
     assert argv[0] == "vision-opd", f"a marked block may only hold vision-opd commands: {command}"
     argv = argv[1:]
     if argv[0] == "train":
-        argv += TINY_TRAIN
+        argv += TINY_TRAIN + (["train.steps=3"] if "--resume" in argv else [])
     elif argv[0] in ("eval", "gap"):
         argv += TINY_EVAL
     return argv
