@@ -23,7 +23,7 @@ demo: setup
 test: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not vllm" --durations=10
 
-# the slow tier: end to end (torchrun processes, signals, the docs' commands run as written); CI runs it too
+# the slow tier: end to end in processes of their own (torchrun, signals); CI runs it too
 test-slow: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "slow and not vllm" --durations=10
 

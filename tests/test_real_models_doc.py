@@ -14,8 +14,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "real-models.md"
 MARK = "<!-- runs on the tiny stand-ins -->"
@@ -52,7 +50,6 @@ def test_the_page_marks_its_commands():
     assert {c.split()[1] for c in cmds} >= {"synth", "data", "train", "export", "eval", "gap"}
 
 
-@pytest.mark.slow
 def test_real_models_doc_commands_run_on_tiny_models(tmp_path, cli):
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     for command in doc_commands(DOC.read_text(encoding="utf-8")):
