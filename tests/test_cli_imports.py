@@ -58,7 +58,7 @@ CASES = {  # name: (argv from (synth_dir, files folder), the exit code, a piece 
     "missing config": (lambda s, d: ["train", "--config", str(d / "missing.yaml")], 2, "config file not found"),
     "malformed config": (lambda s, d: ["train", "--config", str(d / "malformed.yaml")], 2,
                          "malformed.yaml, line 2, column 1: not valid YAML ("),
-    "malformed override": (lambda s, d: ["config", "train.steps=["], 2, "override 'train.steps=[': the value is not valid"),
+    "malformed override": (lambda s, d: ["config", "train.steps=["], 2, "override 'train.steps=[': not valid YAML"),
     "unknown key": (lambda s, d: ["train", "train.stepz=1"], 2, "unknown config key 'train.stepz'"),
     "missing data file": (lambda s, d: _train(s, d, f"data.train_file={d / 'missing.jsonl'}"), 2, "data file not found"),
     "bad record": (lambda s, d: _train(s, d, f"data.train_file={d / 'no_image.jsonl'}"), 2, "image file not found"),

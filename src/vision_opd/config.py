@@ -317,13 +317,6 @@ def to_dict(cfg) -> dict:
     return conv(cfg)
 
 
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """YAML's complaint in one line, with the line and column it names."""
-    mark = getattr(e, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{getattr(e, 'problem', None) or type(e).__name__}{where}"
-
-
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b=value` strings (value parsed as YAML) to a nested dict."""
     for item in overrides:
@@ -333,8 +326,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)}); quote a text value: "
-                              f"{key}='\"...\"'") from None
+            raise ConfigError(f"override {item!r}: not valid YAML ({getattr(e, 'problem', None) or e}); quote a text "
+                              f"value: {key}='\"...\"'") from None
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:
