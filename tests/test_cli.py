@@ -54,6 +54,33 @@ def test_tiny_cpu_config_trains_through_the_cli_as_the_readme_says(tmp_path):
     assert "done: 2 steps" in res.stdout
 
 
+@pytest.mark.skipif(not VISION_OPD.exists(), reason="the vision-opd entry point is not installed")
+def test_the_entry_points_run_the_commands_that_load_no_model(tmp_path):
+    """The installed `vision-opd` script and `python -m vision_opd.cli` (torchrun's form) as a user runs them: exit
+    codes and output of the commands that load no model (train's entry point: the test above; eval's:
+    tests/test_cli_errors.py; the rest of the CLI's behaviour is tested in-process)."""
+
+    def run(*args, rc=0, module=False):
+        cmd = [sys.executable, "-m", "vision_opd.cli"] if module else [str(VISION_OPD)]
+        p = subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        out = p.stdout + p.stderr
+        assert p.returncode == rc and "Traceback" not in out, out
+        return out
+
+    assert run("--version").startswith("vision-opd 0.") and "usage: vision-opd" in run("--help")
+    assert run("--version", module=True).startswith("vision-opd 0.")
+    assert "wrote 2 records" in run("synth", "--out", "d", "--n", "2")
+    assert "2 good record(s), 0 bad" in run("data", "validate", "d/records.jsonl")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"id": "a", "image": "nope.png", "question": "What colour?",
+                                                    "options": ["red", "blue"]}) + "\n")
+    assert "bad.jsonl:1 (id 'a'):" in run("data", "validate", "bad.jsonl", rc=1)
+    assert yaml.safe_load(run("config", "train.steps=3"))["train"]["steps"] == 3
+    assert "vision-opd: error: unknown config key 'train.stepz'" in run("config", "train.stepz=3", rc=2)
+    assert "vision-opd: error:" in run("report", "d", rc=2)
+    assert "not a checkpoint" in run("export", "d", "--out", "x", rc=2)
+    assert "tokens.jsonl not found" in run("inspect", "d", rc=1)
+
+
 def test_synth_then_validate_a_good_file_then_config(tmp_path, capsys):
     from vision_opd.cli import main
     from vision_opd.config import load_config, to_dict

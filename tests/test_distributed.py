@@ -20,7 +20,8 @@ import pytest
 import torch
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-pytestmark = pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
+# two processes started with torchrun, each importing torch and building the model: the slow tier (`make test-slow`)
+pytestmark = [pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed"), pytest.mark.slow]
 
 
 def _free_port() -> int:

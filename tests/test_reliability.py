@@ -139,6 +139,7 @@ def _wait_for(cond, proc, timeout=120):
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # a training process killed mid-checkpoint (the resume equality itself: tests/test_train.py)
 def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path, synth_dir):
     from vision_opd.training.checkpoint import complete_checkpoints, latest_checkpoint
     from vision_opd.training.loop import train
@@ -158,6 +159,7 @@ def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_pa
     assert not (run / "checkpoints" / "step_000004.tmp").exists()
 
 
+@pytest.mark.slow  # three training processes, one stopped by SIGTERM
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, synth_dir):
     from safetensors.torch import load_file
 

@@ -371,7 +371,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=10")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: not valid YAML ({getattr(e, 'problem', None) or e}); quote a text "
+                              f"value: {key}='\"...\"'") from None
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:

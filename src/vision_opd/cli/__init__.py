@@ -21,27 +21,30 @@ export.py (export), analysis.py (inspect).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import analysis, demo, evaluation, export, report, training
 
 
 def _quiet_hf() -> None:
-    """Quieter transformers logs, and none of the libraries' deprecation notices (FutureWarning / DeprecationWarning
-    from transformers, peft, accelerate, torch: about their own internals, nothing a user can act on). Hub ids
-    download as in any transformers program (HF_HUB_OFFLINE=1 is the user's choice, never set here: the demo and the
-    tiny models name no hub id, so they are offline by construction)."""
+    """Quieter transformers logs, without importing transformers (a command that loads no model never imports it,
+    nor torch): its log level and progress bars are read from the environment when it is first imported (a value
+    the user set is kept), or set here when it already is; and none of the libraries' deprecation notices
+    (FutureWarning / DeprecationWarning from transformers, peft, accelerate, torch: about their own internals, nothing
+    a user can act on). Hub ids download as in any transformers program (HF_HUB_OFFLINE=1 is the user's choice, never
+    set here: the demo and the tiny models name no hub id, so they are offline by construction)."""
     import warnings
 
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|accelerate|torch)(\.|$)")
-    try:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - transformers missing is reported elsewhere
-        pass
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -100,17 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """Mistakes a user can fix (a bad key, record, image, path, benchmark or model): one line, no traceback."""
-    from ..config import ConfigError
-    from ..data.files import DataFileError
-    from ..data.folder_lock import FolderBusy
-    from ..data.images import ImageError
-    from ..data.records import RecordError
-    from ..eval.views import EvalError
-    from ..models.loading import ModelLoadError
+# Mistakes a user can fix (a bad key, record, image, path, benchmark or model): one line, no traceback. Named by
+# module, so that catching them imports nothing (a module never imported cannot have raised its error).
+USER_ERRORS = {"vision_opd.config": "ConfigError", "vision_opd.data.records": "RecordError",
+               "vision_opd.data.images": "ImageError", "vision_opd.data.files": "DataFileError",
+               "vision_opd.eval.views": "EvalError", "vision_opd.models.loading": "ModelLoadError",
+               "vision_opd.data.folder_lock": "FolderBusy"}
 
-    return ConfigError, RecordError, ImageError, DataFileError, EvalError, ModelLoadError, FolderBusy
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The classes of USER_ERRORS whose modules are imported (none other can have been raised)."""
+    return tuple(getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules)
 
 
 def main(argv: list[str] | None = None) -> int:

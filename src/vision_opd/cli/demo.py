@@ -5,9 +5,7 @@ from __future__ import annotations
 def cmd_pretrain(args) -> int:
     import shutil
 
-    from ..demo.pretrain import PretrainConfig, pretrain
-
-    _threads(args.threads)
+    from ..demo.pretrain_config import PretrainConfig
     from ..demo.world import ALL_QUESTION_TYPES, WorldConfig
 
     types = tuple(t.strip() for t in args.question_types.split(",") if t.strip()) if args.question_types else WorldConfig().question_types
@@ -18,6 +16,9 @@ def cmd_pretrain(args) -> int:
                          patience=args.patience, n_val=args.n_val, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                          world=WorldConfig(question_types=types, answers=args.answers), easy_share=args.easy_share, device=args.device,
                          init=args.init)
+    from ..demo.pretrain import pretrain  # torch: after the options are checked
+
+    _threads(args.threads)
     s = pretrain(args.out, cfg, progress=not args.no_progress)
     last = s["curve"][-1]
     print(f"pre-trained {s['steps']} steps in {s['seconds']} s: validation full {last['val_full']:.3f}, crop {last['val_crop']:.3f}")
@@ -54,7 +55,7 @@ def cmd_demo(args) -> int:
 
 
 def _pretrain_default(name: str):
-    from ..demo.pretrain import PretrainConfig
+    from ..demo.pretrain_config import PretrainConfig
 
     return getattr(PretrainConfig(), name)
 

@@ -8,13 +8,15 @@ them all with their defaults; each section's meaning is documented in src/vision
 
 
 def cmd_train(args) -> int:
+    """The config, the run folder and every record are checked before torch is even imported: a mistake there is
+    one line at once."""
     import os
     from pathlib import Path
 
     from ..config import ConfigError, load_config
     from ..data.folder_lock import folder_lock
+    from ..data.sources import load_train_records
     from ..data.writes import WriteFailed, writing
-    from ..training.loop import train
     from ..training.run_folder import check_run_folder, what_survived
 
     cfg = load_config(args.config, args.overrides + (["data.skip_bad=true"] if args.skip_bad else []))
@@ -32,9 +34,13 @@ def cmd_train(args) -> int:
             from ..demo.world import synthesize_if_missing  # never generates data)
 
             synthesize_if_missing(cfg.data, rank=rank)
+        data = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and rank == 0)
+        from ..training.loop import train  # torch, transformers: only now
+
         try:
             with writing("a file of the run", out_dir):
-                train(cfg, resume=args.resume, overwrite=args.overwrite, accept_data_change=args.accept_data_change)
+                train(cfg, resume=args.resume, overwrite=args.overwrite, accept_data_change=args.accept_data_change,
+                      data=data)
         except WriteFailed as e:
             e.note = what_survived(out_dir)
             raise

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data.records import Record
 from ..data.views import ViewConfig
-from .pretrain import DEMO_VIEWS, PretrainConfig, evaluate_views, labelled_stream, load_demo_model, supervised_step
+from .pretrain import DEMO_VIEWS, evaluate_views, labelled_stream, load_demo_model, supervised_step
+from .pretrain_config import PretrainConfig
 from .world import WorldConfig
 
 LOSSES = {  # name -> (loss.kind, loss.alpha)

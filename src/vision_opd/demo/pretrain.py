@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ from ..data.validate import read_records
 from ..data.views import View, ViewConfig, encode_views, prompt_text, student_view, teacher_view
 from ..scoring.forward import response_logits
 from .accuracy import accuracy
+from .pretrain_config import PretrainConfig
 from .world import SPLIT_SEEDS, WorldConfig, draw_item, response_text, write_synthetic
 
 # The views the demo model was pre-trained and is measured with: the teacher's crop at its own size (the processor's
@@ -48,29 +48,6 @@ DEMO_VIEWS = ViewConfig(teacher_upscale=1.0)
 # The demo model: a Qwen2-VL shrunk to ~0.27M parameters (1.1 MB in float32); Qwen2-VL rather than 2.5-VL
 # because its vision tower has no window attention: ~25% faster on this CPU at the same accuracy budget.
 DEMO_MODEL = dict(family="qwen2_vl", image_size=168, hidden=64, layers=2, vision_hidden=48, vision_depth=2, head_dim=16)
-
-
-@dataclass
-class PretrainConfig:
-    world: WorldConfig = field(default_factory=WorldConfig)
-    easy_share: float = 0.5  # share of easy full images in the labelled stream (the rest are crops); 0.3 did not
-    # teach reading a lone object in a full image within 2,900 steps, 0.5 did at ~2,400 (docs/demo.md M21)
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 50
-    max_steps: int = 3000
-    time_budget_s: float = 3600.0
-    eval_every: int = 200
-    patience: int = 5  # evaluations in which none of full, crop, easy full improved, before stopping
-    min_delta: float = 0.01
-    n_val: int = 96  # validation items (hard full images and their crops)
-    seed: int = 0  # model init and data order
-    device: str = "cpu"  # where the tiny model trains (cpu; cuda works too, e.g. for world sweeps)
-    init: str | None = None  # start from this demo checkpoint instead of random weights (e.g. the shipped one, to teach
-    # it another answer style: the long-answer world, docs/demo.md); None = from scratch
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def build_demo_model(seed: int = 0):

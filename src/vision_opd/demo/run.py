@@ -23,7 +23,8 @@ from pathlib import Path
 
 from .arms import ArmConfig
 from .world import WorldConfig
-from .pretrain import DEMO_VIEWS, PretrainConfig, eval_split, evaluate_views, load_demo_model, pretrain
+from .pretrain import DEMO_VIEWS, eval_split, evaluate_views, load_demo_model, pretrain
+from .pretrain_config import PretrainConfig
 
 ASSET_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 N_EXAMPLES = 6  # held-out items shown in report.html

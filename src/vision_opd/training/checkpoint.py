@@ -14,6 +14,9 @@ Layout of one checkpoint, `RUN/checkpoints/step_000020/`:
 
 A save that the file system refuses (a full disk, no permission) removes its temporary folder and raises
 `WriteFailed` (data/writes.py): the checkpoints already complete are untouched.
+
+torch and numpy are imported inside the functions that use them: finding a run's checkpoints (what `vision-opd train`
+checks before anything loads, run_folder.py) imports neither.
 """
 
 from __future__ import annotations
@@ -22,9 +25,6 @@ import json
 import random
 import shutil
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from ..data.writes import writing
 from .checksums import DONE_FILE, marker_text, read_marker
@@ -55,6 +55,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def rng_state() -> dict:
+    import numpy as np
+    import torch
+
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -64,6 +67,9 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -73,6 +79,9 @@ def set_rng_state(state: dict) -> None:
 
 def _rng_to_tensors(state: dict) -> dict:
     """Python/numpy RNG states as plain lists/tensors so that torch.load(weights_only=True) reads them."""
+    import numpy as np
+    import torch
+
     py = state["python"]
     npst = state["numpy"]
     return {
@@ -84,6 +93,8 @@ def _rng_to_tensors(state: dict) -> dict:
 
 
 def _rng_from_tensors(state: dict) -> dict:
+    import numpy as np
+
     py = state["python"]
     npst = state["numpy"]
     return {
@@ -102,6 +113,9 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer
     `texts`: small files written beside the weights ({"config.yaml": ..., "data_fingerprint.json": ...});
     `state_dict` overrides the model's own (FSDP: the gathered full state); `rng_states` are every rank's
     `rng_state()` in rank order (None: this process's only)."""
+    import torch
+    from safetensors.torch import save_file
+
     final = step_dir(Path(run_dir), step)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
@@ -155,6 +169,8 @@ def _test_pause(step: int) -> None:
 
 
 def load_trainer_state(ckpt: Path) -> dict:
+    import torch
+
     state = torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=True)
     rng = state["rng"]
     state["rng"] = [_rng_from_tensors(r) for r in (rng if isinstance(rng, list) else [rng])]  # one per rank

@@ -100,13 +100,16 @@ def startup_summary(cfg: Config, model, trainable: list, n_records: int, n_bad: 
             f"{cfg.train.prompts_per_step} prompts x {cfg.rollout.samples_per_prompt} samples; writes {cfg.train.out_dir}")
 
 
-def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, accept_data_change: bool = False) -> Path:
+def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, accept_data_change: bool = False,
+          data: tuple[list, int] | None = None) -> Path:
     """Run Vision-OPD as configured; returns the run directory.
 
     The run folder holds one run: `resume` continues it from its latest intact checkpoint, `overwrite` deletes it
     first; anything else there is refused (run_folder.py). Data and every record are checked before the model loads,
     and on resume compared with the checkpoint's (changed data: refused unless `accept_data_change`).
     A SIGINT/SIGTERM saves the state, then raises `TrainingInterrupted` (the command exits 130 / 143).
+    `data` = (records, number skipped) of `load_train_records` when the caller checked them already (`vision-opd
+    train` does, before torch is imported).
     """
     accelerator = make_accelerator(cpu=cfg.train.device == "cpu", timeout_s=cfg.train.dist_timeout_s)  # None: 1 process
     ranks = Ranks.of(accelerator)
@@ -128,7 +131,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, accept_
     device = accelerator.device if accelerator else resolve_device(cfg.train.device)
 
     # load: data first (every record checked, views included: nothing expensive has happened yet), then the model
-    records, n_bad = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)
+    records, n_bad = data or load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)
     data_fp = fingerprint(records)
     data_change = compare_data(plan.resume_from, data_fp, train_file=cfg.data.train_file, accept=accept_data_change)
     eval_records = (read_records(cfg.data.eval_file, box_format=cfg.data.box_format)
