@@ -80,7 +80,7 @@ def _graph() -> dict[str, set[str]]:
 
 GRAPH = _graph()
 
-CORE = ("vision_opd.config", "vision_opd.data", "vision_opd.models", "vision_opd.losses", "vision_opd.scoring",
+CORE = ("vision_opd.config", "vision_opd.config_yaml", "vision_opd.data", "vision_opd.models", "vision_opd.losses", "vision_opd.scoring",
         "vision_opd.rollout", "vision_opd.proposers", "vision_opd.eval", "vision_opd.report", "vision_opd.training")
 
 # The rooms of the package, in the order a step runs through them; each may import only itself and what is listed.
@@ -88,7 +88,8 @@ LAYERS = [
     ("vision_opd.data", ()),
     ("vision_opd.models", ()),
     ("vision_opd.losses", ()),
-    ("vision_opd.config", ("vision_opd.data",)),
+    ("vision_opd.config_yaml", ()),
+    ("vision_opd.config", ("vision_opd.config_yaml", "vision_opd.data")),
     ("vision_opd.scoring", ("vision_opd.models",)),
     ("vision_opd.rollout", ("vision_opd.config", "vision_opd.data", "vision_opd.models")),
     ("vision_opd.proposers", ("vision_opd.data", "vision_opd.models", "vision_opd.scoring", "vision_opd.rollout")),

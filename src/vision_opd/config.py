@@ -10,14 +10,12 @@ and checked against the field's type, so `train.steps=abc` fails before any work
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from .config_yaml import ConfigError, apply_overrides, build_section
 from .data.views import FALLBACKS, NEGATIVES, TEACHER_IMAGES, TEACHER_SOURCES, ViewConfig
 
 
@@ -283,77 +281,6 @@ def _validate_negative(cfg: Config, need) -> None:
          "loss.weighting=vzero compares the G responses of a prompt: set rollout.samples_per_prompt >= 2")
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check/convert a YAML value against a dataclass field type."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], where) for v in value)
-        if len(args) != len(value):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
-
-
-def _build(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else key
-        if key not in names:
-            raise ConfigError(f"unknown config key {path!r}; valid keys here: {', '.join(sorted(names))}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value or {}, path)
-        else:
-            kwargs[key] = _coerce(value, tp, path)
-    return cls(**kwargs)
-
-
 def to_dict(cfg) -> dict:
     def conv(v):
         if dataclasses.is_dataclass(v):
@@ -363,27 +290,6 @@ def to_dict(cfg) -> dict:
         return v
 
     return conv(cfg)
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b=value` strings (value parsed as YAML) to a nested dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=10")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: not valid YAML ({getattr(e, 'problem', None) or e}); quote a text "
-                              f"value: {key}='\"...\"'") from None
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = value
-    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -403,7 +309,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: a config is a YAML mapping of sections (train:, model:, ...), got "
                               f"{type(data).__name__}")
     data = apply_overrides(data, overrides or [])
-    return _build(Config, data, "").validate()
+    return build_section(Config, data, "").validate()
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
