@@ -97,7 +97,9 @@ def test_study_off_policy_arms_run_through_the_training_step(pretrained, tmp_pat
         cfg = ArmConfig(**{**STUDY_ARMS[name], "steps": 1, "eval_every": 1})
         r = run_arm(cfg, pretrained / "model", opd, held, progress=False)
         log = r["log"][0]
-        assert "sft_loss" not in log and "student_share" in log and log["skipped"] == 0, name
+        assert "sft_loss" not in log and "student_share" in log, name
+        # a step with no loss token (every teacher answer left out as unanswered) is skipped; any other step trains
+        assert log["skipped"] == (1 if log["tokens"] == 0 else 0), (name, log)
         assert share is None or log["student_share"] == share, name
     assert ArmConfig(**STUDY_ARMS["seqkd"]).opd_config().loss.kind == "ce"
 

@@ -17,9 +17,12 @@ import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .processors import FAMILY_OF_MODEL_TYPE, load_processor
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 # the names torch's dtypes go by (torch itself is imported only where a model loads: the CLI's checks run without it)
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",

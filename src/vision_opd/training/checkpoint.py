@@ -25,9 +25,13 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..data.writes import writing
 from .checksums import DONE_FILE, marker_text, read_marker
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 STATE_FILE = "trainer_state.pt"
 
@@ -113,9 +117,6 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer
     `texts`: small files written beside the weights ({"config.yaml": ..., "data_fingerprint.json": ...});
     `state_dict` overrides the model's own (FSDP: the gathered full state); `rng_states` are every rank's
     `rng_state()` in rank order (None: this process's only)."""
-    import torch
-    from safetensors.torch import save_file
-
     final = step_dir(Path(run_dir), step)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
@@ -140,6 +141,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, model, processor, trainer
 def _write_files(tmp: Path, step: int, *, model, processor, trainer_state: dict, teacher_state: dict | None,
                  texts: dict[str, str], state_dict: dict | None, rng_states: list[dict] | None) -> None:
     """Every file of the checkpoint into `tmp`, the COMPLETE marker (checksums of all the others) last."""
+    import torch
     from safetensors.torch import save_file
 
     model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
