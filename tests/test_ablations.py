@@ -44,19 +44,9 @@ def test_presets_load_and_differ_only_where_they_must(name):
 @pytest.fixture(scope="module")
 def six_k_like(tmp_path_factory):
     """Synthetic records in the preset's shape: each with its own teacher_image (the evidence crop, as in the 6K data)."""
-    from vision_opd.data.crops import crop_image
-    from vision_opd.data.images import open_image
-    from vision_opd.demo.world import write_synthetic
+    from matrix_rows import write_matrix_data
 
-    d = tmp_path_factory.mktemp("sixk")
-    src = write_synthetic(d, 6, seed=0, name="base.jsonl")
-    lines = []
-    for row in map(json.loads, src.read_text().splitlines()):
-        crop = f"images/{row['id']}_crop.png"
-        crop_image(open_image(str(d / row["image"])), tuple(row["box"])).save(d / crop)
-        lines.append(json.dumps({**row, "teacher_image": crop}))
-    (d / "train.jsonl").write_text("\n".join(lines) + "\n")
-    return d / "train.jsonl"
+    return write_matrix_data(tmp_path_factory.mktemp("sixk"))
 
 
 @pytest.mark.parametrize("name", PRESETS)

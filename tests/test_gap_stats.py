@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from vision_opd.cli import main
-from vision_opd.data.records import Record, write_records
+from vision_opd.data.records import Record
 from vision_opd.data.validate import read_records
 from vision_opd.demo.world import write_synthetic
 from vision_opd.eval.evidence_size import bin_labels, evidence_share, gap_by_size, parse_edges, plot_gap_by_size

@@ -215,24 +215,6 @@ def test_held_out_evaluation_uses_the_benchmark_views(tmp_path, synth_dir):
     assert m["eval_crop_acc"] in {k / 3 for k in range(4)}  # 3 with a box in the crop view
 
 
-@pytest.fixture(scope="module")
-def tied_model_dir(tmp_path_factory):
-    """A tiny Qwen2.5-VL with tied input/output embeddings (as Qwen2.5-VL-3B and Qwen3-VL-4B have), saved as a folder."""
-    from transformers import AutoModelForImageTextToText
-
-    from vision_opd.models.tiny import build_processor, tiny_config
-
-    proc = build_processor("qwen2_5_vl")
-    config = tiny_config("qwen2_5_vl", proc.tokenizer)
-    config.tie_word_embeddings = True
-    torch.manual_seed(0)
-    model = AutoModelForImageTextToText.from_config(config)
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    out = tmp_path_factory.mktemp("tied")
-    model.save_pretrained(out)
-    proc.save_pretrained(out)
-    return out
 
 
 @pytest.mark.parametrize("teacher_device", [None, "cpu"])

@@ -39,7 +39,6 @@ plain reference.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
