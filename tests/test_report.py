@@ -358,3 +358,18 @@ def test_gap_page_without_boxes_pairs_full_with_the_proposed_crop(tmp_path, synt
     for it in tree.all("item"):  # only items with a proposal (not a fallback) have a "proposed" answer to pair
         assert not boxes[it["attrs"]["data-id"]]["fallback"] and len(tree.all(tag="img", within=it)) == 2
         assert "proposed box" in text(it)
+
+
+def test_a_curve_of_tiny_values_writes_its_ticks_whole_and_keeps_the_title_clear():
+    """matplotlib's offset text ("1e-7" above the y axis) sat on the chart's title (the rollout-vs-trainer curve, an
+    lr of 1e-6): each tick carries its own exponent instead, and no offset text is drawn."""
+    import re
+
+    from vision_opd.report.plots import Series, curve
+
+    svg = curve("rollout vs trainer |log-prob difference|", [Series("max", [1, 2, 3, 4], [1e-7, 3e-7, 2e-7, 2.2e-6])])
+    texts = re.findall(r">([^<>]+)</text>", svg)
+    assert "step" in texts and texts[-1].startswith("rollout vs trainer"), "the scanner reads the chart's texts"
+    offset = [t for t in texts if re.fullmatch(r"1e\u2212\d+", t)]  # matplotlib writes its minus as U+2212
+    assert not offset, f"an offset text above the axis: {offset}"
+    assert any(re.fullmatch(r"[\d.]+e-0[67]", t) for t in texts), f"the ticks carry their exponent: {texts}"

@@ -120,9 +120,11 @@ def curve(title: str, series: Sequence[Series], *, marks: Marks | None = None, y
         ax.set_yscale("symlog", linthresh=1e-4)
     if ylim:
         ax.set_ylim(*ylim)
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if not (log_y and drawn):  # each tick written whole: matplotlib's offset text ("1e-7") sat on the title
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     ax.set_title(title, fontsize=10, loc="left")
     ax.set_xlabel("step", fontsize=8)
     if ylabel:
