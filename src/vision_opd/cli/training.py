@@ -44,7 +44,20 @@ def cmd_train(args) -> int:
         except WriteFailed as e:
             e.note = what_survived(out_dir)
             raise
+        finally:
+            _end_process_group()
     return 0
+
+
+def _end_process_group() -> None:
+    """Several processes (torchrun / accelerate launch): end the process group before the process exits. Left to the
+    interpreter's exit, gloo's threads were torn down while joinable and a rank could abort ("terminate called without
+    an active exception", SIGABRT) after a finished run, failing the launch."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def cmd_check(args) -> int:
