@@ -20,7 +20,7 @@ DIFFERS = {
     "textonly": {"views.teacher_source": "none"},
     "opdv": {"views.negative": "mask", "loss.weighting": "opdv"},
     "cvopd": {"views.negative": "random_crop", "loss.weighting": "cvopd"},
-    "vzero": {"views.negative": "downsample", "loss.weighting": "vzero", "loss.kind": "sampled"},
+    "vzero": {"views.negative": "downsample", "loss.weighting": "vzero", "loss.kind": "sampled", "loss.sampled_clip": 10.0},
 }
 
 

@@ -415,6 +415,47 @@ def test_sampled_token_gradient_is_the_hand_written_surrogate(chunk_size):
     torch.testing.assert_close(zs.grad, ref_leaf.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("path", ["plain", "chunked", "fused"])
+def test_sampled_token_advantage_clip_matches_a_float64_reference(path):
+    """loss.sampled_clip (V-Zero's clamp): value and gradient = sg[clamp(log S(y) - log T(y), -c, c)] * log S(y).
+    The teacher is made very confident against the sampled tokens so that some advantages pass the bound."""
+    n, vocab, hidden, clip = 12, 9, 6, 2.0
+    gen = torch.Generator().manual_seed(40)
+    hs0, ht = torch.randn(n, hidden, generator=gen), torch.randn(n, hidden, generator=gen)
+    w = torch.randn(vocab, hidden, generator=gen)
+    wt = w.clone()
+    wt[0] += 6.0 * ht.mean(0) / ht.mean(0).norm()  # the teacher piles mass on token 0
+    ids = torch.randint(1, vocab, (n,), generator=gen)
+    spec = DivergenceSpec("sampled", temperature=0.8, chunk_size=None if path == "plain" else 5, advantage_clip=clip)
+    hs = hs0.clone().requires_grad_(True)
+    if path == "fused":
+        got, _ = token_divergence_from_hidden(hs, ht, w, ids, spec, teacher_lm_head_weight=wt)
+    else:
+        got, _ = token_divergence(hs @ w.T, ht @ wt.T, ids, spec)
+    got.sum().backward()
+    ref_leaf = hs0.double().clone().requires_grad_(True)
+    logp_s = torch.log_softmax(ref_leaf @ w.double().T / 0.8, -1).gather(-1, ids[:, None]).squeeze(-1)
+    logp_t = torch.log_softmax(ht.double() @ wt.double().T / 0.8, -1).gather(-1, ids[:, None]).squeeze(-1)
+    adv = (logp_s - logp_t).detach()
+    assert (adv.abs() > clip).any() and (adv.abs() < clip).any()  # the bound bites on some tokens, not all
+    ref = adv.clamp(-clip, clip) * logp_s
+    ref.sum().backward()
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hs.grad.double(), ref_leaf.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_sampled_clip_is_refused_with_a_clear_line_off_the_sampled_kind():
+    from vision_opd.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="loss.sampled_clip .*needs loss.kind=sampled"):
+        load_config(None, ["loss.sampled_clip=10"])
+    with pytest.raises(ConfigError, match="loss.sampled_clip=0.0: must be > 0"):
+        load_config(None, ["loss.kind=sampled", "loss.sampled_clip=0"])
+    assert load_config(None, ["loss.kind=sampled", "loss.sampled_clip=10"]).loss.sampled_clip == 10.0
+    with pytest.raises(ValueError, match="advantage_clip"):
+        DivergenceSpec("sampled", advantage_clip=-1.0)
+
+
 @pytest.mark.parametrize("chunk_size", [None, 2])
 def test_sampled_token_gradient_is_unbiased_for_reverse_kl(chunk_size):
     """E_{y ~ S}[grad of the surrogate] == grad KL(S||T), exactly, by summing over all y."""

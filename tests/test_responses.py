@@ -253,3 +253,44 @@ def test_token_sources_and_teacher_views_with_shared_prompts_equal_per_row_scori
 def test_bad_source_and_view_settings_are_one_clear_line(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config(None, overrides)
+
+
+def test_keep_solved_prompts_leaves_out_the_prompts_no_response_answers_right(tmp_path, synth_dir):
+    """CV-OPD's prompt filter (reads labels): greedy teacher answers are known in advance, so record 0's answer key is
+    made its own greedy answer and the other two keys something no response says. Only prompt 0's rows are trained."""
+    import dataclasses
+
+    cfg = _cfg(tmp_path, synth_dir, "rollout.source=teacher", "rollout.teacher_do_sample=false",
+               "rollout.keep_solved_prompts=true")
+    setup = _setup(cfg)
+    model, proc, records, *_ = setup
+    records = [dataclasses.replace(r, options=None) for r in records[:3]]
+    ids, mask = _greedy(model, proc, [teacher_view(r, cfg.views) for r in records[:1]], 1, 5, setup[6])
+    said = proc.tokenizer.decode(ids[0, : int(mask[0].sum())].tolist(), skip_special_tokens=True)
+    records = [dataclasses.replace(records[0], answer=said)] + [dataclasses.replace(r, answer="zzz") for r in records[1:]]
+    res = _step(cfg, setup, records)
+    assert res.metrics["unsolved_prompt_rate"] == pytest.approx(2 / 3) and res.metrics["left_out"] == 4
+    assert res.metrics["tokens"] == int(mask[0].sum()) * 2  # prompt 0's two (identical, greedy) responses
+    cfg_off = _cfg(tmp_path, synth_dir, "rollout.source=teacher", "rollout.teacher_do_sample=false")
+    m = _step(cfg_off, _setup(cfg_off), records).metrics
+    assert m["left_out"] == 0 and m["unsolved_prompt_rate"] == 0.0
+
+
+def test_keep_solved_prompts_needs_answers_before_the_model_loads(tmp_path, synth_dir):
+    import json
+
+    from vision_opd.data.records import RecordError
+    from vision_opd.data.sources import load_train_records
+
+    rows = [json.loads(line) for line in (synth_dir / "train.jsonl").read_text().splitlines()[:3]]
+    rows[1].pop("answer", None)
+    for r in rows:  # the images stay where they are
+        r["image"] = str(synth_dir / r["image"])
+    path = tmp_path / "half_labelled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg(tmp_path, synth_dir, f"data.train_file={path}", "data.allow_outside_root=true",
+               "rollout.keep_solved_prompts=true")
+    with pytest.raises(RecordError, match=rf"record '{rows[1]['id']}' \(1 of 3 in all\) has no 'answer'.*"
+                                          r"rollout.keep_solved_prompts=false"):
+        load_train_records(cfg.data, cfg.views, answers_for=cfg.label_option())
+    assert load_train_records(cfg.data, cfg.views)[0][1].answer is None  # off: no label needed

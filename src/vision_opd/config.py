@@ -76,6 +76,9 @@ class RolloutConfig:
     repeat_count: int = 4  # ... at least this many times is repetitive (0 = no repetition check)
     runaway_tokens: int = 0  # a response with no EOS in max_new_tokens, or at least this many tokens (0: no length cap), is runaway
     drop_degenerate: bool = False
+    # LABELS: leave a prompt out of the loss unless one of its G responses is right by record.answer (CV-OPD's prompt
+    # filter, "at least 1 of 8 correct"); every training record then needs an answer. Off: training reads no label.
+    keep_solved_prompts: bool = False
     engine: str = "auto"  # auto (vllm where it is installed and runs this model on this device, else hf; printed at
     # start) | hf (transformers generate on the training model) | vllm (a colocated vLLM engine in this process, built
     # once from the student's weights and synced after every optimizer step; section `vllm`)
@@ -109,6 +112,8 @@ class LossConfig:
     margin_mu: float = 0.1  # cvopd: the margin mu of [mu + d+ - d-]_+
     vzero_scale: float = 0.5  # vzero: w_i = clip(1 + vzero_scale * z_i, 0, vzero_max)
     vzero_max: float = 2.0
+    # sampled: clamp the per-token advantage log S(y) - log T(y) to [-sampled_clip, sampled_clip] (V-Zero: 10); None = none
+    sampled_clip: float | None = None
 
 
 @dataclass
@@ -184,6 +189,10 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def label_option(self) -> str | None:
+        """The option that makes training read `record.answer` when it is on (None: training reads no label)."""
+        return "rollout.keep_solved_prompts" if self.rollout.keep_solved_prompts else None
 
     def validate(self) -> "Config":
         def need(cond: bool, msg: str) -> None:
@@ -277,6 +286,10 @@ def _validate_negative(cfg: Config, need) -> None:
          "views.negative with loss.kind=ce: cross-entropy reads no teacher distribution to weigh; use jsd, topk or sampled")
     need(loss.margin_lambda >= 0 and loss.margin_mu >= 0 and loss.vzero_scale >= 0 and loss.vzero_max >= 1,
          "loss.margin_lambda, loss.margin_mu and loss.vzero_scale must be >= 0, loss.vzero_max >= 1")
+    need(loss.sampled_clip is None or loss.sampled_clip > 0,
+         f"loss.sampled_clip={loss.sampled_clip}: must be > 0 (the advantage's bound), or null for no clamp")
+    need(loss.sampled_clip is None or loss.kind == "sampled",
+         f"loss.sampled_clip clamps the sampled-token advantage: it needs loss.kind=sampled (got {loss.kind!r})")
     need(loss.weighting != "vzero" or cfg.rollout.samples_per_prompt >= 2,
          "loss.weighting=vzero compares the G responses of a prompt: set rollout.samples_per_prompt >= 2")
 

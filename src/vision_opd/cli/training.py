@@ -34,7 +34,8 @@ def cmd_train(args) -> int:
             from ..demo.world import synthesize_if_missing  # never generates data)
 
             synthesize_if_missing(cfg.data, rank=rank)
-        data = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and rank == 0)
+        data = load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and rank == 0,
+                                  answers_for=cfg.label_option())
         from ..training.loop import train  # torch, transformers: only now
 
         try:

@@ -354,9 +354,11 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             yield n, obj
 
 
-def load_train_records(data_cfg, views_cfg, *, progress: bool = False) -> tuple[list[Record], int]:
+def load_train_records(data_cfg, views_cfg, *, progress: bool = False,
+                       answers_for: str | None = None) -> tuple[list[Record], int]:
     """The training records of a config (any data.format), validated as they load; bad ones stop the run unless
-    data.skip_bad. Returns (records, number skipped)."""
+    data.skip_bad. `answers_for`: the label-reading option that is on (every record then needs an answer).
+    Returns (records, number skipped)."""
     check = dict(skip_bad=data_cfg.skip_bad, check_images=data_cfg.validate_images, progress=progress, views=views_cfg,
                  allow_outside_root=data_cfg.allow_outside_root)
     fmt = detect_format(data_cfg.train_file) if data_cfg.format == "auto" else data_cfg.format
@@ -374,6 +376,11 @@ def load_train_records(data_cfg, views_cfg, *, progress: bool = False) -> tuple[
     if views_cfg.red_box and any(r.meta.get("red_box_drawn") for r in records):
         raise RecordError(f"{data_cfg.train_file}: the student images already have the red box drawn (Vision-OPD-6K "
                           "images); set views.red_box=false, or data.student_image=original to draw it on the clean image")
+    unlabelled = [r.id for r in records if r.answer is None] if answers_for else []
+    if unlabelled:
+        raise RecordError(f"{data_cfg.train_file}: record {unlabelled[0]!r} ({len(unlabelled)} of {len(records)} in all) "
+                          f"has no 'answer', and {answers_for}=true grades the rollouts by it: add the answers, or set "
+                          f"{answers_for}=false (training then reads no label)")
     if views_cfg.teacher_source == "proposer":  # before the model loads: a proposer never reads a drawn box
         for r in records:
             proposal_image(r)

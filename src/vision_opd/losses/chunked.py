@@ -22,7 +22,7 @@ g_out = upstream gradient of the token's value; all per row):
 - a = 0, forward KL(T||S):   dL/dz = g_out/temperature * (s - t).
 - top-k + tail: autograd on the small [rows, K+1] bucket function gives d = dL/d(log s at the
   top-k ids); then dL/dz = g_out/temperature * (scatter(d) - s * sum(d)).
-- sampled token y:           dL/dz = g_out/temperature * adv * (onehot(y) - s).
+- sampled token y:           dL/dz = g_out/temperature * adv * (onehot(y) - s) (adv clamped if asked).
 - cross-entropy on y:        dL/dz = g_out/temperature * (s - onehot(y)).
 
 Performance notes (2-core CPU, docs/performance.md): inside a chunk the element-wise math runs
@@ -87,6 +87,8 @@ def _block_values(spec: DivergenceSpec, zs: Tensor, zt: Tensor, y: Tensor | None
     elif spec.kind == "sampled":
         lps_y = ls.gather(-1, y[:, None]).squeeze(-1)
         adv = lps_y - lt.gather(-1, y[:, None]).squeeze(-1)
+        if spec.advantage_clip is not None:
+            adv = adv.clamp(-spec.advantage_clip, spec.advantage_clip)
         values = adv * lps_y
         aux = (adv,)
     else:  # ce

@@ -137,7 +137,7 @@ def _divergence(zs_N_V: Tensor, zt_N_V: Tensor, ids_N: Tensor | None, spec: Dive
     elif spec.kind == "topk":
         values = topk_tail_jsd_plain(zs_N_V, zt_N_V, spec.alpha, spec.temperature, spec.top_k)
     elif spec.kind == "sampled":
-        values = sampled_token_loss_plain(zs_N_V, zt_N_V, ids_N, spec.temperature)
+        values = sampled_token_loss_plain(zs_N_V, zt_N_V, ids_N, spec.temperature, spec.advantage_clip)
     else:
         values = cross_entropy_plain(zs_N_V, ids_N, spec.temperature)
     if not want_metrics:

@@ -49,6 +49,13 @@ class DivergenceSpec:
     temperature: float = 1.0  # rollout temperature; logits of both views are divided by it
     top_k: int = 100  # support size of "topk" (clamped to V)
     chunk_size: int | None = DEFAULT_CHUNK_SIZE  # tokens per chunk; None = plain autograd
+    advantage_clip: float | None = None  # "sampled": clamp log S(y) - log T(y) to [-c, c] (V-Zero: 10); None = none
+
+    @classmethod
+    def of_loss(cls, loss, temperature: float) -> DivergenceSpec:
+        """The spec of a run's `loss` config section (kind, alpha, top_k, chunk_size, sampled_clip)."""
+        return cls(kind=loss.kind, alpha=loss.alpha, temperature=temperature, top_k=loss.top_k,
+                   chunk_size=loss.chunk_size, advantage_clip=loss.sampled_clip)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -61,6 +68,8 @@ class DivergenceSpec:
             raise ValueError(f"DivergenceSpec.top_k={self.top_k}: must be >= 1")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"DivergenceSpec.chunk_size={self.chunk_size}: must be >= 1, or None for plain")
+        if self.advantage_clip is not None and not self.advantage_clip > 0.0:
+            raise ValueError(f"DivergenceSpec.advantage_clip={self.advantage_clip}: must be > 0, or None for no clamp")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,10 +131,14 @@ def topk_tail_jsd_plain(student_logits: Tensor, teacher_logits: Tensor, alpha: f
 
 
 def sampled_token_loss_plain(student_logits: Tensor, teacher_logits: Tensor, sampled_ids: Tensor,
-                              temperature: float) -> Tensor:
+                              temperature: float, advantage_clip: float | None = None) -> Tensor:
+    """value = sg[clamp(log S(y) - log T(y), -c, c)] * log S(y) (no clamp when advantage_clip is None)."""
     logp_s_y = logprobs(student_logits, temperature).gather(-1, sampled_ids[..., None]).squeeze(-1)
     logp_t_y = logprobs(teacher_logits.detach(), temperature).gather(-1, sampled_ids[..., None]).squeeze(-1)
-    return (logp_s_y - logp_t_y).detach() * logp_s_y
+    adv = (logp_s_y - logp_t_y).detach()
+    if advantage_clip is not None:
+        adv = adv.clamp(-advantage_clip, advantage_clip)
+    return adv * logp_s_y
 
 
 def cross_entropy_plain(student_logits: Tensor, target_ids: Tensor, temperature: float = 1.0) -> Tensor:

@@ -131,7 +131,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False, accept_
     device = accelerator.device if accelerator else resolve_device(cfg.train.device)
 
     # load: data first (every record checked, views included: nothing expensive has happened yet), then the model
-    records, n_bad = data or load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main)
+    records, n_bad = data or load_train_records(cfg.data, cfg.views, progress=cfg.train.progress and is_main,
+                                                answers_for=cfg.label_option())
     data_fp = fingerprint(records)
     data_change = compare_data(plan.resume_from, data_fp, train_file=cfg.data.train_file, accept=accept_data_change)
     eval_records = (read_records(cfg.data.eval_file, box_format=cfg.data.box_format)

@@ -150,8 +150,7 @@ def negative_teacher(cfg, ctx, views, resp, score_fn, n_real: int | None = None)
     inputs = encode_views(ctx.processor, [n.view for n in negatives]).to(ctx.device)
     fsdp = is_fsdp(ctx.model)
     heads = None if fsdp else (backbone_and_head(ctx.model)[1], ctx.teacher.lm_head_weight().to(ctx.device))
-    spec = DivergenceSpec(kind=cfg.loss.kind, alpha=cfg.loss.alpha, temperature=cfg.rollout.temperature,
-                          top_k=cfg.loss.top_k, chunk_size=cfg.loss.chunk_size)
+    spec = DivergenceSpec.of_loss(cfg.loss, cfg.rollout.temperature)
     neg = NegativeTeacher(cfg, inputs, spec, score_fn, heads)
     neg.sums["fallbacks"] = float(sum(n.fell_back for n in negatives[:n_real]))
     if cfg.loss.weighting == "vzero":

@@ -18,8 +18,10 @@
 
 Then, per response: a teacher response with no extractable answer (`eval.choice.extract_choice` for multiple
 choice, `extract_open` otherwise) is left out when `drop_unanswered`; degenerate responses (degenerate.py) are
-counted and left out when `drop_degenerate`. A left-out response keeps its row (so the logs see every response)
-with an all-zero loss mask.
+counted and left out when `drop_degenerate`. With `keep_solved_prompts` (CV-OPD's prompt filter; it READS THE
+LABELS, `record.answer`, so the run is no longer label-free) a prompt none of whose G responses is right by its
+answer key is left out whole (counted as `unsolved_prompts`). A left-out response keeps its row (so the logs see
+every response) with an all-zero loss mask.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..scoring.forward import select_prompts
 from .context import StepContext, StepViews
 
 COUNTS = ("prompts", "student_prompts", "responses", "teacher_responses", "unanswered", "repetitive", "runaway",
-          "degenerate", "left_out")
+          "degenerate", "left_out", "unsolved_prompts")
 
 
 @dataclass
@@ -94,11 +96,16 @@ def collect_responses(cfg, ctx: StepContext, views: StepViews) -> Responses:
     degenerate_B = repetitive_B | runaway_B
     if cfg.drop_degenerate:
         keep_B &= ~degenerate_B
+    unsolved_P = torch.zeros(P, dtype=torch.bool)
+    if cfg.keep_solved_prompts:  # reads the labels (checked present when the data loaded)
+        unsolved_P = ~_correct(processor, records, rollout).view(P, G).any(1)
+        keep_B &= ~unsolved_P.repeat_interleave(G)
     loss_mask = rollout.response_mask_B_T * keep_B.to(rollout.response_mask_B_T)[:, None]
     counts = {"prompts": P, "student_prompts": int((~by_teacher_P).sum()), "responses": P * G,
               "teacher_responses": int(from_teacher_B.sum()), "unanswered": int(unanswered_B.sum()),
               "repetitive": int(repetitive_B.sum()), "runaway": int(runaway_B.sum()),
-              "degenerate": int(degenerate_B.sum()), "left_out": int((~keep_B).sum())}
+              "degenerate": int(degenerate_B.sum()), "left_out": int((~keep_B).sum()),
+              "unsolved_prompts": int(unsolved_P.sum())}
     return Responses(rollout, loss_mask, from_teacher_B, counts)
 
 
@@ -109,7 +116,8 @@ def response_metrics(counts: dict[str, float]) -> dict[str, float]:
     return {"student_share": counts["student_prompts"] / max(1.0, counts["prompts"]),
             "unanswered_rate": counts["unanswered"] / teacher if teacher else 0.0,
             "repetitive_rate": counts["repetitive"] / n, "runaway_rate": counts["runaway"] / n,
-            "degenerate_rate": counts["degenerate"] / n, "left_out": int(counts["left_out"])}
+            "degenerate_rate": counts["degenerate"] / n, "left_out": int(counts["left_out"]),
+            "unsolved_prompt_rate": counts.get("unsolved_prompts", 0) / max(1.0, counts["prompts"])}
 
 
 def _merge(parts: list[tuple[torch.Tensor, Rollout]], P: int, G: int, pad_id: int, device) -> Rollout:
@@ -138,15 +146,28 @@ def _on(x: torch.Tensor | None, device) -> torch.Tensor | None:
     return None if x is None else x.to(device)
 
 
+def _texts(processor, rollout: Rollout) -> list[str]:
+    lengths = rollout.response_mask_B_T.sum(-1).long().tolist()
+    return [processor.tokenizer.decode(rollout.response_ids_B_T[b, :n].tolist(), skip_special_tokens=True)
+            for b, n in enumerate(lengths)]
+
+
+def _correct(processor, records, rollout: Rollout) -> torch.Tensor:
+    """bool [B]: the response is right by its record's answer key (the evaluation's grading). Reads labels."""
+    from ..eval.benchmarks.common import score_record
+
+    texts = _texts(processor, rollout)
+    return torch.tensor([bool(score_record(records[int(rollout.prompt_index_B[b])], t)["correct"])
+                         for b, t in enumerate(texts)], dtype=torch.bool)
+
+
 def _answered(processor, records, rollout: Rollout) -> torch.Tensor:
     """bool [B]: the response holds an extractable final answer (a letter of the record's options, or an open answer)."""
     from ..eval.choice import extract_choice
     from ..eval.extraction import extract_open
 
     out = []
-    for b in range(rollout.response_ids_B_T.shape[0]):
-        n = int(rollout.response_mask_B_T[b].sum().item())
-        text = processor.tokenizer.decode(rollout.response_ids_B_T[b, :n].tolist(), skip_special_tokens=True)
+    for b, text in enumerate(_texts(processor, rollout)):
         r = records[int(rollout.prompt_index_B[b])]
         out.append((extract_choice(text, r.options) if r.options else extract_open(text)) is not None)
     return torch.tensor(out, dtype=torch.bool)

@@ -81,8 +81,7 @@ def vision_opd_step(cfg: Config, ctx: StepContext, records: list[Record], n_real
         return accelerator.reduce(x.detach().clone().to(device), reduction=reduction) if world > 1 else x
 
     temperature = 1.0 if cfg.loss.kind == "ce" else cfg.rollout.temperature  # ce is an SFT loss: logits as they are
-    spec = DivergenceSpec(kind=cfg.loss.kind, alpha=cfg.loss.alpha, temperature=temperature,
-                          top_k=cfg.loss.top_k, chunk_size=cfg.loss.chunk_size)
+    spec = DivergenceSpec.of_loss(cfg.loss, temperature)
     # each view's forward at the response positions: each prompt once for its rows (train.share_prompts) or per row
     score = partial(score_responses, vision_start_id=ctx.vision_start_id, shared=cfg.train.share_prompts)
     t0 = time.perf_counter()
