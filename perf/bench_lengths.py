@@ -4,8 +4,9 @@ prompts, HF engine) and TRL's DistillationTrainer on the same work, side by side
     python perf/bench_lengths.py --trl-python .venv-trl/bin/python           # the tables in docs/performance.md
     python perf/bench_lengths.py --settings small --steps 2 --no-trl          # vision-opd only, quick
 
-Lengths: a tiny random-weight model never stops by itself, so both sides generate with HF `generate` under one extra
-logits processor that forces EOS at a drawn length per response (`ForcedLengths`): log-normal, median 48 tokens,
+Lengths: a tiny random-weight model never stops by itself, so every side decodes under one extra logits processor
+that forces EOS at a drawn length per response (`ForcedLengths`; vision-opd's HF engine takes it as an extra
+processor, TRL's `generate` through a wrapper): log-normal, median 48 tokens,
 sigma 1, clipped to 8..512 (long-tailed: most answers a few dozen tokens, a few hundreds). Step k of every case
 draws the same lengths (seed k) for its B = P x G rows, prompt-major, so both sides score the same lengths of
 responses to the same prompts; generation still runs until the step's longest response ends (as real batched
@@ -14,6 +15,8 @@ generation does). The memory step (one more, after the timed ones) has one respo
 Cases (each in a fresh process, so peak RSS is its own; in each round the cases alternate):
   rows     vision-opd, train.micro_batch_size = G rows (one prompt group), shared prompts, HF engine
   budget   vision-opd, train.micro_batch_tokens = --budget positions, shared prompts, HF engine
+  budget-generate  the budget case with rollout.hf_decoder=generate (transformers' generate instead of compact
+           decoding: one prefill per prompt copy, every row decoded until the step's longest ends)
   trl      TRL DistillationTrainer: per_device_train_batch_size = G rows, gradient_accumulation_steps = P, beta 0.5
            (JSD), temperature 1, its teacher a frozen copy of the student reading the same (full-image) prompt
 Both: tiny Qwen2.5-VL, fp32, AdamW, 1 torch thread, the same prompts (synthetic records) and images. vision-opd's
@@ -154,7 +157,8 @@ def run_vision_opd(setting: str, case: str, steps: int, budget: int) -> dict:
     cfg = load_config(None, [f"data.train_file={path}", "model.name_or_path=tiny:qwen2_5_vl",
                              f"model.tiny_image_size={s['image']}", f"views.teacher_pixels={s['image'] ** 2}",
                              f"train.prompts_per_step={P}", f"rollout.samples_per_prompt={G}", f"rollout.max_new_tokens={CAP}",
-                             f"train.micro_batch_size={G}", f"train.micro_batch_tokens={budget if case == 'budget' else 0}",
+                             f"train.micro_batch_size={G}", f"train.micro_batch_tokens={budget if case.startswith('budget') else 0}",
+                             f"rollout.hf_decoder={'generate' if case.endswith('generate') else 'compact'}",
                              "teacher.mode=frozen", "loss.kind=jsd", "loss.alpha=0.5", "optim.lr=1e-5", "train.progress=false"])
     T.seed_everything(0)
     model, proc = load_model(cfg.model, seed=0, device=torch.device("cpu"))
@@ -162,8 +166,11 @@ def run_vision_opd(setting: str, case: str, steps: int, budget: int) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(cfg))
     suppress = T.vision_token_ids(model, proc)
-    calls = iter(range(steps + 2))
-    force_lengths(model, lambda: draw_lengths(k := next(calls), P * G, k == steps + 1), end_ids(model, proc))
+    calls, eos = iter(range(steps + 2)), end_ids(model, proc)
+    from vision_opd.rollout import HFEngine, decoding_of
+
+    engine = HFEngine(proc, decoding_of(cfg.rollout, suppress), decoder=cfg.rollout.hf_decoder,  # lengths forced
+                      extra_processors=lambda: [ForcedLengths(draw_lengths(k := next(calls), P * G, k == steps + 1), eos)])
     largest = []
     real_plan = S.step_plan
 
@@ -178,7 +185,7 @@ def run_vision_opd(setting: str, case: str, steps: int, budget: int) -> dict:
     saved = SavedBytes(model.parameters())
     rows = []
     for k in range(steps + 2):
-        ctx = T.StepContext(model, teacher, proc, opt, sched, suppress, torch.device("cpu"))
+        ctx = T.StepContext(model, teacher, proc, opt, sched, suppress, torch.device("cpu"), engine)
         if k == steps + 1:
             with saved:
                 T.vision_opd_step(cfg, ctx, records[k * P:(k + 1) * P])
@@ -296,7 +303,7 @@ def main() -> None:
         out = run_trl(setting, args.steps) if case == "trl" else run_vision_opd(setting, case, args.steps, args.budget)
         print("CASE " + json.dumps(out))
         return
-    cases = ["rows", "budget"] + ([] if args.no_trl else ["trl"])
+    cases = ["rows", "budget", "budget-generate"] + ([] if args.no_trl else ["trl"])
     results, loads = [], []
     for setting in args.settings:
         for r in range(args.rounds):

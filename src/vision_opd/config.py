@@ -79,6 +79,9 @@ class RolloutConfig:
     # LABELS: leave a prompt out of the loss unless one of its G responses is right by record.answer (CV-OPD's prompt
     # filter, "at least 1 of 8 correct"); every training record then needs an answer. Off: training reads no label.
     keep_solved_prompts: bool = False
+    # the HF engine's loop: compact (one prefill per prompt, finished rows leave the batch; rollout/compact.py; where it
+    # applies, else generate) | generate (transformers' generate). The same tokens either way
+    hf_decoder: str = "compact"
     engine: str = "auto"  # auto (vllm where it is installed and runs this model on this device, else hf; printed at
     # start) | hf (transformers generate on the training model) | vllm (a colocated vLLM engine in this process, built
     # once from the student's weights and synced after every optimizer step; section `vllm`)
@@ -201,6 +204,7 @@ class Config:
 
         need(self.loss.kind in ("jsd", "topk", "sampled", "ce"), f"loss.kind={self.loss.kind!r}: choose jsd, topk, sampled or ce")
         r = self.rollout
+        need(r.hf_decoder in ("compact", "generate"), f"rollout.hf_decoder={r.hf_decoder!r}: choose compact or generate")
         need(r.source in ("student", "teacher", "mix"), f"rollout.source={r.source!r}: choose student, teacher or mix")
         need(0.0 <= r.student_fraction <= 1.0, f"rollout.student_fraction={r.student_fraction}: must be in [0, 1]")
         need(self.loss.kind != "ce" or r.source == "teacher",

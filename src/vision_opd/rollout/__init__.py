@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .decoding import Decoding
-from .hf import HFEngine, sample
+from .hf import HFEngine, HFLoop, sample
 from .samples import Rollout, build_rollout, eos_ids_of, response_mask, response_text
 
 
@@ -112,8 +112,8 @@ def make_engine(cfg, model, processor, suppress_ids, *, device, rank: int = 0, w
         with preserved_rng():
             return VLLMEngine(model, processor, decoding, cfg.vllm, seed=seed, device=device, distributed=world > 1,
                               mixed_bf16=cfg.train.mixed_precision == "bf16")
-    return HFEngine(processor, decoding, synced_gpus=synced_gpus)
+    return HFEngine(processor, decoding, synced_gpus=synced_gpus, decoder=cfg.rollout.hf_decoder)
 
 
-__all__ = ["Decoding", "HFEngine", "Rollout", "build_rollout", "check_engine_available", "choose_engine", "decoding_of",
+__all__ = ["Decoding", "HFEngine", "HFLoop", "Rollout", "build_rollout", "check_engine_available", "choose_engine", "decoding_of",
            "eos_ids_of", "make_engine", "preserved_rng", "rank_seed", "response_mask", "response_text", "sample"]

@@ -46,7 +46,8 @@ class StepContext:
         rollout.engine=auto too: the run loop resolves auto with `rollout.make_engine`)."""
         if self.engine is None:
             assert rollout_cfg.engine != "vllm", "rollout.engine=vllm: pass the engine built by make_engine"
-            self.engine = HFEngine(self.processor, decoding_of(rollout_cfg, self.suppress_ids), synced_gpus=self.synced_gpus)
+            self.engine = HFEngine(self.processor, decoding_of(rollout_cfg, self.suppress_ids), synced_gpus=self.synced_gpus,
+                                   decoder=rollout_cfg.hf_decoder)
         return self.engine
 
 

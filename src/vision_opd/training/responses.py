@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..rollout import Rollout, sample
+from ..rollout import HFLoop, Rollout, sample
 from ..rollout.degenerate import degenerate_flags
 from ..scoring.forward import select_prompts
 from .context import StepContext, StepViews
@@ -81,7 +81,7 @@ def collect_responses(cfg, ctx: StepContext, views: StepViews) -> Responses:
         inputs = t_inputs if len(rows) == P else select_prompts(t_inputs, rows.to(t_inputs["input_ids"].device), vision_start_id)
         with teacher.scoring() as t_model:
             ro = sample(t_model, processor, {k: v.to(t_device) for k, v in inputs.items()}, do_sample=cfg.teacher_do_sample,
-                        synced_gpus=ctx.synced_gpus and teacher.mode == "live", **kw)
+                        loop=HFLoop(cfg.hf_decoder, synced_gpus=ctx.synced_gpus and teacher.mode == "live"), **kw)
         parts.append((rows, ro))
     rollout = _merge(parts, P, G, processor.tokenizer.pad_token_id, s_inputs["input_ids"].device)
     from_teacher_B = by_teacher_P.repeat_interleave(G)
