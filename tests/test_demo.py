@@ -129,3 +129,29 @@ def test_long_answer_world_pretrains_and_reads_back(pretrained, tmp_path):
     assert got.answers == "sentence" and got.max_new_tokens == 24 and WorldConfig().max_new_tokens == 8
     with pytest.raises(ValueError, match="WorldConfig.answers='long'"):
         WorldConfig(answers="long")
+
+
+def test_study_compare_intervals_and_paired_differences():
+    """scripts/study_compare.py: the share of the gap closed, its 95% t-interval over seeds, and the paired
+    difference from the reference arm, against numbers worked by hand."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "study_compare.py"
+    spec = importlib.util.spec_from_file_location("study_compare", path)
+    sc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sc)
+
+    def run(name, seed, full_after, crop_after=0.9):
+        return {"name": name, "seed": seed, "full_before": 0.2, "crop_before": 1.0, "full_after": full_after,
+                "crop_after": crop_after}
+
+    runs = [run("opd", 0, 0.6), run("opd", 1, 0.68), run("x", 0, 0.4), run("x", 1, 0.52)]
+    m, half = sc.interval([0.5, 0.6])
+    assert m == pytest.approx(0.55) and half == pytest.approx(12.706 * 0.0707107 / 1.4142136, rel=1e-5)
+    assert sc.interval([0.3]) == (0.3, None)
+    table = sc.compare(runs, "opd").splitlines()
+    # opd closes 0.5 and 0.6 of the gap (0.8); x 0.25 and 0.4: paired differences -0.25 and -0.2, mean -0.225,
+    # sd 0.0354, half-width 12.706 * 0.0354 / 1.414 = 0.318: the interval holds 0, so no star
+    assert table[2].startswith("| opd | 2 | 0.55 [")
+    assert "| -0.22 [-0.54, +0.09] |" in table[3] and "*" not in table[3]
