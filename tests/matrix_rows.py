@@ -18,8 +18,11 @@ from pathlib import Path
 FACTORS = {"procs": ("fsdp", "ddp", "1"), "engine": ("vllm", "hf"), "weights": ("full", "lora"),
            "teacher": ("frozen", "ema", "live"), "share": ("on", "off"), "tied": ("tied", "untied")}
 ROOT = Path(__file__).resolve().parents[1]
-# every shipped preset, with the twin of its checkpoint (tiny_cpu runs its own tiny model)
-PRESETS = {"configs/qwen2_5_vl_3b_full.yaml": "qwen2_5_vl_3b", "configs/qwen3_5_4b_reference.yaml": "qwen3_5_4b",
+# every shipped preset, with the twin of its checkpoint (tiny_cpu runs its own tiny model); the negative-view presets
+# first, so that they take rows of their own among the pairs (FSDP + LoRA + EMA, DDP + vLLM, vLLM) rather than only
+# a one-process row
+PRESETS = {"configs/ablations/opdv.yaml": "qwen2_5_vl_7b", "configs/ablations/cvopd.yaml": "qwen2_5_vl_7b",
+           "configs/ablations/vzero.yaml": "qwen2_5_vl_7b", "configs/qwen2_5_vl_3b_full.yaml": "qwen2_5_vl_3b", "configs/qwen3_5_4b_reference.yaml": "qwen3_5_4b",
            "configs/qwen2_5_vl_7b_lora.yaml": "qwen2_5_vl_7b", "configs/qwen3_vl_8b_lora.yaml": "qwen3_vl_8b",
            "configs/ablations/onpolicy.yaml": "qwen2_5_vl_7b", "configs/ablations/offpolicy.yaml": "qwen2_5_vl_7b",
            "configs/ablations/seqkd.yaml": "qwen2_5_vl_7b", "configs/ablations/textonly.yaml": "qwen2_5_vl_7b",

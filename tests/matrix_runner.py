@@ -256,7 +256,9 @@ def check_row(got: dict) -> None:
         assert d is None or (isinstance(d, float) and math.isnan(d)) or d < TOL, (m["step"], d)
     # the resumed step equals the uninterrupted one: metrics and weights
     assert [m["step"] for m in before] == [m["step"] for m in after] == [1, 2, 3]
-    for key in ("loss", "kl", "grad_norm", "lr", "tokens", "response_len", "skipped"):
+    for key in ("loss", "kl", "grad_norm", "lr", "tokens", "response_len", "skipped",  # and a negative view's, if any
+                "negative_logprob_gap", "negative_fallbacks", "weight_mean", "weight_zero_share", "gated_share",
+                "margin_term"):
         a, b = before[2].get(key), after[2].get(key)
         assert (a is None and b is None) or b == pytest.approx(a, rel=1e-5, abs=1e-8), (key, a, b)
     assert got["weights3"].keys() == got["resumed_weights3"].keys()  # the student's and the teacher's
@@ -268,6 +270,8 @@ def check_row(got: dict) -> None:
     # the logged lr is the optimizer's: the config's schedule at the number of updates so far (a skipped step does
     # not move it), and the step-2 checkpoint's optimizer holds the lr that step 3 logged
     cfg, updates = load_config(run / "config.yaml", []), 0
+    if cfg.views.negative != "none":  # the row really scored the second teacher view, every step
+        assert all(math.isfinite(m["negative_logprob_gap"]) for m in before + after), before
     f = lr_lambda(cfg)
     for m in after:
         assert m["lr"] == pytest.approx(cfg.optim.lr * f(updates), rel=1e-9), m["step"]

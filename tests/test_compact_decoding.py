@@ -75,9 +75,9 @@ def test_compact_decoding_leaves_the_model_as_it_found_it(synth_records):
     assert model.model.rope_deltas is marker and model.training
 
 
-@pytest.mark.parametrize("case", ["other model", "text-only prompt"])
+@pytest.mark.parametrize("case", ["other model", "qwen3_5", "text-only prompt"])
 def test_where_compact_decoding_does_not_apply_generate_decodes(case, synth_records):
-    model, proc = build_tiny("qwen2_5_vl")
+    model, proc = build_tiny("qwen3_5" if case == "qwen3_5" else "qwen2_5_vl")
     view = student_view(synth_records[0])
     if case == "other model":
         model.config.model_type = "some_other_vlm"

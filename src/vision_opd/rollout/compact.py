@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import torch
 
-COMPACT_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
+# Qwen3.5 (linear-attention layers beside attention) is left to generate: under transformers 5.19 a sampled row
+# parted from generate's after rows had left the batch (equal under 5.25); its recurrent state is not checked here
+COMPACT_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def compact_applies(model, inputs, synced_gpus: bool) -> bool:
@@ -49,6 +51,7 @@ def compact_generate(model, inputs, *, samples_per_prompt: int, max_new_tokens: 
     try:
         out = model(**inputs, use_cache=True, logits_to_keep=1)  # 1. the P prompts once
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        cache_key = _cache_kwarg(model)
         if G > 1:
             _take_rows(cache, torch.arange(inputs["input_ids"].shape[0], device=inputs["input_ids"].device)
                        .repeat_interleave(G))
@@ -89,12 +92,19 @@ def compact_generate(model, inputs, *, samples_per_prompt: int, max_new_tokens: 
             inner.rope_deltas = deltas_b
             position_1_b_1 = (attention_b_L.sum(-1, keepdim=True) - 1 + deltas_b)[None]
             out = model(input_ids=sequences[alive_b, -1:], attention_mask=attention_b_L, position_ids=position_1_b_1,
-                        cache=cache, use_cache=True, logits_to_keep=1)
+                        use_cache=True, logits_to_keep=1, **{cache_key: cache})
             logits_b_V = out.logits[:, -1].to(dtype=torch.float32)
             del out
         return sequences
     finally:
         inner.rope_deltas = saved_deltas
+
+
+def _cache_kwarg(model) -> str:
+    """The forward's name for the KV cache: `cache` from transformers 5.2x on, `past_key_values` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _take_rows(cache, index: torch.Tensor) -> None:
