@@ -37,7 +37,8 @@ def compact_applies(model, inputs, synced_gpus: bool) -> bool:
     text-only teacher control reads, has no rope delta; `generate` builds its positions)."""
     inner = getattr(model, "model", None)
     return (not synced_gpus and getattr(model.config, "model_type", None) in COMPACT_FAMILIES
-            and inner is not None and hasattr(inner, "rope_deltas") and inputs.get("image_grid_thw") is not None)
+            and inner is not None and hasattr(inner, "rope_deltas") and hasattr(inner, "language_model")
+            and hasattr(model, "lm_head") and inputs.get("image_grid_thw") is not None)
 
 
 @torch.no_grad()
@@ -51,7 +52,11 @@ def compact_generate(model, inputs, *, samples_per_prompt: int, max_new_tokens: 
     try:
         out = model(**inputs, use_cache=True, logits_to_keep=1)  # 1. the P prompts once
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
-        cache_key = _cache_kwarg(model)
+        # decode steps go straight to the text model (a new token has no image: the multimodal wrapper's work is
+        # the embedding lookup, done here): the same ops, less per-call overhead
+        text_model, embed = inner.language_model, inner.get_input_embeddings()
+        cache_key = _cache_kwarg(text_model)
+        sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
         if G > 1:
             _take_rows(cache, torch.arange(inputs["input_ids"].shape[0], device=inputs["input_ids"].device)
                        .repeat_interleave(G))
@@ -91,9 +96,12 @@ def compact_generate(model, inputs, *, samples_per_prompt: int, max_new_tokens: 
             deltas_b = deltas_B[alive_b]
             inner.rope_deltas = deltas_b
             position_1_b_1 = (attention_b_L.sum(-1, keepdim=True) - 1 + deltas_b)[None]
-            out = model(input_ids=sequences[alive_b, -1:], attention_mask=attention_b_L, position_ids=position_1_b_1,
-                        use_cache=True, logits_to_keep=1, **{cache_key: cache})
-            logits_b_V = out.logits[:, -1].to(dtype=torch.float32)
+            # under SDPA the one new query may attend to every real position of its row: that 2D mask as the 4D
+            # boolean mask transformers would build from it (passed as is, it skips the build each step)
+            mask = attention_b_L.bool()[:, None, None, :] if sdpa else attention_b_L
+            out = text_model(inputs_embeds=embed(sequences[alive_b, -1:]), attention_mask=mask,
+                             position_ids=position_1_b_1, use_cache=True, **{cache_key: cache})
+            logits_b_V = model.lm_head(out.last_hidden_state[:, -1]).to(dtype=torch.float32)
             del out
         return sequences
     finally:
