@@ -285,3 +285,16 @@ def check_row(got: dict) -> None:
 
 if __name__ == "__main__":  # under torchrun: python tests/matrix_runner.py CHECK_DIR first|resume train ARGS...
     sys.exit(train_twice(sys.argv[3:], Path(sys.argv[1]), int(os.environ.get("RANK", "0")), (sys.argv[2],)))
+
+
+def run_and_check_row(preset: str, row: dict, tmp_path, data, twins) -> None:
+    """One matrix row end to end: run it (never refused: every combination is meant to run) and check it."""
+    import time
+
+    from matrix_rows import row_id
+
+    t = time.time()
+    got = run_row(preset, row, tmp_path, data, twins)
+    assert "refused" not in got, got.get("refused")
+    check_row(got)
+    print(f"\n[matrix] {row_id(preset, row)}: passed in {time.time() - t:.0f} s")

@@ -90,3 +90,18 @@ def test_where_compact_decoding_does_not_apply_generate_decodes(case, synth_reco
     torch.manual_seed(0)
     b = sample(model, proc, inputs, samples_per_prompt=2, max_new_tokens=4, loop=HFLoop("generate"))
     assert torch.equal(a.response_ids_B_T, b.response_ids_B_T)
+
+
+def test_the_engine_adds_its_extra_processors_to_every_call(synth_records):
+    """HFEngine(extra_processors=...): a fresh set of processors per call, run on the whole batch (the length
+    benchmark forces its response lengths this way)."""
+    from vision_opd.rollout import Decoding, HFEngine
+
+    model, proc = build_tiny("qwen2_5_vl")
+    eos = eos_ids_of(model, proc)[0]
+    calls = iter([[2, 5], [4, 1]])  # one list of lengths per call
+    engine = HFEngine(proc, Decoding(samples_per_prompt=2, do_sample=True, max_new_tokens=8),
+                      extra_processors=lambda: [EndAt(next(calls), eos)])
+    inputs = encode_views(proc, [student_view(synth_records[0])])
+    assert engine.sample(model, inputs).response_mask_B_T.sum(-1).tolist() == [2, 5]
+    assert engine.sample(model, inputs).response_mask_B_T.sum(-1).tolist() == [4, 1]

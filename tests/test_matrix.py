@@ -4,12 +4,11 @@ the vLLM rows are tests/test_matrix_vllm.py, run by `make test-vllm`)."""
 from __future__ import annotations
 
 import itertools
-import time
 
 import pytest
 
-from matrix_rows import (FACTORS, PRESETS, REQUIRED, assign_presets, matrix_param, pairs_of, pairwise, row_id)
-from matrix_runner import check_row, run_row
+from matrix_rows import FACTORS, PRESETS, REQUIRED, assign_presets, matrix_param, pairs_of, pairwise
+from matrix_runner import run_and_check_row
 
 ROWS = assign_presets(pairwise(FACTORS, REQUIRED))
 HF_ROWS = [(p, r) for p, r in ROWS if r["engine"] == "hf"]
@@ -35,8 +34,4 @@ def test_every_shipped_preset_runs_in_some_row():
 @pytest.mark.slow
 @pytest.mark.parametrize("preset,row", [matrix_param(p, r) for p, r in HF_ROWS])
 def test_matrix_row(preset, row, tmp_path, matrix_data, twin_dirs):
-    t = time.time()
-    got = run_row(preset, row, tmp_path, matrix_data, twin_dirs)
-    assert "refused" not in got, got.get("refused")
-    check_row(got)
-    print(f"\n[matrix] {row_id(preset, row)}: passed in {time.time() - t:.0f} s")
+    run_and_check_row(preset, row, tmp_path, matrix_data, twin_dirs)

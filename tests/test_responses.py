@@ -249,6 +249,7 @@ def test_token_sources_and_teacher_views_with_shared_prompts_equal_per_row_scori
     (["views.teacher_images=[crop,zoom]"], "views.teacher_images: unknown ['zoom']"),
     (["rollout.source=teacher", "rollout.is_correction=true"], "rollout.is_correction weights the student's own samples"),
     (["views.teacher_source=fog"], "views.teacher_source='fog': choose auto, box, given, proposer, full, none, blur, mask"),
+    (["rollout.hf_decoder=fast"], "rollout.hf_decoder='fast': choose compact or generate"),
 ])
 def test_bad_source_and_view_settings_are_one_clear_line(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):

@@ -117,7 +117,7 @@ def response_metrics(counts: dict[str, float]) -> dict[str, float]:
             "unanswered_rate": counts["unanswered"] / teacher if teacher else 0.0,
             "repetitive_rate": counts["repetitive"] / n, "runaway_rate": counts["runaway"] / n,
             "degenerate_rate": counts["degenerate"] / n, "left_out": int(counts["left_out"]),
-            "unsolved_prompt_rate": counts.get("unsolved_prompts", 0) / max(1.0, counts["prompts"])}
+            "unsolved_prompt_rate": counts["unsolved_prompts"] / max(1.0, counts["prompts"])}
 
 
 def _merge(parts: list[tuple[torch.Tensor, Rollout]], P: int, G: int, pad_id: int, device) -> Rollout:
